@@ -1,0 +1,1 @@
+"""Rollout actors: the CARLA env, the fake CARLA, CPU policy inference, the env loop."""

@@ -1,0 +1,1 @@
+"""Shared specs, configuration, networks and wire types. Imports nothing from the project."""

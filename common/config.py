@@ -1,0 +1,416 @@
+"""Configuration: a tree of frozen dataclasses, each field documented in its class docstring.
+
+Each component receives its own section (or plain arguments), never the root. Unknown keys are
+an error wherever a config is built from data (a file, the command line, a checkpoint), and a
+test checks that every field is read somewhere outside this module.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Mapping, TypeVar
+
+from common.errors import ConfigError
+from common.specs import EnvSpec
+
+T = TypeVar("T")
+
+
+class EncoderTopology(str, enum.Enum):
+    """How the policy and the critic get their image features.
+
+    SEPARATE: each has its own CNN, optimizer and target copy (this system).
+    SHARED: one CNN trained by the critic loss and read by the policy (the ablation that
+        reproduces the failure this project grew from).
+    """
+
+    SEPARATE = "separate"
+    SHARED = "shared"
+
+
+class SamplerKind(str, enum.Enum):
+    UNIFORM = "uniform"
+    PRIORITIZED = "prioritized"
+
+
+class SimulatorBackend(str, enum.Enum):
+    """FAKE: the in-process stand-in (actors/fakecarla); CARLA: a real server at host:port."""
+
+    FAKE = "fake"
+    CARLA = "carla"
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Network sizes.
+
+    Attributes:
+        encoder_features: width of the NatureCNN's final linear layer.
+        hidden_sizes: MLP widths of the policy head and of each Q head.
+        topology: separate or shared encoders (see EncoderTopology).
+    """
+
+    encoder_features: int = 512
+    hidden_sizes: tuple[int, ...] = (256, 256)
+    topology: EncoderTopology = EncoderTopology.SEPARATE
+
+
+@dataclass(frozen=True)
+class TD3Config:
+    """TD3 hyper-parameters (Fujimoto et al. 2018 defaults).
+
+    Attributes:
+        gamma: discount.
+        tau: Polyak coefficient for every target network, encoders included.
+        policy_noise: std of the target policy smoothing noise.
+        noise_clip: clip of the target policy smoothing noise.
+        policy_delay: critic updates per policy (and target) update.
+        batch_size: transitions per update.
+        encoder_lr: Adam learning rate of both CNN encoders.
+        head_lr: Adam learning rate of the policy MLP and the Q heads.
+        max_grad_norm: clip of each optimizer's gradient norm; 0 disables clipping.
+    """
+
+    gamma: float = 0.99
+    tau: float = 0.005
+    policy_noise: float = 0.2
+    noise_clip: float = 0.5
+    policy_delay: int = 2
+    batch_size: int = 256
+    encoder_lr: float = 1e-4
+    head_lr: float = 3e-4
+    max_grad_norm: float = 0.0
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    """The learner process.
+
+    Attributes:
+        device: "auto" (CUDA when available, else CPU), "cpu" or "cuda[:N]".
+        td3: the algorithm's hyper-parameters.
+        network: network sizes and encoder topology.
+        publish_every: updates between two policy-weight publishes.
+        checkpoint_every: updates between two checkpoints (0: only at the end).
+        prefetch: sample requests kept in flight.
+        compile: use torch.compile on the update where it helps.
+    """
+
+    device: str = "auto"
+    td3: TD3Config = field(default_factory=TD3Config)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    publish_every: int = 50
+    checkpoint_every: int = 5000
+    prefetch: int = 4
+    compile: bool = False
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """The sharded replay service.
+
+    Attributes:
+        num_shards: replay shards (Ray actors).
+        capacity: transitions held by each shard.
+        sampler: uniform or prioritized.
+        priority_alpha: prioritization exponent.
+        priority_beta: importance-weight exponent.
+        priority_eps: added to |TD error| before prioritization.
+        samples_per_insert: target samples per inserted transition (0 disables the limit).
+        error_buffer: allowed deviation from the target ratio, in samples.
+        min_size_to_sample: transitions a shard needs before it serves samples.
+        chunk_length: transitions per insert message from a rollout actor.
+    """
+
+    num_shards: int = 2
+    capacity: int = 100_000
+    sampler: SamplerKind = SamplerKind.UNIFORM
+    priority_alpha: float = 0.6
+    priority_beta: float = 0.4
+    priority_eps: float = 1e-6
+    samples_per_insert: float = 0.0
+    error_buffer: float = 100_000.0
+    min_size_to_sample: int = 1000
+    chunk_length: int = 32
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """Weights of the reward components (see actors/rewards.py for each component).
+
+    Attributes:
+        efficiency: speed along the route towards the target speed.
+        lane_keeping: lateral and heading error.
+        comfort: jerk.
+        safety: collision by speed, lane invasion, off road.
+        progress: distance along the route, waypoint and goal bonuses.
+        target_speed_mps: speed the efficiency term rewards most.
+    """
+
+    efficiency: float = 1.0
+    lane_keeping: float = 1.0
+    comfort: float = 0.2
+    safety: float = 1.0
+    progress: float = 1.0
+    target_speed_mps: float = 8.0
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    """The RGB camera on the ego vehicle.
+
+    Attributes:
+        width: image width in pixels as rendered by the server.
+        height: image height in pixels.
+        fov: horizontal field of view in degrees.
+        x: mount position forward of the vehicle origin, metres.
+        z: mount height, metres.
+        pitch: mount pitch in degrees (negative looks down).
+    """
+
+    width: int = 160
+    height: int = 120
+    fov: float = 90.0
+    x: float = 1.6
+    z: float = 1.7
+    pitch: float = -15.0
+
+
+@dataclass(frozen=True)
+class FakeCarlaConfig:
+    """The fake CARLA server (used when EnvConfig.backend is FAKE).
+
+    Attributes:
+        xodr_path: OpenDRIVE map to load; "" loads the town the project ships.
+        tick_latency_s: wall-clock cost added to every tick, standing in for a real server.
+        fail_tick_at: tick number at which a tick times out (-1: never). Fault injection.
+        die_at_tick: tick number from which the server is dead (-1: never). Fault injection.
+    """
+
+    xodr_path: str = ""
+    tick_latency_s: float = 0.0
+    fail_tick_at: int = -1
+    die_at_tick: int = -1
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """One driving env bound to one CARLA server.
+
+    Attributes:
+        backend: the fake CARLA or a real server.
+        fake: fake-server options (ignored for a real server).
+        host: CARLA server host.
+        port: CARLA RPC port (the server also uses port+1 and port+2).
+        tm_port: traffic-manager port, distinct per env.
+        timeout_s: client timeout for connecting and for each tick.
+        sensor_timeout_s: how long to wait for a sensor reading of the tick's frame.
+        town: map to load.
+        fixed_delta_seconds: synchronous-mode time step.
+        vehicle: ego blueprint id.
+        camera: the camera.
+        route_length_m: length of a planned route.
+        max_steps: step limit (truncation).
+        max_lateral_m: |lateral deviation| that terminates an episode.
+        num_npcs: NPC vehicles driven by the traffic manager.
+        reward: reward weights.
+    """
+
+    backend: SimulatorBackend = SimulatorBackend.FAKE
+    fake: FakeCarlaConfig = field(default_factory=FakeCarlaConfig)
+    host: str = "127.0.0.1"
+    port: int = 2000
+    tm_port: int = 8000
+    timeout_s: float = 10.0
+    sensor_timeout_s: float = 2.0
+    town: str = "Town01"
+    fixed_delta_seconds: float = 0.05
+    vehicle: str = "vehicle.tesla.model3"
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    route_length_m: float = 200.0
+    max_steps: int = 1000
+    max_lateral_m: float = 2.5
+    num_npcs: int = 0
+    reward: RewardConfig = field(default_factory=RewardConfig)
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    """Rollout actors.
+
+    Attributes:
+        num_actors: rollout actors, one env (one CARLA server) each.
+        learning_starts: env steps (all actors together) of uniform random actions first.
+        exploration_noise: std of the Gaussian noise added to the policy's action.
+        noise_spread: Ape-X style per-actor noise: actor i of N uses
+            exploration_noise ** (1 + noise_spread * i / (N - 1)); 0 gives every actor the same.
+        weight_poll_every: env steps between two checks for a new policy version.
+        cpu_threads: torch threads for CPU inference in each actor.
+    """
+
+    num_actors: int = 2
+    learning_starts: int = 2000
+    exploration_noise: float = 0.1
+    noise_spread: float = 0.0
+    weight_poll_every: int = 10
+    cpu_threads: int = 1
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The root: one training run.
+
+    Attributes:
+        seed: master seed.
+        spec: observation and action spec.
+        env: env settings shared by all rollout actors (ports are assigned per actor).
+        learner: the learner.
+        replay: the replay service.
+        rollout: the rollout actors.
+    """
+
+    seed: int = 0
+    spec: EnvSpec = field(default_factory=EnvSpec)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+
+
+# --------------------------------------------------------------------------------------------
+# Building configs from data, with unknown keys rejected.
+
+
+def _coerce(tp: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: expected a mapping for {tp.__name__}, got {value!r}")
+        return from_dict(tp, value, path)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        try:
+            return tp(value)
+        except ValueError:
+            choices = [m.value for m in tp]
+            raise ConfigError(f"{path}: {value!r} is not one of {choices}") from None
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        last_error: ConfigError | None = None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, path)
+            except ConfigError as exc:
+                last_error = exc
+        raise last_error or ConfigError(f"{path}: bad value {value!r}")
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        (item_tp, *_rest) = typing.get_args(tp)
+        return tuple(_coerce(item_tp, v, f"{path}[{i}]") for i, v in enumerate(value))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{path}: expected a boolean, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        try:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}") from None
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{path}: expected a number, got {value!r}") from None
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
+    """Builds a config dataclass from a nested mapping; unknown keys are an error.
+
+    Raises:
+        ConfigError: naming the full dotted path of the unknown key or bad value.
+    """
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = path or cls.__name__
+        raise ConfigError(f"unknown config key(s) {unknown} in {where}; known: {sorted(names)}")
+    kwargs = {k: _coerce(hints[k], v, f"{path}.{k}" if path else k) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{path or cls.__name__}: {exc}") from exc
+
+
+def to_dict(cfg: Any) -> Any:
+    """The inverse of from_dict: plain JSON-serialisable data."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, enum.Enum):
+        return cfg.value
+    if isinstance(cfg, tuple):
+        return [to_dict(v) for v in cfg]
+    return cfg
+
+
+def with_overrides(cfg: T, overrides: Mapping[str, Any]) -> T:
+    """Returns ``cfg`` with dotted-path overrides applied, e.g. {"replay.num_shards": "4"}.
+
+    Raises:
+        ConfigError: for an unknown path or a value of the wrong type.
+    """
+    data = to_dict(cfg)
+    for dotted, value in overrides.items():
+        node = data
+        parts = dotted.split(".")
+        for depth, part in enumerate(parts):
+            if not isinstance(node, dict) or part not in node:
+                known = sorted(node) if isinstance(node, dict) else []
+                prefix = ".".join(parts[: depth + 1])
+                raise ConfigError(f"unknown config key {prefix!r} (in override {dotted!r}); known here: {known}")
+            if depth == len(parts) - 1:
+                node[part] = value
+            else:
+                node = node[part]
+    return from_dict(type(cfg), data)
+
+
+def dumps(cfg: Any) -> str:
+    return json.dumps(to_dict(cfg), indent=2, sort_keys=True)
+
+
+def loads(cls: type[T], text: str) -> T:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"config is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config must be a JSON object, got {type(data).__name__}")
+    return from_dict(cls, data)

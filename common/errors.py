@@ -1,0 +1,37 @@
+"""The project's error hierarchy. Every message names the bad value."""
+
+
+class CarlaTD3Error(Exception):
+    """Base class for all errors raised by carla-td3."""
+
+
+class ConfigError(CarlaTD3Error, ValueError):
+    """A configuration key or value is unknown, malformed or inconsistent."""
+
+
+class SpecError(CarlaTD3Error, ValueError):
+    """An array does not match the spec (shape, dtype, range, non-finite values)."""
+
+
+class WireError(CarlaTD3Error, ValueError):
+    """A wire message is malformed, truncated, oversized or does not match the spec."""
+
+
+class CheckpointError(CarlaTD3Error):
+    """A checkpoint is missing, corrupt, truncated or does not match the current setup."""
+
+
+class SimulatorError(CarlaTD3Error):
+    """The CARLA server is unreachable, timed out or failed."""
+
+
+class SimulatorUnreachable(SimulatorError):
+    """No CARLA server answered at host:port within the timeout."""
+
+
+class SimulatorTimeout(SimulatorError):
+    """A tick or a sensor read did not complete within its timeout."""
+
+
+class RateLimiterError(CarlaTD3Error, ValueError):
+    """Rate limiter settings that would deadlock or are out of range."""

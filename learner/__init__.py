@@ -1,0 +1,1 @@
+"""The TD3 learner: losses, state, the update loop."""

@@ -1,0 +1,1 @@
+"""The sharded replay service: frame-deduplicated storage, samplers, rate limiter, client."""
