@@ -1,0 +1,39 @@
+"""The current policy on CPU, inside a rollout actor."""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import torch
+
+from common.config import NetworkConfig
+from common.networks import PolicyNet, load_policy_state
+from common.specs import IMAGE_KEY, VECTOR_KEY, EnvSpec
+from common.weights import RANDOM_POLICY_VERSION, PolicySnapshot
+
+
+class CpuPolicy:
+    """A PolicyNet on CPU that loads published snapshots and acts deterministically."""
+
+    def __init__(self, spec: EnvSpec, network: NetworkConfig, threads: int = 1) -> None:
+        torch.set_num_threads(max(1, threads))
+        self.net = PolicyNet(spec, network.encoder_features, network.hidden_sizes).eval()
+        self.action_dim = spec.action_dim
+        self.version = RANDOM_POLICY_VERSION
+
+    @property
+    def ready(self) -> bool:
+        """True once a snapshot has been loaded."""
+        return self.version != RANDOM_POLICY_VERSION
+
+    def load(self, snapshot: PolicySnapshot) -> None:
+        """Loads a snapshot; raises CheckpointError if its names or shapes do not match."""
+        load_policy_state(self.net, snapshot.state)
+        self.version = snapshot.version
+
+    def act(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The deterministic action for one observation, float32 [action_dim]."""
+        with torch.inference_mode():
+            image = torch.from_numpy(np.ascontiguousarray(obs[IMAGE_KEY]))[None]
+            vector = torch.from_numpy(np.ascontiguousarray(obs[VECTOR_KEY]))[None]
+            return self.net(image, vector)[0].numpy().astype(np.float32)

@@ -1,0 +1,147 @@
+"""The env loop of one rollout actor: env + policy + exploration + writer + weight pulls.
+
+A plain class: deploy/ wraps it in a Ray actor (or runs it in-process in local mode). An env
+step never waits on the learner: new weights are polled every few steps from a non-blocking
+``WeightSource`` and loaded only when the version changed.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+from actors.exploration import GaussianExploration
+from actors.policy import CpuPolicy
+from actors.writer import ChunkWriter
+from common.weights import RANDOM_POLICY_VERSION, PolicySnapshot
+
+log = logging.getLogger(__name__)
+
+
+class WeightSource(Protocol):
+    def poll(self, known_version: int) -> PolicySnapshot | None:
+        """A snapshot newer than ``known_version`` if one is available now, else None."""
+
+
+class DrivingEnv(Protocol):
+    def reset(self, seed: int | None = None) -> tuple[dict, dict]: ...
+    def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool, dict]: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class EpisodeResult:
+    """One finished episode, as the env reported it at its last step."""
+
+    ret: float
+    length: int
+    success: bool
+    route_completion: float
+    distance_m: float
+    collisions: int
+    reason: str
+
+
+@dataclass
+class RolloutReport:
+    """What ``run_steps`` did; crosses the process boundary to the driver."""
+
+    actor_index: int
+    env_steps: int = 0
+    episodes: list[EpisodeResult] = field(default_factory=list)
+    policy_version: int = RANDOM_POLICY_VERSION
+    weight_loads: int = 0
+    step_seconds: float = 0.0
+    weight_wait_seconds: float = 0.0
+    simulator_timeouts: int = 0
+    broadcast_latencies: list[float] = field(default_factory=list)
+
+
+class RolloutWorker:
+    """Drives one env, writing every observation to the replay through ``writer``."""
+
+    def __init__(self, env: DrivingEnv, policy: CpuPolicy, writer: ChunkWriter,
+                 weights: WeightSource, exploration: GaussianExploration, *, actor_index: int,
+                 learning_starts: int, weight_poll_every: int, seed: int) -> None:
+        self.env = env
+        self.policy = policy
+        self.writer = writer
+        self.weights = weights
+        self.exploration = exploration
+        self.actor_index = actor_index
+        self.learning_starts = learning_starts
+        self.weight_poll_every = max(1, weight_poll_every)
+        self._seed = seed
+        self._episode = 0
+        self._obs: dict | None = None
+        self._ret = 0.0
+        self._len = 0
+        self._steps = 0
+
+    def _reset(self) -> None:
+        self._obs, _ = self.env.reset(seed=self._seed * 100_003 + self._episode)
+        self._episode += 1
+        self._ret, self._len = 0.0, 0
+        self.writer.add_first(self._obs)
+
+    def _maybe_load_weights(self, report: RolloutReport) -> None:
+        t0 = time.perf_counter()
+        snapshot = self.weights.poll(self.policy.version)
+        if snapshot is not None and snapshot.version > self.policy.version:
+            self.policy.load(snapshot)
+            report.weight_loads += 1
+        report.weight_wait_seconds += time.perf_counter() - t0
+
+    def _choose(self, global_env_steps: int) -> tuple[np.ndarray, int]:
+        if global_env_steps < self.learning_starts or not self.policy.ready:
+            return self.exploration.random_action(self.policy.action_dim), RANDOM_POLICY_VERSION
+        return self.exploration(self.policy.act(self._obs)), self.policy.version
+
+    def run_steps(self, n: int, global_env_steps: int = 0) -> RolloutReport:
+        """Runs ``n`` env steps (across episode boundaries) and reports what happened.
+
+        Args:
+            n: env steps to run.
+            global_env_steps: env steps of all actors so far, for the random warm-up.
+        """
+        report = RolloutReport(actor_index=self.actor_index)
+        t0 = time.perf_counter()
+        for i in range(n):
+            if self._obs is None:
+                self._reset()
+            if self._steps % self.weight_poll_every == 0:
+                self._maybe_load_weights(report)
+            action, version = self._choose(global_env_steps + i)
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            self.writer.add(obs, action, reward, terminated, truncated, version)
+            self._steps += 1
+            self._ret += reward
+            self._len += 1
+            self._obs = obs
+            if terminated or truncated:
+                report.episodes.append(_episode_result(self._ret, self._len, info))
+                if info.get("termination_reason") == "simulator_timeout":
+                    report.simulator_timeouts += 1
+                self._obs = None
+        report.env_steps = n
+        report.policy_version = self.policy.version
+        report.step_seconds = time.perf_counter() - t0
+        return report
+
+    def close(self) -> None:
+        """Sends buffered records and closes the env (destroying its server-side actors)."""
+        try:
+            self.writer.flush()
+        finally:
+            self.env.close()
+
+
+def _episode_result(ret: float, length: int, info: dict[str, Any]) -> EpisodeResult:
+    return EpisodeResult(
+        ret=float(ret), length=length, success=bool(info.get("success", False)),
+        route_completion=float(info.get("route_completion", 0.0)),
+        distance_m=float(info.get("distance_m", 0.0)), collisions=int(info.get("collisions", 0)),
+        reason=str(info.get("termination_reason", "")))

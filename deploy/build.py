@@ -1,0 +1,127 @@
+"""Building components from a RunConfig: per-actor env settings, the replay settings the rate
+limiter needs, envs and rollout workers. Shared by the local and the Ray run modes."""
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from typing import Any
+
+from actors.carla_env import CarlaEnv
+from actors.exploration import GaussianExploration, actor_noise_scale
+from actors.policy import CpuPolicy
+from actors.rollout import RolloutWorker, WeightSource
+from actors.writer import ChunkSink, ChunkWriter
+from common import config as C
+from common.errors import ConfigError
+from common.specs import EnvSpec
+
+SERVER_PORT_SPACING = 3  # a CARLA server uses its RPC port N and N+1, N+2
+
+
+def parse_endpoint(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"CARLA endpoint {text!r} must look like HOST:PORT with 0 < PORT < 65536")
+    return host, int(port)
+
+
+def actor_env_config(cfg: C.RunConfig, index: int) -> C.EnvConfig:
+    """The env settings of rollout actor ``index``: its own server and traffic-manager port."""
+    env = cfg.env
+    if cfg.train.endpoints:
+        host, port = parse_endpoint(cfg.train.endpoints[index])
+    else:
+        host, port = env.host, env.port + SERVER_PORT_SPACING * index
+    return replace(env, host=host, port=port, tm_port=env.tm_port + index)
+
+
+def replay_config(cfg: C.RunConfig) -> C.ReplayConfig:
+    """The replay settings with the rate limiter derived from updates_per_env_step."""
+    ratio = cfg.train.updates_per_env_step
+    if ratio <= 0:
+        return cfg.replay
+    spi = ratio * cfg.learner.td3.batch_size
+    if cfg.replay.samples_per_insert not in (0.0, spi):
+        raise ConfigError(
+            f"replay.samples_per_insert ({cfg.replay.samples_per_insert}) contradicts "
+            f"train.updates_per_env_step ({ratio}) x batch_size ({cfg.learner.td3.batch_size}) "
+            f"= {spi}; set only train.updates_per_env_step")
+    return replace(cfg.replay, samples_per_insert=spi)
+
+
+def validate(cfg: C.RunConfig) -> None:
+    """Rejects impossible combinations at once, naming the values."""
+    if cfg.rollout.num_actors < 1:
+        raise ConfigError(f"rollout.num_actors ({cfg.rollout.num_actors}) must be >= 1")
+    if cfg.replay.num_shards < 1:
+        raise ConfigError(f"replay.num_shards ({cfg.replay.num_shards}) must be >= 1")
+    if cfg.train.env_steps < 1:
+        raise ConfigError(f"train.env_steps ({cfg.train.env_steps}) must be >= 1")
+    if cfg.train.endpoints and len(cfg.train.endpoints) != cfg.rollout.num_actors:
+        raise ConfigError(
+            f"{len(cfg.train.endpoints)} CARLA endpoint(s) {list(cfg.train.endpoints)} but "
+            f"rollout.num_actors is {cfg.rollout.num_actors}: one actor per server")
+    if cfg.train.endpoints and cfg.env.backend is not C.SimulatorBackend.CARLA:
+        raise ConfigError("CARLA endpoints given but env.backend is 'fake'; use --carla")
+    _check_ports(cfg)
+    batch, min_size = cfg.learner.td3.batch_size, cfg.replay.min_size_to_sample
+    if min_size < batch:
+        raise ConfigError(f"replay.min_size_to_sample ({min_size}) must be >= batch_size ({batch})")
+    if cfg.replay.capacity * cfg.replay.num_shards < min_size:
+        raise ConfigError(
+            f"replay capacity ({cfg.replay.capacity} x {cfg.replay.num_shards} shards) is below "
+            f"min_size_to_sample ({min_size})")
+    if cfg.rollout.learning_starts >= cfg.train.env_steps:
+        raise ConfigError(
+            f"rollout.learning_starts ({cfg.rollout.learning_starts}) must be < train.env_steps "
+            f"({cfg.train.env_steps}), or the policy never acts")
+    for i in range(cfg.rollout.num_actors):
+        actor_noise_scale(cfg.rollout.exploration_noise, cfg.rollout.noise_spread, i,
+                          cfg.rollout.num_actors)
+    replay_config(cfg)
+
+
+def _check_ports(cfg: C.RunConfig) -> None:
+    servers = [actor_env_config(cfg, i) for i in range(cfg.rollout.num_actors)]
+    by_host: dict[str, list[int]] = {}
+    for env in servers:
+        by_host.setdefault(env.host, []).append(env.port)
+    for host, ports in by_host.items():
+        ports = sorted(ports)
+        for a, b in zip(ports, ports[1:]):
+            if b - a < SERVER_PORT_SPACING:
+                raise ConfigError(f"CARLA servers on {host} at ports {a} and {b} overlap: a server "
+                                  f"uses N, N+1 and N+2, so space them >= {SERVER_PORT_SPACING} apart")
+    tm_ports = {env.tm_port for env in servers}
+    rpc = {p + k for env in servers for p in (env.port,) for k in range(SERVER_PORT_SPACING)}
+    if cfg.env.backend is C.SimulatorBackend.CARLA and tm_ports & rpc:
+        raise ConfigError(f"traffic-manager ports {sorted(tm_ports & rpc)} clash with CARLA server ports")
+
+
+def make_env(env_cfg: C.EnvConfig, spec: EnvSpec, seed: int) -> CarlaEnv:
+    """An env on the fake CARLA or on a real server, as ``env_cfg.backend`` says."""
+    carla_module: Any = None
+    if env_cfg.backend is C.SimulatorBackend.FAKE:
+        from actors import fakecarla
+
+        carla_module = fakecarla.make_module(env_cfg.fake)
+    return CarlaEnv(env_cfg, spec, carla_module=carla_module, seed=seed)
+
+
+def make_worker(cfg: C.RunConfig, index: int, sink: ChunkSink, weights: WeightSource,
+                seed: int, env: Any = None) -> RolloutWorker:
+    """A rollout worker for actor ``index``: env, CPU policy, exploration, chunk writer."""
+    import numpy as np
+
+    actor_seed = seed * 1_000 + index
+    env = env if env is not None else make_env(actor_env_config(cfg, index), cfg.spec, actor_seed)
+    rng = np.random.default_rng(actor_seed)
+    scale = actor_noise_scale(cfg.rollout.exploration_noise, cfg.rollout.noise_spread, index,
+                              cfg.rollout.num_actors)
+    writer = ChunkWriter(cfg.spec, cfg.replay.chunk_length, sink,
+                         stream_id=random.SystemRandom().getrandbits(63))
+    return RolloutWorker(
+        env, CpuPolicy(cfg.spec, cfg.learner.network, cfg.rollout.cpu_threads), writer, weights,
+        GaussianExploration(scale, rng), actor_index=index,
+        learning_starts=cfg.rollout.learning_starts,
+        weight_poll_every=cfg.rollout.weight_poll_every, seed=actor_seed)

@@ -1,0 +1,136 @@
+"""`carla-td3`: train, evaluate, drive. Parses the command line (and only here) into a RunConfig."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Sequence
+
+from common import config as C
+from common.errors import CarlaTD3Error, ConfigError
+from deploy import presets
+
+log = logging.getLogger("carla_td3")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="carla-td3", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train (default: fake CARLA, local Ray, GPU if present)")
+    t.add_argument("--preset", default="local", choices=sorted(presets.PRESETS))
+    t.add_argument("--config", type=Path, help="JSON file of config overrides (nested keys)")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key, e.g. --set replay.num_shards=4 (repeatable)")
+    t.add_argument("--steps", type=int, help="total env steps (train.env_steps)")
+    t.add_argument("--seed", type=int, help="master seed")
+    t.add_argument("--actors", type=int, help="rollout actors (rollout.num_actors)")
+    t.add_argument("--shards", type=int, help="replay shards (replay.num_shards)")
+    t.add_argument("--carla", metavar="HOST:PORT[,HOST:PORT...]",
+                   help="real CARLA servers, one rollout actor each")
+    t.add_argument("--ray-address", help="join an existing Ray cluster (e.g. auto or HOST:6379)")
+    t.add_argument("--runs", type=Path, default=Path("runs"), help="where run directories go")
+    t.add_argument("--name", help="run directory name (default: a timestamp)")
+    t.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    t.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
+    e = sub.add_parser("evaluate", help="the deterministic policy of a checkpoint on held-out routes")
+    e.add_argument("checkpoint", type=Path, help="a run directory (its latest checkpoint) or a checkpoint directory")
+    e.add_argument("--episodes", type=int, default=10)
+    e.add_argument("--seed", type=int, default=10_000)
+    e.add_argument("--video", type=Path, help="write the first episode as an MP4 (camera + top-down)")
+    e.add_argument("--json", type=Path, help="also write the results to this file")
+    return p
+
+
+def parse_override(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set {text!r} must look like KEY=VALUE")
+    return key.strip(), value.strip()
+
+
+def _flatten(data: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_from_args(args: argparse.Namespace) -> C.RunConfig:
+    """The effective RunConfig: preset, then --config file, then flags, then --set."""
+    cfg = presets.preset(args.preset)
+    overrides: dict[str, object] = {}
+    if args.config:
+        try:
+            overrides.update(_flatten(json.loads(args.config.read_text())))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"--config {args.config}: {exc}") from exc
+    flag_keys = {"steps": "train.env_steps", "seed": "seed", "actors": "rollout.num_actors",
+                 "shards": "replay.num_shards"}
+    overrides.update({key: getattr(args, flag) for flag, key in flag_keys.items()
+                      if getattr(args, flag) is not None})
+    overrides.update(dict(parse_override(o) for o in args.overrides))
+    cfg = C.with_overrides(cfg, overrides)
+    if args.carla:
+        endpoints = tuple(e.strip() for e in args.carla.split(",") if e.strip())
+        if not endpoints:
+            raise ConfigError(f"--carla {args.carla!r} names no HOST:PORT")
+        cfg = replace(cfg, env=replace(cfg.env, backend=C.SimulatorBackend.CARLA),
+                      train=replace(cfg.train, endpoints=endpoints),
+                      rollout=replace(cfg.rollout, num_actors=len(endpoints)))
+    return cfg
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from deploy import launch
+
+    if args.resume:
+        fixed = [f"--{k}" for k in ("config", "seed", "actors", "shards", "carla")
+                 if getattr(args, k) is not None] + (["--set"] if args.overrides else [])
+        if fixed:
+            raise ConfigError(f"--resume continues a run with its saved config; {fixed} cannot "
+                              "change (only --steps may)")
+        out = launch.resume(args.resume, steps=args.steps, ray_address=args.ray_address,
+                            dashboard=not args.no_dashboard)
+    else:
+        cfg = config_from_args(args)
+        out = launch.train(cfg, runs_root=args.runs, name=args.name, ray_address=args.ray_address,
+                           dashboard=not args.no_dashboard,
+                           options={"preset": args.preset})
+    print(json.dumps(out, indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from deploy import evaluate
+
+    out = evaluate.evaluate_checkpoint(args.checkpoint, episodes=args.episodes, seed=args.seed,
+                                       video=args.video)
+    text = json.dumps(out, indent=2, sort_keys=True)
+    if args.json:
+        args.json.write_text(text)
+    print(text)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=os.environ.get("CARLA_TD3_LOG", "INFO"), format="%(message)s")
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            return cmd_train(args)
+        return cmd_evaluate(args)
+    except CarlaTD3Error as exc:
+        print(f"carla-td3: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

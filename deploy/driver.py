@@ -1,0 +1,176 @@
+"""The Ray run mode: builds shards, the weight board, the learner and the rollout actors from
+one RunConfig, then drives them until the env-step budget is spent.
+
+The driver keeps exactly one call in flight per actor and one for the learner, so it never
+blocks a component: it reacts to whichever finishes first, counts, checkpoints and reports.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from common import config as C
+from deploy import build
+from deploy.progress import Progress, RunCounters, summary
+from deploy.ray_actors import (LearnerActor, RestoringShard, RolloutActor, learner_checkpoint,
+                               shard_checkpoint)
+from deploy.rundir import RunDir
+from deploy.weights_ray import WeightBoard
+
+log = logging.getLogger(__name__)
+ACTOR_MAX_RESTARTS = 20
+
+
+@dataclass
+class Fleet:
+    shards: list[Any]
+    board: Any
+    learner: Any
+    actors: list[Any]
+    learner_on_gpu: bool = False
+    broadcast_latencies: list[float] = field(default_factory=list)
+
+
+def _cluster_gpus() -> float:
+    return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def build_fleet(cfg: C.RunConfig, run_dir: RunDir) -> Fleet:
+    replay_cfg = build.replay_config(cfg)
+    shards = [ray.remote(RestoringShard).options(
+                  num_cpus=0, max_restarts=ACTOR_MAX_RESTARTS, name=None)
+              .remote(cfg.spec, replay_cfg, i, cfg.seed + i, str(run_dir.path))
+              for i in range(replay_cfg.num_shards)]
+    board = ray.remote(WeightBoard).options(num_cpus=0, max_concurrency=1000).remote()
+    gpus = 1.0 if _cluster_gpus() >= 1 and cfg.learner.device != "cpu" else 0.0
+    learner = ray.remote(LearnerActor).options(
+        num_cpus=0, num_gpus=gpus, max_restarts=ACTOR_MAX_RESTARTS,
+    ).remote(cfg, shards, board, cfg.seed, str(run_dir.path))
+    actors = [ray.remote(RolloutActor).options(num_cpus=0, max_restarts=ACTOR_MAX_RESTARTS)
+              .remote(cfg, i, cfg.seed, shards[i % len(shards)], board)
+              for i in range(cfg.rollout.num_actors)]
+    return Fleet(shards, board, learner, actors, learner_on_gpu=gpus > 0)
+
+
+class Driver:
+    """Runs one training run in Ray mode; ``run()`` returns the summary."""
+
+    def __init__(self, cfg: C.RunConfig, run_dir: RunDir, counters: RunCounters | None = None) -> None:
+        build.validate(cfg)
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.counters = counters or RunCounters()
+        self.progress = Progress(self.counters)
+        self.fleet: Fleet | None = None
+        self._next_checkpoint = self._round_up(self.counters.updates)
+
+    def _round_up(self, updates: int) -> int:
+        every = self.cfg.learner.checkpoint_every
+        return (updates // every + 1) * every if every > 0 else float("inf")
+
+    def run(self) -> dict[str, Any]:
+        fleet = self.fleet = build_fleet(self.cfg, self.run_dir)
+        start = time.monotonic()
+        wall0 = self.counters.wall_seconds
+        interrupted = False
+        try:
+            self._loop(fleet, start, wall0)
+        except KeyboardInterrupt:
+            interrupted = True
+            log.info("event=interrupted action=checkpoint_and_shutdown")
+        finally:
+            self.counters.wall_seconds = wall0 + time.monotonic() - start
+            self._shutdown(fleet)
+        out = summary(self.counters, {"interrupted": interrupted,
+                                      "learner_device": "gpu" if fleet.learner_on_gpu else "cpu"})
+        self.run_dir.write_summary(out)
+        return out
+
+    def _loop(self, fleet: Fleet, start: float, wall0: float) -> None:
+        cfg, counters = self.cfg, self.counters
+        pending: dict[Any, tuple[str, int]] = {}
+        for i, actor in enumerate(fleet.actors):
+            pending[actor.run_steps.remote(cfg.train.actor_steps_per_call, counters.env_steps)] = ("actor", i)
+        pending[self._learner_call(fleet)] = ("learner", 0)
+        next_report = time.monotonic() + cfg.train.progress_every_s
+        while counters.env_steps < cfg.train.env_steps:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+            for ref in ready:
+                kind, i = pending.pop(ref)
+                if kind == "actor":
+                    self._on_actor(ref, i)
+                    if counters.env_steps < cfg.train.env_steps:
+                        call = fleet.actors[i].run_steps.remote(cfg.train.actor_steps_per_call, counters.env_steps)
+                        pending[call] = ("actor", i)
+                else:
+                    self._on_learner(ref)
+                    pending[self._learner_call(fleet)] = ("learner", 0)
+            if time.monotonic() >= next_report:
+                counters.wall_seconds = wall0 + time.monotonic() - start
+                self._report(fleet)
+                next_report = time.monotonic() + cfg.train.progress_every_s
+            if counters.updates >= self._next_checkpoint:
+                self.checkpoint()
+                self._next_checkpoint = self._round_up(counters.updates)
+        for ref, (kind, i) in pending.items():  # let the calls in flight finish and count them
+            self._on_actor(ref, i) if kind == "actor" else self._on_learner(ref)
+
+    def _learner_call(self, fleet: Fleet) -> Any:
+        return fleet.learner.run_updates.remote(self.cfg.train.learner_updates_per_call, 2.0)
+
+    def _on_actor(self, ref: Any, index: int) -> None:
+        try:
+            report = ray.get(ref)
+        except ray.exceptions.RayError as exc:
+            # Ray restarts the actor (a new env, a new connection); its partial episode is
+            # dropped: the replay discards the unfinished stream tail of the dead incarnation.
+            self.counters.actor_restarts += 1
+            log.warning("event=actor_failed actor=%d restarts=%d error=%s", index,
+                        self.counters.actor_restarts, type(exc).__name__)
+            return
+        self.counters.add_rollout(report)
+        self.fleet.broadcast_latencies.extend(report.broadcast_latencies)
+
+    def _on_learner(self, ref: Any) -> None:
+        try:
+            report = ray.get(ref)
+        except ray.exceptions.RayError as exc:
+            log.warning("event=learner_failed error=%s action=restart_from_checkpoint", type(exc).__name__)
+            return
+        self.counters.add_learner(report)
+        if report.updates:
+            self.progress.policy_lag = report.policy_lag
+            self.progress.last_learner_stats = report.stats
+
+    def _report(self, fleet: Fleet) -> None:
+        sizes = ray.get([s.size.remote() for s in fleet.shards], timeout=30)
+        self.progress.replay_size = int(sum(sizes))
+        row = self.progress.row(self.counters)
+        self.run_dir.append_metrics(row)
+        log.info("progress %s", Progress.line(row))
+
+    def checkpoint(self) -> Path:
+        """Learner state, every shard and the counters, committed atomically."""
+        fleet = self.fleet
+        tmp = self.run_dir.new_checkpoint_dir(self.counters.updates)
+        updates = ray.get(fleet.learner.save.remote(str(learner_checkpoint(tmp))))
+        ray.get([s.save.remote(str(shard_checkpoint(tmp, i))) for i, s in enumerate(fleet.shards)])
+        self.counters.updates = max(self.counters.updates, updates)
+        path = self.run_dir.commit_checkpoint(tmp, updates, self.counters.to_json())
+        log.info("event=checkpoint path=%s updates=%d env_steps=%d", path, updates, self.counters.env_steps)
+        return path
+
+    def _shutdown(self, fleet: Fleet) -> None:
+        closes = [a.close.remote() for a in fleet.actors]
+        ray.wait(closes, num_returns=len(closes), timeout=60)
+        try:
+            self.checkpoint()
+        except Exception as exc:
+            log.error("event=final_checkpoint_failed error=%r", exc)
+        for handle in [*fleet.actors, fleet.learner, *fleet.shards, fleet.board]:
+            ray.kill(handle, no_restart=True)

@@ -1,0 +1,76 @@
+"""The composition root's entry points: start (or join) Ray, make or reopen the run directory,
+and hand over to the Driver."""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from common import config as C
+from common.errors import CheckpointError, ConfigError
+from deploy import build
+from deploy.driver import Driver
+from deploy.progress import RunCounters
+from deploy.rundir import RunDir
+
+log = logging.getLogger(__name__)
+
+
+def _init_ray(cfg: C.RunConfig, ray_address: str | None, dashboard: bool) -> bool:
+    """Starts local Ray (sized for the fleet) or joins ``ray_address``. Returns True if started."""
+    if ray.is_initialized():
+        return False
+    if ray_address:
+        ray.init(address=ray_address, logging_level=logging.WARNING)
+        return True
+    ray.init(num_cpus=max(os.cpu_count() or 1, 2), include_dashboard=dashboard,
+             logging_level=logging.WARNING, configure_logging=False)
+    return True
+
+
+def _run(cfg: C.RunConfig, run_dir: RunDir, counters: RunCounters | None, ray_address: str | None,
+         dashboard: bool) -> dict[str, Any]:
+    started = _init_ray(cfg, ray_address, dashboard)
+    try:
+        return Driver(cfg, run_dir, counters).run()
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def train(cfg: C.RunConfig, runs_root: Path, name: str | None = None, ray_address: str | None = None,
+          dashboard: bool = True, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A new run: validates the config, writes the run directory, trains."""
+    build.validate(cfg)
+    run_dir = RunDir.create(runs_root, name)
+    run_dir.write_config(cfg, {**(options or {}), "ray_address": ray_address})
+    log.info("event=run_start run_dir=%s actors=%d shards=%d env_steps=%d", run_dir.path,
+             cfg.rollout.num_actors, cfg.replay.num_shards, cfg.train.env_steps)
+    out = _run(cfg, run_dir, None, ray_address, dashboard)
+    out["run_dir"] = str(run_dir.path)
+    return out
+
+
+def resume(path: Path, steps: int | None = None, ray_address: str | None = None,
+           dashboard: bool = True) -> dict[str, Any]:
+    """Continues a run: counters, learner state, replay contents and weight version."""
+    run_dir = RunDir(path)
+    cfg, _options = run_dir.read_config()
+    latest = run_dir.latest_checkpoint()
+    if latest is None:
+        raise CheckpointError(f"{path} has no checkpoint to resume from")
+    counters = RunCounters.from_json(run_dir.read_counters(latest))
+    if steps is not None:
+        if steps <= counters.env_steps:
+            raise ConfigError(f"--steps ({steps}) must exceed the env steps already done ({counters.env_steps})")
+        cfg = replace(cfg, train=replace(cfg.train, env_steps=steps))
+        run_dir.write_config(cfg, {**_options, "resumed": True})
+    log.info("event=resume run_dir=%s checkpoint=%s env_steps=%d updates=%d", path, latest.name,
+             counters.env_steps, counters.updates)
+    out = _run(cfg, run_dir, counters, ray_address, dashboard)
+    out["run_dir"] = str(run_dir.path)
+    return out

@@ -1,0 +1,138 @@
+"""Ray wrappers around the plain component classes (the only place they meet Ray).
+
+Each class here is turned into an actor by ``ray.remote(Cls).options(...)`` in deploy/driver.py;
+they hold no training logic of their own.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+
+from actors.rollout import RolloutReport
+from common import codec
+from common import config as C
+from common.types import StepChunk
+from deploy import build
+from deploy.rundir import RunDir
+from deploy.weights_ray import RayWeightSource
+from learner.loop import LearnerLoop, LearnerReport
+from learner.td3 import TD3Learner
+from replay.client import ReplayClient
+from replay.shard import ReplayShard
+
+log = logging.getLogger(__name__)
+MAX_INSERTS_IN_FLIGHT = 4
+
+
+def shard_checkpoint(checkpoint: Path, index: int) -> Path:
+    return checkpoint / "replay" / f"shard-{index}"
+
+
+def learner_checkpoint(checkpoint: Path) -> Path:
+    return checkpoint / "learner.pt"
+
+
+class RestoringShard(ReplayShard):
+    """A replay shard that, when (re)started, restores the run's latest checkpoint if any.
+
+    Ray restarts a dead shard by calling this constructor again: it comes back with the
+    contents of the last checkpoint while the learner samples from the live shards.
+    """
+
+    def __init__(self, spec, cfg: C.ReplayConfig, shard_index: int, seed: int, run_dir: str) -> None:
+        super().__init__(spec, cfg, shard_index=shard_index, seed=seed)
+        latest = RunDir(run_dir).latest_checkpoint()
+        if latest is not None and shard_checkpoint(latest, shard_index).exists():
+            self.restore(shard_checkpoint(latest, shard_index))
+            log.info("event=shard_restored shard=%d checkpoint=%s size=%d", shard_index, latest, self.size())
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class RolloutActor:
+    """One rollout actor: one env (one CARLA server), CPU policy, inserts into one shard."""
+
+    def __init__(self, cfg: C.RunConfig, index: int, seed: int, shard: Any, board: Any) -> None:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        torch.set_num_threads(max(1, cfg.rollout.cpu_threads))
+        self._spec = cfg.spec
+        self._shard = shard
+        self._inflight: collections.deque = collections.deque()
+        self.insert_errors = 0
+        self.weights = RayWeightSource(board)
+        self.worker = build.make_worker(cfg, index, self._send, self.weights, seed)
+
+    def _send(self, chunk: StepChunk) -> None:
+        self._inflight.append(self._shard.insert.remote(codec.encode_chunk(chunk, self._spec)))
+        while len(self._inflight) > MAX_INSERTS_IN_FLIGHT:  # back-pressure from a busy shard
+            self._settle(self._inflight.popleft())
+
+    def _settle(self, ref: Any) -> None:
+        try:
+            ray.get(ref)
+        except ray.exceptions.RayError as exc:  # shard restarting: the chunk is lost, not stored twice
+            self.insert_errors += 1
+            log.warning("event=insert_failed error=%r", exc)
+
+    def run_steps(self, n: int, global_env_steps: int) -> RolloutReport:
+        report = self.worker.run_steps(n, global_env_steps)
+        report.broadcast_latencies = self.weights.take_latencies()
+        return report
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def close(self) -> None:
+        """Flushes buffered records, waits for inserts, destroys server-side actors."""
+        try:
+            self.worker.close()
+            while self._inflight:
+                self._settle(self._inflight.popleft())
+        finally:
+            self.weights.stop()
+
+
+class LearnerActor:
+    """The learner: TD3 on the GPU (or CPU), sampling through the replay client, publishing
+    each snapshot once into the object store and its reference on the weight board."""
+
+    def __init__(self, cfg: C.RunConfig, shards: list[Any], board: Any, seed: int, run_dir: str) -> None:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        self._board = board
+        self.learner = TD3Learner(cfg.spec, cfg.learner, seed)
+        latest = RunDir(run_dir).latest_checkpoint()
+        if latest is not None:
+            self.learner.load(learner_checkpoint(latest))
+            log.info("event=learner_restored checkpoint=%s updates=%d", latest, self.learner.updates)
+        self.client = ReplayClient(shards, batch_size=cfg.learner.td3.batch_size,
+                                   prefetch=cfg.learner.prefetch)
+        prioritized = cfg.replay.sampler is C.SamplerKind.PRIORITIZED
+        self.loop = LearnerLoop(self.learner, self.client.sample, self._publish,
+                                cfg.learner.publish_every,
+                                self.client.update_priorities if prioritized else None)
+        self._last_ref: Any = None
+        self.loop.publish()
+
+    def _publish(self, snapshot) -> None:
+        self._last_ref = ray.put(snapshot.state)
+        self._board.publish.remote(snapshot.version, [self._last_ref])
+
+    def run_updates(self, n: int, max_seconds: float) -> LearnerReport:
+        return self.loop.run_updates(n, max_seconds)
+
+    def save(self, path: str) -> int:
+        self.learner.save(path)
+        return int(self.learner.updates)
+
+    def device(self) -> str:
+        return str(self.learner.device)
+
+    def pid(self) -> int:
+        return os.getpid()

@@ -1,0 +1,114 @@
+"""The learner loop: sample -> update -> priorities back -> publish every K updates.
+
+A plain class over callables, so the same loop runs in-process (local mode, tests) and inside
+the Ray learner actor, where ``sample`` is the replay client's prefetching sampler.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+from common.types import SampleBatch
+from common.weights import PolicySnapshot
+
+log = logging.getLogger(__name__)
+
+
+class Learner(Protocol):
+    updates: int
+
+    def update(self, batch: SampleBatch) -> Any: ...
+    def policy_state(self) -> dict[str, np.ndarray]: ...
+
+
+@dataclass
+class LearnerReport:
+    """What ``run_updates`` did; crosses the process boundary to the driver."""
+
+    updates: int = 0
+    total_updates: int = 0
+    policy_version: int = -1
+    samples: int = 0
+    stats: dict[str, float] = field(default_factory=dict)
+    policy_lag: float = float("nan")
+    sample_wait_seconds: float = 0.0
+    update_seconds: float = 0.0
+    publish_seconds: float = 0.0
+    publishes: int = 0
+
+
+def _scalar_stats(stats: Any) -> dict[str, float]:
+    if dataclasses.is_dataclass(stats):
+        items = dataclasses.asdict(stats).items()
+    elif hasattr(stats, "_asdict"):
+        items = stats._asdict().items()
+    else:
+        items = dict(stats).items()
+    return {k: float(v) for k, v in items if isinstance(v, (int, float, np.floating, np.integer))}
+
+
+def policy_lag(version: int, batch: SampleBatch) -> float:
+    """Mean of (current version - version that produced the transition), policy actions only."""
+    produced = batch.policy_version[batch.policy_version >= 0]
+    return float(version - produced.mean()) if produced.size else float("nan")
+
+
+class LearnerLoop:
+    """Runs updates from sampled batches and publishes versioned policy snapshots."""
+
+    def __init__(self, learner: Learner, sample: Callable[[], SampleBatch | None],
+                 publish: Callable[[PolicySnapshot], None], publish_every: int,
+                 update_priorities: Callable[[np.ndarray, np.ndarray], None] | None = None,
+                 idle_sleep_s: float = 0.002) -> None:
+        if publish_every < 1:
+            raise ValueError(f"publish_every ({publish_every}) must be >= 1")
+        self.learner = learner
+        self._sample = sample
+        self._publish = publish
+        self._update_priorities = update_priorities
+        self.publish_every = publish_every
+        self._idle_sleep_s = idle_sleep_s
+        self.version = -1
+
+    def publish(self) -> float:
+        """Publishes the current policy; its version is the learner's update count."""
+        t0 = time.perf_counter()
+        self.version = int(self.learner.updates)
+        self._publish(PolicySnapshot(self.version, self.learner.policy_state()))
+        return time.perf_counter() - t0
+
+    def run_updates(self, n: int, max_seconds: float = float("inf")) -> LearnerReport:
+        """Runs up to ``n`` updates, returning early after ``max_seconds`` (e.g. while the
+        replay is below its minimum size or the rate limiter holds the learner back)."""
+        report = LearnerReport()
+        lags: list[float] = []
+        start = time.perf_counter()
+        while report.updates < n and time.perf_counter() - start < max_seconds:
+            t0 = time.perf_counter()
+            batch = self._sample()
+            report.sample_wait_seconds += time.perf_counter() - t0
+            if batch is None:
+                time.sleep(self._idle_sleep_s)
+                continue
+            t1 = time.perf_counter()
+            stats = self.learner.update(batch)
+            report.update_seconds += time.perf_counter() - t1
+            if self._update_priorities is not None and getattr(stats, "td_error", None) is not None:
+                self._update_priorities(batch.key, np.asarray(stats.td_error))
+            report.updates += 1
+            report.samples += batch.size
+            lags.append(policy_lag(self.version, batch))
+            report.stats = _scalar_stats(stats)
+            if self.learner.updates % self.publish_every == 0:
+                report.publish_seconds += self.publish()
+                report.publishes += 1
+        finite = [x for x in lags if np.isfinite(x)]
+        report.policy_lag = float(np.mean(finite)) if finite else float("nan")
+        report.total_updates = int(self.learner.updates)
+        report.policy_version = self.version
+        return report
