@@ -44,6 +44,14 @@ class SimulatorBackend(str, enum.Enum):
     CARLA = "carla"
 
 
+class RouteSplit(str, enum.Enum):
+    """Which spawn points an env draws routes from (actors/route.py): disjoint sets, so that
+    evaluation runs on held-out routes."""
+
+    TRAIN = "train"
+    EVAL = "eval"
+
+
 @dataclass(frozen=True)
 class NetworkConfig:
     """Network sizes.
@@ -142,21 +150,36 @@ class ReplayConfig:
 class RewardConfig:
     """Weights of the reward components (see actors/rewards.py for each component).
 
+    The default weights keep an ordinary step's reward within about [-1, 1]; only terminal
+    events (collision, off road, goal) go beyond.
+
     Attributes:
-        efficiency: speed along the route towards the target speed.
-        lane_keeping: lateral and heading error.
-        comfort: jerk.
-        safety: collision by speed, lane invasion, off road.
-        progress: distance along the route, waypoint and goal bonuses.
+        efficiency: weight of speed along the route towards the target speed, term in [-1, 1].
+        lane_keeping: weight of lateral and heading error, term in [-1, 1].
+        comfort: weight of jerk, term in [-1, 0].
+        safety: weight of collision by speed, lane invasion, off road (penalties below).
+        progress: weight of distance along the route (term in [-1, 1]) plus bonuses below.
         target_speed_mps: speed the efficiency term rewards most.
+        collision_penalty: safety penalty of a collision at the target speed (half of it at
+            standstill, 1.5 times it at twice the target speed).
+        lane_invasion_penalty: safety penalty of a step that crosses a lane marking or ends
+            off the driving lanes.
+        off_road_penalty: safety penalty when the lateral deviation ends the episode.
+        waypoint_bonus: progress bonus per observation waypoint passed.
+        goal_bonus: progress bonus for completing the route.
     """
 
-    efficiency: float = 1.0
-    lane_keeping: float = 1.0
-    comfort: float = 0.2
+    efficiency: float = 0.5
+    lane_keeping: float = 0.3
+    comfort: float = 0.1
     safety: float = 1.0
-    progress: float = 1.0
+    progress: float = 0.2
     target_speed_mps: float = 8.0
+    collision_penalty: float = 10.0
+    lane_invasion_penalty: float = 0.5
+    off_road_penalty: float = 10.0
+    waypoint_bonus: float = 0.5
+    goal_bonus: float = 50.0
 
 
 @dataclass(frozen=True)
@@ -214,6 +237,7 @@ class EnvConfig:
         vehicle: ego blueprint id.
         camera: the camera.
         route_length_m: length of a planned route.
+        route_split: the spawn points routes start from (train, or held-out eval).
         max_steps: step limit (truncation).
         max_lateral_m: |lateral deviation| that terminates an episode.
         num_npcs: NPC vehicles driven by the traffic manager.
@@ -232,6 +256,7 @@ class EnvConfig:
     vehicle: str = "vehicle.tesla.model3"
     camera: CameraConfig = field(default_factory=CameraConfig)
     route_length_m: float = 200.0
+    route_split: RouteSplit = RouteSplit.TRAIN
     max_steps: int = 1000
     max_lateral_m: float = 2.5
     num_npcs: int = 0

@@ -1,0 +1,174 @@
+"""Reward and termination of the driving task, as pure functions of one step's measurements.
+
+The reward is ``sum(weight_c * term_c)`` over five components, each weight taken from
+common.config.RewardConfig. Every term is bounded so that, with the default weights, an
+ordinary step earns roughly [-1, 1]; only terminal events (collision, leaving the road, reaching
+the goal) go beyond that.
+
+* efficiency in [-1, 1]: speed along the route ``v * cos(heading_error)`` over the target speed,
+  rising to 1 at the target, falling linearly to 0 at twice the target and to -1 beyond; driving
+  backwards along the route is negative.
+* lane_keeping in [-1, 1]: ``1 - lateral error / half lane width - heading error /
+  HEADING_ERROR_SCALE_RAD`` (each error capped at 1), multiplied by a speed gate that is 0 at
+  standstill and 1 from a quarter of the target speed on, so standing still earns nothing.
+* comfort in [-1, 0]: minus the jerk (change of acceleration per second) over
+  COMFORT_JERK_SCALE_MPS3, capped at 1.
+* safety: ``-lane_invasion_penalty`` on a step that crosses a lane marking or ends off the driving
+  lanes (both at most once per step), ``-off_road_penalty`` when the lateral deviation ends the
+  episode, and on a collision ``-collision_penalty * (1 + min(v / target, 2)) / 2``: half the
+  penalty at standstill, the full penalty at the target speed, 1.5 times it at twice the target.
+* progress: distance gained along the route this step over the distance the target speed would
+  gain (capped to [-1, 1]), plus ``waypoint_bonus`` per observation waypoint passed and
+  ``goal_bonus`` once when the route is completed.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from common.config import RewardConfig
+
+HEADING_ERROR_SCALE_RAD = math.pi / 4
+COMFORT_JERK_SCALE_MPS3 = 30.0
+SPEED_GATE_FRACTION = 0.25
+
+COLLISION = "collision"
+OFF_ROAD = "off_road"
+ROUTE_COMPLETED = "route_completed"
+STEP_LIMIT = "step_limit"
+SIMULATOR_TIMEOUT = "simulator_timeout"
+TERMINATION_REASONS = ("", COLLISION, OFF_ROAD, ROUTE_COMPLETED, STEP_LIMIT, SIMULATOR_TIMEOUT)
+
+
+@dataclass(frozen=True)
+class StepMeasurements:
+    """What the env measured over one step, the only input of the reward.
+
+    Attributes:
+        speed_mps: speed at the end of the step.
+        heading_error_rad: vehicle yaw minus route yaw, wrapped to [-pi, pi].
+        lateral_m: signed distance from the route's centre line (positive: right of it).
+        half_lane_width_m: half the width of the lane the route follows here.
+        progress_m: distance gained along the route during the step (negative: went back).
+        dt_s: simulated seconds per step.
+        waypoints_passed: observation waypoints passed during the step.
+        route_completed: the vehicle reached the end of the route.
+        collided: a collision event arrived for this step.
+        collision_speed_mps: speed before the impact (the larger of the step's start and end).
+        lane_invasion: a lane-marking crossing was reported for this step.
+        on_driving_lane: the vehicle's centre is on a driving lane of the map.
+        max_lateral_m: |lateral_m| beyond which the episode ends off the road.
+        jerk_mps3: magnitude of the change of acceleration over the step, per second.
+    """
+
+    speed_mps: float
+    heading_error_rad: float
+    lateral_m: float
+    half_lane_width_m: float
+    progress_m: float
+    dt_s: float
+    waypoints_passed: int = 0
+    route_completed: bool = False
+    collided: bool = False
+    collision_speed_mps: float = 0.0
+    lane_invasion: bool = False
+    on_driving_lane: bool = True
+    max_lateral_m: float = 2.5
+    jerk_mps3: float = 0.0
+
+
+class RewardTerms(NamedTuple):
+    """The weighted reward components of one step; their sum is the reward."""
+
+    efficiency: float
+    lane_keeping: float
+    comfort: float
+    safety: float
+    progress: float
+
+    @property
+    def total(self) -> float:
+        return float(sum(self))
+
+
+def _clip(x: float, low: float, high: float) -> float:
+    return max(low, min(high, x))
+
+
+def efficiency(m: StepMeasurements, cfg: RewardConfig) -> float:
+    """Speed along the route towards the target speed, in [-1, 1] (see the module docstring)."""
+    ratio = m.speed_mps * math.cos(m.heading_error_rad) / cfg.target_speed_mps
+    if ratio <= 1.0:
+        return _clip(ratio, -1.0, 1.0)
+    return _clip(2.0 - ratio, -1.0, 1.0)
+
+
+def lane_keeping(m: StepMeasurements, cfg: RewardConfig) -> float:
+    """Lateral and heading error, gated by speed, in [-1, 1]."""
+    gate = _clip(m.speed_mps / (SPEED_GATE_FRACTION * cfg.target_speed_mps), 0.0, 1.0)
+    lateral = min(abs(m.lateral_m) / max(m.half_lane_width_m, 1e-3), 1.0)
+    heading = min(abs(m.heading_error_rad) / HEADING_ERROR_SCALE_RAD, 1.0)
+    return gate * (1.0 - lateral - heading)
+
+
+def comfort(m: StepMeasurements) -> float:
+    """Minus the normalised jerk, in [-1, 0]."""
+    return -min(abs(m.jerk_mps3) / COMFORT_JERK_SCALE_MPS3, 1.0)
+
+
+def safety(m: StepMeasurements, cfg: RewardConfig) -> float:
+    """Collision (scaled by speed), lane invasion or off the lanes, and leaving the road."""
+    value = 0.0
+    if m.lane_invasion or not m.on_driving_lane:
+        value -= cfg.lane_invasion_penalty
+    if abs(m.lateral_m) > m.max_lateral_m:
+        value -= cfg.off_road_penalty
+    if m.collided:
+        severity = 1.0 + min(m.collision_speed_mps / cfg.target_speed_mps, 2.0)
+        value -= cfg.collision_penalty * severity / 2.0
+    return value
+
+
+def progress(m: StepMeasurements, cfg: RewardConfig) -> float:
+    """Distance along the route per step (in [-1, 1]) plus waypoint and goal bonuses."""
+    nominal = cfg.target_speed_mps * m.dt_s
+    value = _clip(m.progress_m / nominal, -1.0, 1.0)
+    value += cfg.waypoint_bonus * max(m.waypoints_passed, 0)
+    if m.route_completed:
+        value += cfg.goal_bonus
+    return value
+
+
+def reward_terms(m: StepMeasurements, cfg: RewardConfig) -> RewardTerms:
+    """Each component times its weight from ``cfg``.
+
+    Args:
+        m: the step's measurements.
+        cfg: weights, target speed, penalties and bonuses.
+
+    Returns:
+        The weighted components; ``.total`` is the step's reward.
+    """
+    return RewardTerms(
+        efficiency=cfg.efficiency * efficiency(m, cfg),
+        lane_keeping=cfg.lane_keeping * lane_keeping(m, cfg),
+        comfort=cfg.comfort * comfort(m),
+        safety=cfg.safety * safety(m, cfg),
+        progress=cfg.progress * progress(m, cfg),
+    )
+
+
+def termination_reason(m: StepMeasurements) -> str:
+    """Why the episode terminates after this step, or "" if it goes on.
+
+    Priority when several apply: collision, then off road (|lateral| > max_lateral_m), then
+    route completed.
+    """
+    if m.collided:
+        return COLLISION
+    if abs(m.lateral_m) > m.max_lateral_m:
+        return OFF_ROAD
+    if m.route_completed:
+        return ROUTE_COMPLETED
+    return ""

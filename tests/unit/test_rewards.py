@@ -1,0 +1,133 @@
+"""Reward components and termination, as named cases on hand-made step measurements."""
+import dataclasses
+import math
+
+import pytest
+
+from actors import rewards as R
+from common.config import RewardConfig
+
+CFG = RewardConfig()
+DT = 0.05
+NOMINAL = CFG.target_speed_mps * DT  # metres gained per step at the target speed
+
+
+def step(**kw) -> R.StepMeasurements:
+    base = dict(speed_mps=CFG.target_speed_mps, heading_error_rad=0.0, lateral_m=0.0,
+                half_lane_width_m=1.75, progress_m=NOMINAL, dt_s=DT)
+    base.update(kw)
+    return R.StepMeasurements(**base)
+
+
+@pytest.mark.parametrize("name,m,expected", [
+    ("at_target_speed", step(), 1.0),
+    ("standstill", step(speed_mps=0.0), 0.0),
+    ("half_target", step(speed_mps=CFG.target_speed_mps / 2), 0.5),
+    ("twice_target", step(speed_mps=2 * CFG.target_speed_mps), 0.0),
+    ("far_too_fast", step(speed_mps=4 * CFG.target_speed_mps), -1.0),
+    ("sideways", step(heading_error_rad=math.pi / 2), 0.0),
+    ("backwards_along_route", step(heading_error_rad=math.pi), -1.0),
+])
+def test_efficiency(name, m, expected):
+    assert R.efficiency(m, CFG) == pytest.approx(expected, abs=1e-9), name
+
+
+@pytest.mark.parametrize("name,m,expected", [
+    ("centred_and_aligned", step(), 1.0),
+    ("half_lane_off", step(lateral_m=0.875), 0.5),
+    ("on_the_marking", step(lateral_m=1.75), 0.0),
+    ("off_and_crooked", step(lateral_m=3.0, heading_error_rad=1.0), -1.0),
+    ("heading_only", step(heading_error_rad=R.HEADING_ERROR_SCALE_RAD / 2), 0.5),
+    ("standstill_earns_nothing", step(speed_mps=0.0), 0.0),
+    ("slow_gated", step(speed_mps=R.SPEED_GATE_FRACTION * CFG.target_speed_mps / 2), 0.5),
+])
+def test_lane_keeping(name, m, expected):
+    assert R.lane_keeping(m, CFG) == pytest.approx(expected, abs=1e-9), name
+
+
+@pytest.mark.parametrize("name,jerk,expected", [
+    ("smooth", 0.0, 0.0),
+    ("moderate", R.COMFORT_JERK_SCALE_MPS3 / 2, -0.5),
+    ("harsh_is_capped", 10 * R.COMFORT_JERK_SCALE_MPS3, -1.0),
+])
+def test_comfort(name, jerk, expected):
+    assert R.comfort(step(jerk_mps3=jerk)) == pytest.approx(expected), name
+
+
+@pytest.mark.parametrize("name,m,expected", [
+    ("clean", step(), 0.0),
+    ("lane_invasion", step(lane_invasion=True), -CFG.lane_invasion_penalty),
+    ("off_driving_lane", step(on_driving_lane=False), -CFG.lane_invasion_penalty),
+    ("both_count_once", step(lane_invasion=True, on_driving_lane=False), -CFG.lane_invasion_penalty),
+    ("off_road", step(lateral_m=2.6), -CFG.off_road_penalty),
+    ("collision_standstill", step(collided=True, collision_speed_mps=0.0), -CFG.collision_penalty / 2),
+    ("collision_at_target", step(collided=True, collision_speed_mps=CFG.target_speed_mps),
+     -CFG.collision_penalty),
+    ("collision_capped", step(collided=True, collision_speed_mps=10 * CFG.target_speed_mps),
+     -1.5 * CFG.collision_penalty),
+])
+def test_safety(name, m, expected):
+    assert R.safety(m, CFG) == pytest.approx(expected), name
+
+
+def test_collision_penalty_grows_with_speed():
+    values = [R.safety(step(collided=True, collision_speed_mps=v), CFG) for v in (0, 4, 8, 12)]
+    assert values == sorted(values, reverse=True) and values[0] > values[-1]
+
+
+@pytest.mark.parametrize("name,m,expected", [
+    ("nominal_progress", step(), 1.0),
+    ("no_progress", step(progress_m=0.0), 0.0),
+    ("backwards", step(progress_m=-NOMINAL), -1.0),
+    ("capped", step(progress_m=10 * NOMINAL), 1.0),
+    ("waypoints", step(waypoints_passed=2), 1.0 + 2 * CFG.waypoint_bonus),
+    ("goal", step(route_completed=True), 1.0 + CFG.goal_bonus),
+])
+def test_progress(name, m, expected):
+    assert R.progress(m, CFG) == pytest.approx(expected), name
+
+
+def test_weights_scale_each_component_and_total_is_the_sum():
+    m = step(lateral_m=0.5, jerk_mps3=6.0, lane_invasion=True, waypoints_passed=1)
+    terms = R.reward_terms(m, CFG)
+    assert terms.efficiency == pytest.approx(CFG.efficiency * R.efficiency(m, CFG))
+    assert terms.lane_keeping == pytest.approx(CFG.lane_keeping * R.lane_keeping(m, CFG))
+    assert terms.comfort == pytest.approx(CFG.comfort * R.comfort(m))
+    assert terms.safety == pytest.approx(CFG.safety * R.safety(m, CFG))
+    assert terms.progress == pytest.approx(CFG.progress * R.progress(m, CFG))
+    assert terms.total == pytest.approx(sum(terms))
+    zero = dataclasses.replace(CFG, efficiency=0.0, lane_keeping=0.0, comfort=0.0, safety=0.0,
+                               progress=0.0)
+    assert R.reward_terms(m, zero).total == 0.0
+
+
+@pytest.mark.parametrize("name,m", [
+    ("perfect", step()),
+    ("standstill", step(speed_mps=0.0, progress_m=0.0)),
+    ("worst_non_terminal", step(speed_mps=40.0, heading_error_rad=math.pi, lateral_m=2.4,
+                                progress_m=-1.0, jerk_mps3=1e3, lane_invasion=True,
+                                on_driving_lane=False, waypoints_passed=0)),
+])
+def test_ordinary_steps_stay_roughly_within_unit_range(name, m):
+    assert -2.0 <= R.reward_terms(m, CFG).total <= 1.2, name
+
+
+def test_driving_well_beats_standing_still_and_crashing():
+    good = R.reward_terms(step(), CFG).total
+    idle = R.reward_terms(step(speed_mps=0.0, progress_m=0.0), CFG).total
+    crash = R.reward_terms(step(collided=True, collision_speed_mps=8.0), CFG).total
+    assert good > 0.9 and abs(idle) < 1e-9 and crash < -5.0
+
+
+@pytest.mark.parametrize("name,m,reason", [
+    ("goes_on", step(), ""),
+    ("collision", step(collided=True), R.COLLISION),
+    ("off_road", step(lateral_m=-2.6), R.OFF_ROAD),
+    ("just_inside", step(lateral_m=2.5), ""),
+    ("route_completed", step(route_completed=True), R.ROUTE_COMPLETED),
+    ("collision_wins", step(collided=True, lateral_m=3.0, route_completed=True), R.COLLISION),
+    ("off_road_before_goal", step(lateral_m=3.0, route_completed=True), R.OFF_ROAD),
+])
+def test_termination_reason(name, m, reason):
+    assert R.termination_reason(m) == reason, name
+    assert reason in R.TERMINATION_REASONS
