@@ -1,0 +1,145 @@
+"""The env's pure parts: frame-matched sensor queues, observation processing, the scripted
+driver's geometry."""
+import math
+import threading
+import time
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+
+from actors.observation import ObservationBuilder, bgra_to_array, build_vector, preprocess_frame
+from actors.scripted import PurePursuitDriver, _point_at_radius, path_curvature
+from actors.sensors import EventBuffer, FrameQueue
+from common.errors import SimulatorTimeout, SpecError
+from common.specs import EnvSpec
+
+SPEC = EnvSpec()
+
+
+def reading(frame, value=0):
+    return SimpleNamespace(frame=frame, value=value)
+
+
+def test_frame_queue_returns_the_requested_frame_not_the_latest():
+    q = FrameQueue("camera")
+    for f in (3, 4, 5):
+        q.put(reading(f, value=f * 10))
+    assert q.get(4, timeout_s=0.1).value == 40
+    assert q.dropped == 1  # frame 3 is stale once frame 4 was consumed
+    assert q.get(5, timeout_s=0.1).value == 50
+
+
+def test_frame_queue_waits_for_a_late_frame_from_another_thread():
+    q = FrameQueue("camera")
+    q.put(reading(6))  # an old frame is already there; it must not be returned
+    timer = threading.Timer(0.05, q.put, args=(reading(7, value=1),))
+    timer.start()
+    t0 = time.monotonic()
+    got = q.get(7, timeout_s=2.0)
+    timer.join()
+    assert got.frame == 7 and got.value == 1
+    assert 0.03 < time.monotonic() - t0 < 1.0
+
+
+def test_frame_queue_timeout_names_sensor_and_frame():
+    q = FrameQueue("camera")
+    q.put(reading(1))
+    with pytest.raises(SimulatorTimeout, match=r"sensor 'camera': no data for frame 2 within 0.05 s"):
+        q.get(2, timeout_s=0.05)
+
+
+def test_event_buffer_takes_events_up_to_the_frame():
+    buf = EventBuffer("collision")
+    for f in (2, 3, 5):
+        buf.put(reading(f))
+    assert [e.frame for e in buf.take(3)] == [2, 3]
+    assert buf.take(4) == []
+    assert [e.frame for e in buf.take(5)] == [5]
+
+
+def test_bgra_conversion_and_resize_follow_opencv():
+    rng = np.random.default_rng(0)
+    bgra = rng.integers(0, 256, (120, 160, 4), dtype=np.uint8)
+    arr = bgra_to_array(bgra.tobytes(), 160, 120)
+    assert np.array_equal(arr, bgra)
+    frame = preprocess_frame(arr, 84)
+    expected = cv2.resize(cv2.cvtColor(bgra, cv2.COLOR_BGRA2GRAY), (84, 84),
+                          interpolation=cv2.INTER_AREA)
+    assert frame.dtype == np.uint8 and frame.shape == (84, 84)
+    assert np.array_equal(frame, expected)
+    with pytest.raises(SpecError, match=r"76800 bytes, expected 119\*160\*4"):
+        bgra_to_array(bgra.tobytes()[: 120 * 160 * 4], 160, 119)
+
+
+def test_gray_weights_blue_green_red_like_opencv():
+    bgra = np.zeros((84, 84, 4), np.uint8)
+    bgra[..., 2] = 255  # pure red in BGRA
+    assert int(preprocess_frame(bgra, 84)[0, 0]) == 76  # 0.299 * 255
+
+
+def test_vector_layout_and_scales():
+    wps = np.stack([np.arange(1, 11) * 5.0, np.linspace(0, 2, 10)], axis=1)
+    v = build_vector(SPEC, speed_mps=15.0, lateral_m=-1.75, heading_error_rad=math.pi / 2,
+                     waypoints_vehicle=wps)
+    assert v.dtype == np.float32 and v.shape == (SPEC.vector_dim,)
+    assert v[:3] == pytest.approx([0.5, -0.5, 0.5])
+    assert v[3:5] == pytest.approx([5.0 / 50.0, 0.0])
+    assert v[-2:] == pytest.approx([1.0, 2.0 / 50.0])
+    with pytest.raises(SpecError, match=r"waypoints shape \(3, 2\)"):
+        build_vector(SPEC, 0.0, 0.0, 0.0, np.zeros((3, 2)))
+
+
+def test_frame_stack_starts_with_copies_and_shifts():
+    builder = ObservationBuilder(SPEC)
+    vec = np.zeros(SPEC.vector_dim, np.float32)
+    frames = [np.full((60, 80, 4), 40 * i, np.uint8) for i in range(1, 4)]
+    obs = builder.reset(frames[0], vec)
+    assert obs["image"].shape == (4, 84, 84)
+    assert all(int(obs["image"][j].mean()) == 40 for j in range(4))
+    obs = builder.push(frames[1], vec)
+    obs = builder.push(frames[2], vec)
+    assert [int(obs["image"][j].mean()) for j in range(4)] == [40, 40, 80, 120]
+    again = builder.repeat_last()
+    assert all(np.array_equal(again[k], obs[k]) for k in obs)
+
+
+def test_repeat_before_reset_is_an_error():
+    with pytest.raises(SpecError, match="before the first reset"):
+        ObservationBuilder(SPEC).repeat_last()
+
+
+def test_point_at_radius_interpolates_on_the_polyline():
+    path = np.array([[2.0, 0.0], [6.0, 0.0], [10.0, 0.0]])
+    assert np.allclose(_point_at_radius(path, 5.0), [5.0, 0.0])
+    assert np.allclose(_point_at_radius(path, 1.0), [2.0, 0.0])
+    assert np.allclose(_point_at_radius(path, 50.0), [10.0, 0.0])
+
+
+def test_path_curvature_of_an_arc():
+    radius = 20.0
+    angles = np.arange(1, 11) * 5.0 / radius
+    arc = np.stack([radius * np.sin(angles), radius * (1 - np.cos(angles))], axis=1)
+    assert path_curvature(arc, 30.0) == pytest.approx(1 / radius, rel=0.1)
+    line = np.stack([np.arange(1, 11) * 5.0, np.zeros(10)], axis=1)
+    assert path_curvature(line, 30.0) == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("name,lateral_y,steer_sign", [
+    ("route_bends_right", 3.0, 1.0), ("route_bends_left", -3.0, -1.0), ("straight", 0.0, 0.0)])
+def test_driver_steers_towards_the_route(name, lateral_y, steer_sign):
+    xs = np.arange(1, 11) * 5.0
+    wps = np.stack([xs, lateral_y * (xs / 50.0) ** 2], axis=1)
+    vec = build_vector(SPEC, 5.0, 0.0, 0.0, wps)
+    steer, pedal = PurePursuitDriver(SPEC)({"vector": vec})
+    assert np.sign(round(float(steer), 6)) == steer_sign, name
+    assert pedal > 0  # below the cruise speed
+
+
+def test_driver_brakes_when_too_fast_for_a_bend():
+    radius = 15.0
+    angles = np.arange(1, 11) * 5.0 / radius
+    arc = np.stack([radius * np.sin(angles), radius * (1 - np.cos(angles))], axis=1)
+    _, pedal = PurePursuitDriver(SPEC)({"vector": build_vector(SPEC, 12.0, 0.0, 0.0, arc)})
+    assert pedal < 0
