@@ -1,0 +1,242 @@
+"""ReplayShard: one shard of the replay service (a plain class; deploy/ wraps it in Ray).
+
+Inserts are msgpack StepChunks (common/codec.py) from rollout actors. A message is decoded and
+fully validated, and its place in its stream checked, before anything is written: an invalid
+message raises WireError/SpecError and leaves the shard exactly as it was.
+
+Idempotence: a chunk whose ``seq`` is not above the stream's last accepted seq is acknowledged
+as a duplicate and ignored, so a retried Ray task never stores a batch twice. A seq gap or an
+unknown stream restarts the stream at the chunk's next ``first`` record. Streams whose slots
+have all been overwritten are forgotten after a while (``_prune_streams``); a retry older than
+a full ring turn may then be stored again.
+
+Rate limiting never blocks the actor: a refused call returns at once, ``InsertAck.rate_limited``
+for an insert (the writer resends the same message; later seqs of that stream are refused
+until it does, so episodes stay whole and in order) and a ``RateLimited`` value for a sample.
+"""
+from __future__ import annotations
+
+import logging
+import pathlib
+from typing import NamedTuple
+
+import numpy as np
+
+from common.codec import WireLimits, decode_chunk, encode_batch, validate_chunk
+from common.config import ReplayConfig
+from common.errors import WireError
+from common.specs import EnvSpec
+from common.types import SampleBatch, StepChunk
+from replay import checkpoint
+from replay.rate_limiter import RateLimiter
+from replay.samplers import make_sampler
+from replay.storage import FrameRing, StreamState
+
+log = logging.getLogger(__name__)
+
+KEY_SHARD_SHIFT = 48
+_STAMP_MASK = (1 << KEY_SHARD_SHIFT) - 1
+_MAX_KNOWN_STREAMS = 4096
+
+
+class InsertAck(NamedTuple):
+    """The shard's answer to one insert.
+
+    Attributes:
+        stream_id: the chunk's stream.
+        seq: the chunk's seq.
+        stored: transitions stored from this chunk.
+        dropped: leading records dropped (stream unknown or after a seq gap).
+        duplicate: the chunk was seen before and ignored.
+        rate_limited: refused by the rate limiter; resend the same message later.
+    """
+
+    stream_id: int
+    seq: int
+    stored: int
+    dropped: int
+    duplicate: bool
+    rate_limited: bool
+
+
+class RateLimited(NamedTuple):
+    """A sample refused by the rate limiter or the minimum size; ask again later.
+
+    Attributes:
+        shard_index: the shard that refused.
+        size: its current size in transitions.
+        reason: "min_size" or "ratio".
+    """
+
+    shard_index: int
+    size: int
+    reason: str
+
+
+class ReplayShard:
+    """One replay shard. See the module docstring.
+
+    Args:
+        spec: observation and action spec.
+        cfg: the replay section of the config.
+        shard_index: this shard's index (stored in the top bits of sample keys).
+        seed: sampling seed.
+    """
+
+    def __init__(self, spec: EnvSpec, cfg: ReplayConfig, shard_index: int = 0, seed: int = 0) -> None:
+        if not 0 <= shard_index < (1 << 14):
+            raise WireError(f"shard_index ({shard_index}) must be in [0, 16384)")
+        self.spec, self.cfg, self.shard_index = spec, cfg, int(shard_index)
+        self.ring = FrameRing(spec, cfg.capacity)
+        self.limits = WireLimits(max_records=min(WireLimits().max_records, cfg.capacity))
+        self.limiter = RateLimiter(cfg.samples_per_insert, cfg.min_size_to_sample,
+                                   cfg.error_buffer, cfg.capacity)
+        self.sampler = make_sampler(cfg, self.ring.valid, lambda: self.ring.filled,
+                                    lambda: self.ring.num_valid)
+        self.rng = np.random.default_rng([seed, shard_index])
+        self.streams: dict[int, StreamState] = {}
+        self.counts = {"inserts": 0, "duplicates": 0, "dropped_records": 0, "rejected": 0,
+                       "insert_refusals": 0, "samples": 0, "sample_refusals": 0,
+                       "priority_updates": 0, "stale_priority_updates": 0}
+        log.info("replay_shard index=%d capacity=%d sampler=%s bytes=%d bytes_per_slot=%.1f",
+                 self.shard_index, cfg.capacity, cfg.sampler.value, self.ring.nbytes,
+                 self.ring.bytes_per_slot())
+
+    def size(self) -> int:
+        """Valid (sampleable) transitions held."""
+        return self.ring.num_valid
+
+    def insert(self, data: bytes) -> InsertAck:
+        """Decodes, validates and stores one msgpack chunk (see the module docstring).
+
+        Raises:
+            WireError, SpecError: the message is invalid; the shard is unchanged.
+        """
+        try:
+            chunk = decode_chunk(data, self.spec, self.limits)
+        except ValueError:
+            self.counts["rejected"] += 1
+            raise
+        return self._insert_valid(chunk)
+
+    def insert_chunk(self, chunk: StepChunk) -> InsertAck:
+        """Validates and stores a chunk built in this process (same rules as ``insert``)."""
+        try:
+            validate_chunk(chunk, self.spec, self.limits)
+        except ValueError:
+            self.counts["rejected"] += 1
+            raise
+        return self._insert_valid(chunk)
+
+    def _insert_valid(self, chunk: StepChunk) -> InsertAck:
+        state = self.streams.get(chunk.stream_id)
+        sid, seq = chunk.stream_id, chunk.seq
+        if state is not None and seq <= state.last_seq:
+            self.counts["duplicates"] += 1
+            return InsertAck(sid, seq, 0, 0, True, False)
+        if state is not None and state.refused_seq >= 0 and seq != state.refused_seq:
+            return self._refuse_insert(sid, seq, state)
+        if state is not None and seq != state.last_seq + 1:
+            state = None  # a gap: the stream restarts at its next first record
+        plan = self.ring.plan(chunk, state)
+        if not self.limiter.admit("insert", self.limiter.can_insert(self.size())):
+            return self._refuse_insert(sid, seq, self.streams.get(sid))
+        new_state = self.ring.write(chunk, state, plan, self.sampler.remove, self.sampler.add)
+        self.streams[sid] = new_state
+        self.limiter.on_insert(plan.stored_transitions)
+        self.counts["inserts"] += plan.stored_transitions
+        self.counts["dropped_records"] += plan.dropped_records
+        if len(self.streams) > _MAX_KNOWN_STREAMS:
+            self._prune_streams()
+        return InsertAck(sid, seq, plan.stored_transitions, plan.dropped_records, False, False)
+
+    def _refuse_insert(self, sid: int, seq: int, state: StreamState | None) -> InsertAck:
+        self.counts["insert_refusals"] += 1
+        if state is None:
+            f = self.spec.frames
+            state = StreamState(seq - 1, -1, False, np.zeros(f, np.int64), np.full(f, -1, np.int64))
+            self.streams[sid] = state
+        if state.refused_seq < 0:
+            state.refused_seq = seq
+        return InsertAck(sid, seq, 0, 0, False, True)
+
+    def _prune_streams(self) -> None:
+        intact_from = self.ring.counter - self.ring.capacity
+        stale = [sid for sid, st in self.streams.items() if st.stamps.max() < intact_from]
+        for sid in stale:
+            del self.streams[sid]
+
+    def sample(self, batch_size: int) -> SampleBatch | RateLimited:
+        """Samples ``batch_size`` valid transitions with both image stacks rebuilt.
+
+        Returns:
+            A SampleBatch (keys: shard index << 48 | write stamp), or RateLimited when the
+            shard is below min_size_to_sample or the ratio holds sampling back.
+        """
+        if batch_size < 1:
+            raise WireError(f"batch_size ({batch_size}) must be >= 1")
+        size = self.size()
+        if not self.limiter.admit("sample", self.limiter.can_sample(size)):
+            self.counts["sample_refusals"] += 1
+            reason = "min_size" if size < self.limiter.min_size_to_sample else "ratio"
+            return RateLimited(self.shard_index, size, reason)
+        slots, weight = self.sampler.sample(self.rng, batch_size)
+        self.limiter.on_sample(batch_size)
+        self.counts["samples"] += batch_size
+        return self._gather(slots, weight)
+
+    def sample_bytes(self, batch_size: int) -> bytes | RateLimited:
+        """``sample`` encoded with common.codec.encode_batch."""
+        batch = self.sample(batch_size)
+        return batch if isinstance(batch, RateLimited) else encode_batch(batch)
+
+    def _gather(self, slots: np.ndarray, weight: np.ndarray) -> SampleBatch:
+        r = self.ring
+        prev = r.prev[slots]
+        obs_image = np.take(r.frame, r.stack[prev], axis=0)
+        next_image = np.take(r.frame, r.stack[slots], axis=0)
+        key = (np.int64(self.shard_index) << KEY_SHARD_SHIFT) | r.stamp[slots]
+        return SampleBatch(
+            obs_image=obs_image, obs_vector=r.vector[prev], action=r.action[slots],
+            reward=r.reward[slots], next_image=next_image, next_vector=r.vector[slots],
+            terminated=r.terminated[slots].astype(np.float32),
+            truncated=r.truncated[slots].astype(np.float32),
+            policy_version=r.policy_version[slots], weight=weight, key=key)
+
+    def update_priorities(self, keys: np.ndarray, priorities: np.ndarray) -> int:
+        """Sets priorities of sampled transitions from |TD errors|.
+
+        Keys of other shards, or of transitions overwritten since they were sampled, are
+        ignored. Returns the number of priorities applied.
+        """
+        keys = np.asarray(keys, np.int64)
+        priorities = np.asarray(priorities, np.float64)
+        if keys.shape != priorities.shape or keys.ndim != 1:
+            raise WireError(f"keys {keys.shape} and priorities {priorities.shape} must be equal 1-D")
+        if not np.all(np.isfinite(priorities)):
+            raise WireError("priorities must be finite")
+        stamps = keys & _STAMP_MASK
+        mine = (keys >> KEY_SHARD_SHIFT) == self.shard_index
+        slots = stamps % self.ring.capacity
+        ok = mine & self.ring.intact(slots, stamps)
+        slots, index = np.unique(slots[ok][::-1], return_index=True)
+        self.sampler.update(slots, priorities[ok][::-1][index])
+        self.counts["priority_updates"] += int(slots.size)
+        self.counts["stale_priority_updates"] += int(keys.size - np.count_nonzero(ok))
+        return int(slots.size)
+
+    def stats(self) -> dict[str, float]:
+        """Counters and gauges: inserts, samples, size, bytes, blocked seconds, ..."""
+        return {**self.counts, "shard_index": self.shard_index, "size": self.size(),
+                "capacity": self.ring.capacity, "slots_written": self.ring.counter,
+                "streams": len(self.streams), "bytes": self.ring.nbytes,
+                "insert_blocked_seconds": self.limiter.blocked_seconds["insert"],
+                "sample_blocked_seconds": self.limiter.blocked_seconds["sample"]}
+
+    def save(self, directory: str | pathlib.Path) -> str:
+        """Writes the shard atomically under ``directory``; returns the checkpoint path."""
+        return str(checkpoint.save_shard(self, pathlib.Path(directory)))
+
+    def restore(self, directory: str | pathlib.Path) -> None:
+        """Restores exactly what ``save`` wrote. Raises CheckpointError if it is corrupt."""
+        checkpoint.restore_shard(self, pathlib.Path(directory))
