@@ -212,12 +212,18 @@ class FakeCarlaConfig:
         tick_latency_s: wall-clock cost added to every tick, standing in for a real server.
         fail_tick_at: tick number at which a tick times out (-1: never). Fault injection.
         die_at_tick: tick number from which the server is dead (-1: never). Fault injection.
+        fault_delay_s: wall-clock wait before an injected time-out is raised (a real client
+            waits its whole timeout; the fake waits the smaller of the two).
+        camera_delay_s: camera images reach the callback after a random delay up to this,
+            from a worker thread, so a reader must match frames.
     """
 
     xodr_path: str = ""
     tick_latency_s: float = 0.0
     fail_tick_at: int = -1
     die_at_tick: int = -1
+    fault_delay_s: float = 0.05
+    camera_delay_s: float = 0.002
 
 
 @dataclass(frozen=True)

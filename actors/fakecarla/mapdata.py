@@ -1,0 +1,204 @@
+"""Map assets computed once per loaded map: the real offline ``carla.Map``, a top-down raster of
+road surface classes for the renderer, and deterministic roadside obstacles.
+
+The real Map is authoritative for lanes and waypoints; the raster is only what the camera sees.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import pathlib
+from dataclasses import dataclass
+
+import carla
+import cv2
+import numpy as np
+
+from common.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_XODR = pathlib.Path(__file__).with_name("town.xodr")
+TOWN_NAME = "FakeTown"
+
+# Raster classes (indices into the renderer's palette).
+GROUND, ASPHALT, WHITE, YELLOW, EDGE = 0, 1, 2, 3, 4
+
+SAMPLE_M = 1.0  # spacing of lane samples used to draw the raster
+MARKING_M = 0.15  # painted marking width
+EDGE_M = 0.6  # dark road-edge strip, centred on the outer lane border
+DASH_M = 3.0  # broken markings: DASH_M painted, DASH_M gap
+MAX_RASTER_PX = 16_000_000
+OBSTACLE_SPACING_M = 12.0
+OBSTACLE_CLEARANCE_M = 1.5  # gap between the outer lane border and a pole's centre
+OBSTACLE_HALF_M = 0.2  # half side of a square pole
+OBSTACLE_HEIGHT_M = 2.0
+_CONTINUOUS = {"Solid", "SolidSolid", "SolidBroken", "BrokenSolid"}
+_DASHED = {"Broken", "BrokenBroken", "BottsDots"}
+
+
+@dataclass(frozen=True)
+class Raster:
+    """A top-down class image of the map. Pixel (row, col) covers world x = x0 + col * res,
+    y = y0 + row * res (CARLA coordinates)."""
+
+    classes: np.ndarray  # uint8 [rows, cols]
+    x0: float
+    y0: float
+    res: float
+
+
+@dataclass(frozen=True)
+class MapAssets:
+    """Everything the fake server derives from one OpenDRIVE file.
+
+    Attributes:
+        name: map name (what ``Map.name`` reports).
+        xodr: the OpenDRIVE text.
+        map: the real offline carla.Map.
+        raster: road surface classes seen from above.
+        obstacles: float32 [N, 3]: x, y, yaw (rad) of square roadside poles.
+    """
+
+    name: str
+    xodr: str
+    map: carla.Map
+    raster: Raster
+    obstacles: np.ndarray
+
+
+def load_assets(xodr_path: str) -> MapAssets:
+    """Parses an OpenDRIVE file ("" = the shipped town) and precomputes render data.
+
+    Raises:
+        ConfigError: if the file is missing or carla.Map yields no driving lanes from it.
+    """
+    path = pathlib.Path(xodr_path) if xodr_path else DEFAULT_XODR
+    if not path.is_file():
+        raise ConfigError(f"xodr_path ({xodr_path!r}) is not a file")
+    xodr = path.read_text()
+    name = TOWN_NAME if not xodr_path else path.stem
+    carla_map = carla.Map(name, xodr)
+    lanes = _lane_polylines(carla_map)
+    if not lanes:
+        raise ConfigError(f"xodr_path ({xodr_path!r}) has no driving lanes carla.Map can read")
+    raster = _rasterize(lanes)
+    obstacles = _place_obstacles(carla_map, lanes)
+    log.info("fake_map_loaded name=%s lanes=%d raster=%dx%d res_m=%.3f obstacles=%d", name, len(lanes),
+             raster.classes.shape[1], raster.classes.shape[0], raster.res, len(obstacles))
+    return MapAssets(name, xodr, carla_map, raster, obstacles)
+
+
+@dataclass(frozen=True)
+class _Lane:
+    """One topology segment sampled every SAMPLE_M: centre, unit right vectors, half widths."""
+
+    centre: np.ndarray  # [n, 2]
+    right: np.ndarray  # [n, 2]
+    half_width: np.ndarray  # [n]
+    s: np.ndarray  # [n] distance along the samples
+    left_mark: tuple[str, str]  # (type name, colour name) at the segment start
+    right_mark: tuple[str, str]
+    left_outer: bool  # no driving lane beyond the left border
+    right_outer: bool
+    is_junction: bool
+
+
+def _mark(marking: carla.LaneMarking) -> tuple[str, str]:
+    return str(marking.type), str(marking.color)
+
+
+def _is_outer(neighbour: carla.Waypoint | None) -> bool:
+    return neighbour is None or neighbour.lane_type != carla.LaneType.Driving
+
+
+def _lane_polylines(carla_map: carla.Map) -> list[_Lane]:
+    lanes = []
+    for start, _end in carla_map.get_topology():
+        samples = [start, *start.next_until_lane_end(SAMPLE_M)]
+        centre = np.array([[w.transform.location.x, w.transform.location.y] for w in samples], np.float64)
+        yaw = np.radians([w.transform.rotation.yaw for w in samples])
+        right = np.stack([-np.sin(yaw), np.cos(yaw)], axis=1)
+        half = np.array([w.lane_width / 2 for w in samples])
+        steps = np.linalg.norm(np.diff(centre, axis=0), axis=1) if len(samples) > 1 else np.zeros(0)
+        s = np.concatenate([[0.0], np.cumsum(steps)])
+        lanes.append(_Lane(centre, right, half, s, _mark(start.left_lane_marking),
+                           _mark(start.right_lane_marking), _is_outer(start.get_left_lane()),
+                           _is_outer(start.get_right_lane()), start.is_junction))
+    return lanes
+
+
+def _raster_frame(lanes: list[_Lane]) -> tuple[float, float, float, int, int]:
+    points = np.concatenate([lane.centre for lane in lanes])
+    margin = 20.0
+    x0, y0 = points.min(axis=0) - margin
+    x1, y1 = points.max(axis=0) + margin
+    res = max(0.1, math.sqrt((x1 - x0) * (y1 - y0) / MAX_RASTER_PX))
+    return float(x0), float(y0), res, int(math.ceil((x1 - x0) / res)), int(math.ceil((y1 - y0) / res))
+
+
+def _rasterize(lanes: list[_Lane]) -> Raster:
+    x0, y0, res, cols, rows = _raster_frame(lanes)
+    classes = np.full((rows, cols), GROUND, np.uint8)
+    shift = 4  # sub-pixel bits for cv2 drawing
+    scale = (1 << shift) / res
+
+    def px(points: np.ndarray) -> np.ndarray:
+        return np.round((points - (x0, y0)) * scale).astype(np.int32)
+
+    def thickness(metres: float) -> int:
+        return max(1, int(round(metres / res)))
+
+    borders = [(lane.centre - lane.right * lane.half_width[:, None],
+                lane.centre + lane.right * lane.half_width[:, None]) for lane in lanes]
+    for lane, (left, right) in zip(lanes, borders):  # dark edges first; asphalt covers the inner half
+        for outer, edge in ((lane.left_outer, left), (lane.right_outer, right)):
+            if outer and not lane.is_junction:
+                cv2.polylines(classes, [px(edge)], False, EDGE, thickness(EDGE_M), cv2.LINE_8, shift)
+    for left, right in borders:
+        for i in range(len(left) - 1):
+            quad = px(np.stack([left[i], left[i + 1], right[i + 1], right[i]]))
+            cv2.fillConvexPoly(classes, quad, ASPHALT, cv2.LINE_8, shift)
+    for lane, (left, right) in zip(lanes, borders):
+        for (kind, colour), edge in ((lane.left_mark, left), (lane.right_mark, right)):
+            _paint_marking(classes, px(edge), lane.s, kind, colour, thickness(MARKING_M), shift)
+    return Raster(classes, x0, y0, res)
+
+
+def _paint_marking(classes: np.ndarray, edge_px: np.ndarray, s: np.ndarray, kind: str, colour: str,
+                   width_px: int, shift: int) -> None:
+    value = YELLOW if colour == "Yellow" else WHITE
+    if kind in _CONTINUOUS:
+        cv2.polylines(classes, [edge_px], False, value, width_px, cv2.LINE_8, shift)
+    elif kind in _DASHED:
+        painted = (np.floor(s / DASH_M) % 2) == 0
+        for i in range(len(edge_px) - 1):
+            if painted[i]:
+                cv2.line(classes, tuple(edge_px[i]), tuple(edge_px[i + 1]), value, width_px, cv2.LINE_8, shift)
+
+
+def _place_obstacles(carla_map: carla.Map, lanes: list[_Lane]) -> np.ndarray:
+    """Square poles beside outer lane borders outside junctions, where no driving lane lies."""
+    found: list[tuple[float, float, float]] = []
+    for lane in lanes:
+        if lane.is_junction:
+            continue
+        every = max(1, int(round(OBSTACLE_SPACING_M / SAMPLE_M)))
+        for i in range(every // 2, len(lane.centre), every):
+            for outer, sign in ((lane.right_outer, 1.0), (lane.left_outer, -1.0)):
+                if not outer:
+                    continue
+                offset = lane.half_width[i] + OBSTACLE_CLEARANCE_M
+                xy = lane.centre[i] + sign * offset * lane.right[i]
+                near_road = lane.centre[i] + sign * (offset - OBSTACLE_CLEARANCE_M / 2) * lane.right[i]
+                if _on_driving_lane(carla_map, xy) or _on_driving_lane(carla_map, near_road):
+                    continue
+                yaw = math.atan2(lane.right[i][0], -lane.right[i][1])
+                found.append((float(xy[0]), float(xy[1]), yaw))
+    unique = {(round(x, 1), round(y, 1)): (x, y, yaw) for x, y, yaw in found}
+    return np.array(sorted(unique.values()), np.float32).reshape(-1, 3)
+
+
+def _on_driving_lane(carla_map: carla.Map, xy: np.ndarray) -> bool:
+    location = carla.Location(x=float(xy[0]), y=float(xy[1]), z=0.0)
+    return carla_map.get_waypoint(location, project_to_road=False, lane_type=carla.LaneType.Driving) is not None

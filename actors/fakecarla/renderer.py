@@ -1,0 +1,176 @@
+"""The fake camera: a pinhole perspective view rendered with numpy and OpenCV.
+
+Ground: every pixel's ray is intersected with the z = 0 plane and looks up the map raster (road
+surface, markings, edges); rays that miss the ground show the sky. Boxes (vehicles, roadside
+poles) are drawn on top, far to near, face by face, clipped at the near plane. The same code
+serves a driver's-eye camera and a top-down camera (pitch -90 high above the ego).
+"""
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+from actors.fakecarla.mapdata import Raster
+
+# BGRA, indexed by raster class: ground, asphalt, white, yellow, edge.
+PALETTE = np.array([[64, 112, 72, 255], [88, 88, 88, 255], [235, 235, 235, 255], [40, 200, 235, 255],
+                    [28, 28, 28, 255]], np.uint8)
+SKY = np.array([235, 206, 160, 255], np.uint8)
+HAZE = np.array([150, 160, 150, 255], np.uint8)  # ground beyond the draw distance
+MAX_GROUND_M = 250.0
+MAX_BOX_M = 120.0
+NEAR_M = 0.05
+BOX_COLUMNS = 8  # x, y, z_bottom, yaw, half_length, half_width, height, colour index
+BOX_COLOURS = np.array([[40, 40, 200], [200, 90, 30], [40, 170, 40], [30, 150, 230], [160, 60, 160],
+                        [200, 200, 60], [60, 60, 60], [220, 220, 220], [0, 110, 255]], np.float64)
+POLE_COLOUR = 8
+# Unit-box corners (x, y, z): bottom ring then top ring; faces list outward normals.
+_CORNERS = np.array([[-1, -1, 0], [1, -1, 0], [1, 1, 0], [-1, 1, 0],
+                     [-1, -1, 1], [1, -1, 1], [1, 1, 1], [-1, 1, 1]], np.float64)
+_FACES = ((4, 5, 6, 7), (1, 2, 6, 5), (0, 3, 7, 4), (3, 2, 6, 7), (0, 1, 5, 4))
+_NORMALS = np.array([[0, 0, 1], [1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0]], np.float64)
+_FACE_INDEX = np.array(_FACES)
+_SHADE = np.array([1.15, 0.95, 0.75, 0.85, 0.65])
+
+
+class CameraRenderer:
+    """Renders BGRA images of one size and field of view.
+
+    Args:
+        raster: the map's top-down class raster.
+        width: image width in pixels.
+        height: image height in pixels.
+        fov_deg: horizontal field of view in degrees.
+    """
+
+    def __init__(self, raster: Raster, width: int, height: int, fov_deg: float) -> None:
+        self._raster = raster
+        self.width, self.height = width, height
+        self.focal = width / (2.0 * math.tan(math.radians(fov_deg) / 2.0))
+        # Camera-frame ray of pixel (u, v) = A @ (u, v, 1): x forward, y right, z up.
+        self._pixel_to_ray = np.array([[0.0, 0.0, 1.0],
+                                       [1.0 / self.focal, 0.0, (0.5 - width / 2.0) / self.focal],
+                                       [0.0, -1.0 / self.focal, (height / 2.0 - 0.5) / self.focal]])
+        u = (np.arange(width, dtype=np.float32) + 0.5 - width / 2.0) / self.focal
+        v = (np.arange(height, dtype=np.float32) + 0.5 - height / 2.0) / self.focal
+        self._ray_u, self._ray_v = np.meshgrid(u, -v)
+        self._ray_norm = np.sqrt(1.0 + self._ray_u ** 2 + self._ray_v ** 2)
+        self._palette = PALETTE.view(np.uint32).ravel()
+        self._sky = SKY.view(np.uint32)[0]
+        self._haze = HAZE.view(np.uint32)[0]
+        shades = np.clip(BOX_COLOURS[:, None, :] * _SHADE[None, :, None], 0, 255)
+        self._face_colours = [[(*map(float, shade), 255.0) for shade in colour] for colour in shades]
+
+    def render(self, camera_matrix: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """Renders one frame.
+
+        Args:
+            camera_matrix: 4x4 world-from-camera matrix (CARLA axes: x forward, y right, z up).
+            boxes: float [N, BOX_COLUMNS] solid boxes standing on the ground.
+
+        Returns:
+            uint8 [height, width, 4] BGRA image.
+        """
+        image = self._ground(np.asarray(camera_matrix, np.float64))
+        self._draw_boxes(image, np.asarray(camera_matrix, np.float64), boxes)
+        return image
+
+    def _ground(self, camera_matrix: np.ndarray) -> np.ndarray:
+        """Ground pixels via the image-to-raster homography of the z = 0 plane."""
+        rotation, (cx, cy, cz) = camera_matrix[:3, :3], camera_matrix[:3, 3]
+        r = self._raster
+        sky = np.full((self.height, self.width), self._sky, np.uint32)
+        if cz <= 0.0:
+            return sky.view(np.uint8).reshape(self.height, self.width, 4)
+        # Ground point = C - cz * d / dz with d = R A (u, v, 1); in raster pixels (centres at
+        # integers) that is a homography of (u, v, 1) whose third row is res * dz.
+        rx, ry, rz = rotation
+        homography = np.stack([(cx - r.x0 - 0.5 * r.res) * rz - cz * rx,
+                               (cy - r.y0 - 0.5 * r.res) * rz - cz * ry,
+                               r.res * rz]) @ self._pixel_to_ray
+        classes = cv2.warpPerspective(r.classes, homography, (self.width, self.height),
+                                      flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
+                                      borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        ground = self._palette[classes]
+        dz = rz[0] + rz[1] * self._ray_u + rz[2] * self._ray_v
+        # A ray meets the ground within MAX_GROUND_M iff its downward slope is steep enough.
+        near_enough = -dz * MAX_GROUND_M > cz * self._ray_norm
+        image = np.where(dz < 0.0, np.where(near_enough, ground, self._haze), sky)
+        return image.view(np.uint8).reshape(self.height, self.width, 4)
+
+    def _draw_boxes(self, image: np.ndarray, camera_matrix: np.ndarray, boxes: np.ndarray) -> None:
+        if len(boxes) == 0:
+            return
+        rotation, position = camera_matrix[:3, :3], camera_matrix[:3, 3]
+        distance = np.hypot(boxes[:, 0] - position[0], boxes[:, 1] - position[1])
+        boxes, distance = boxes[distance < MAX_BOX_M], distance[distance < MAX_BOX_M]
+        if len(boxes) == 0:
+            return
+        corners, normals = _box_geometry(boxes)
+        cam = (corners - position) @ rotation  # [N, 8, 3] in the camera frame
+        depth = np.maximum(cam[..., 0], NEAR_M)
+        u = self.width / 2.0 + self.focal * cam[..., 1] / depth
+        v = self.height / 2.0 - self.focal * cam[..., 2] / depth
+        in_front = cam[..., 0] >= NEAR_M
+        outside = ((u < 0).all(1) | (u > self.width).all(1) | (v < 0).all(1) | (v > self.height).all(1))
+        visible = in_front.any(1) & ~(in_front.all(1) & outside)
+        pixels = np.round(np.clip(np.stack([u, v], -1), -1e5, 1e5) * 16.0).astype(np.int32)
+        face_centres = corners[:, _FACE_INDEX].mean(axis=2)  # [N, 5, 3]
+        facing = np.einsum("nfk,nfk->nf", normals, position - face_centres) > 0.0
+        for b in np.argsort(-distance):
+            if not visible[b]:
+                continue
+            colours = self._face_colours[int(boxes[b, 7]) % len(BOX_COLOURS)]
+            for f, face in enumerate(_FACES):
+                if not facing[b, f]:
+                    continue
+                if in_front[b, face].all():
+                    polygon = pixels[b, face]
+                else:
+                    clipped = _clip_near(cam[b, face])
+                    if clipped is None:
+                        continue
+                    polygon = self._project(clipped)
+                cv2.fillConvexPoly(image, polygon, colours[f], cv2.LINE_8, 4)
+
+    def _project(self, points: np.ndarray) -> np.ndarray:
+        u = self.width / 2.0 + self.focal * points[:, 1] / points[:, 0]
+        v = self.height / 2.0 - self.focal * points[:, 2] / points[:, 0]
+        limit = 1e5
+        uv = np.clip(np.stack([u, v], axis=1), -limit, limit)
+        return np.round(uv * 16.0).astype(np.int32)
+
+
+def _box_geometry(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """World corners [N, 8, 3] and face normals [N, 5, 3] of ground-standing yawed boxes."""
+    c, s = np.cos(boxes[:, 3]), np.sin(boxes[:, 3])
+    local = _CORNERS[None, :, :] * np.stack([boxes[:, 4], boxes[:, 5], boxes[:, 6]], axis=1)[:, None, :]
+    x = boxes[:, None, 0] + local[..., 0] * c[:, None] - local[..., 1] * s[:, None]
+    y = boxes[:, None, 1] + local[..., 0] * s[:, None] + local[..., 1] * c[:, None]
+    z = boxes[:, None, 2] + local[..., 2]
+    corners = np.stack([x, y, z], axis=-1)
+    nx = _NORMALS[None, :, 0] * c[:, None] - _NORMALS[None, :, 1] * s[:, None]
+    ny = _NORMALS[None, :, 0] * s[:, None] + _NORMALS[None, :, 1] * c[:, None]
+    nz = np.broadcast_to(_NORMALS[None, :, 2], nx.shape)
+    return corners, np.stack([nx, ny, nz], axis=-1)
+
+
+def _clip_near(polygon: np.ndarray) -> np.ndarray | None:
+    """Sutherland-Hodgman clip of a camera-frame polygon [k, 3] to x >= NEAR_M."""
+    inside = polygon[:, 0] >= NEAR_M
+    if inside.all():
+        return polygon
+    if not inside.any():
+        return None
+    out = []
+    for i in range(len(polygon)):
+        a, b = polygon[i], polygon[(i + 1) % len(polygon)]
+        a_in, b_in = a[0] >= NEAR_M, b[0] >= NEAR_M
+        if a_in:
+            out.append(a)
+        if a_in != b_in:
+            t = (NEAR_M - a[0]) / (b[0] - a[0])
+            out.append(a + t * (b - a))
+    return np.array(out) if len(out) >= 3 else None
