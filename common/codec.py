@@ -91,7 +91,7 @@ def _unpack(data: bytes, limits: WireLimits) -> dict[str, Any]:
 
 
 def _check_header(msg: Mapping[str, Any], kind: str, keys: frozenset[str]) -> None:
-    if msg.get("v") != WIRE_VERSION:
+    if type(msg.get("v")) is not int or msg["v"] != WIRE_VERSION:
         raise WireError(f"wire version ({msg.get('v')!r}) != supported {WIRE_VERSION}")
     if msg.get("kind") != kind:
         raise WireError(f"message kind ({msg.get('kind')!r}) != expected {kind!r}")
@@ -115,7 +115,9 @@ def _array_field(msg: Mapping[str, Any], key: str, dtype: str, shape: tuple[int,
         raise WireError(f"{key}: dtype {name!r} not in allowed {sorted(ALLOWED_DTYPES)}")
     if name != dtype:
         raise SpecError(f"{key}: dtype {name} != expected {dtype}")
-    if not isinstance(wire_shape, list) or tuple(wire_shape) != shape:
+    if not isinstance(wire_shape, list) or any(type(d) is not int for d in wire_shape):
+        raise WireError(f"{key}: shape must be a list of integers, got {wire_shape!r}")
+    if tuple(wire_shape) != shape:
         raise SpecError(f"{key}: shape {wire_shape!r} != expected {list(shape)}")
     if not isinstance(raw, bytes):
         raise WireError(f"{key}: data must be raw bytes, got {type(raw).__name__}")
