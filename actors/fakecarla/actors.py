@@ -80,58 +80,58 @@ class Vehicle(Actor):
     def __init__(self, conn: Connection, actor_id: int, type_id: str, attributes: dict[str, str],
                  model: VehicleModel, transform: carla.Transform) -> None:
         super().__init__(conn, actor_id, type_id, attributes)
-        self.model = model
-        self.body = BodyState(transform.location.x, transform.location.y, math.radians(transform.rotation.yaw))
-        self.previous = self.body  # the state before the last tick (collisions restore it)
-        self.control = carla.VehicleControl()
-        self.autopilot_port: int | None = None
+        self._model = model
+        self._body = BodyState(transform.location.x, transform.location.y, math.radians(transform.rotation.yaw))
+        self._previous = self._body  # the state before the last tick (collisions restore it)
+        self._control = carla.VehicleControl()
+        self._autopilot_port: int | None = None
         self.bounding_box = carla.BoundingBox(carla.Location(z=model.half_height),
                                               carla.Vector3D(model.half_length, model.half_width, model.half_height))
 
     def _transform(self) -> carla.Transform:
-        return carla.Transform(carla.Location(x=self.body.x, y=self.body.y, z=0.0),
-                               carla.Rotation(yaw=math.degrees(self.body.yaw)))
+        return carla.Transform(carla.Location(x=self._body.x, y=self._body.y, z=0.0),
+                               carla.Rotation(yaw=math.degrees(self._body.yaw)))
 
     def get_velocity(self) -> carla.Vector3D:
         self._conn.check()
-        return carla.Vector3D(self.body.speed * math.cos(self.body.yaw), self.body.speed * math.sin(self.body.yaw), 0.0)
+        return carla.Vector3D(self._body.speed * math.cos(self._body.yaw), self._body.speed * math.sin(self._body.yaw), 0.0)
 
     def get_acceleration(self) -> carla.Vector3D:
         """Longitudinal plus centripetal acceleration of the last tick, world frame."""
         self._conn.check()
-        b = self.body
+        b = self._body
         lateral = b.speed * b.yaw_rate
         c, s = math.cos(b.yaw), math.sin(b.yaw)
         return carla.Vector3D(b.accel * c - lateral * s, b.accel * s + lateral * c, 0.0)
 
     def get_angular_velocity(self) -> carla.Vector3D:
         self._conn.check()
-        return carla.Vector3D(0.0, 0.0, math.degrees(self.body.yaw_rate))
+        return carla.Vector3D(0.0, 0.0, math.degrees(self._body.yaw_rate))
 
     def apply_control(self, control: carla.VehicleControl) -> None:
         self._conn.check()
-        self.control = control
+        self._control = control
 
     def get_control(self) -> carla.VehicleControl:
         self._conn.check()
-        return self.control
+        return self._control
 
     def set_autopilot(self, enabled: bool = True, tm_port: int = 8000) -> None:
         """Hands the vehicle to the traffic manager on ``tm_port`` (created if needed)."""
         self._conn.check()
-        self.autopilot_port = tm_port if enabled else None
+        self._autopilot_port = tm_port if enabled else None
         if enabled:
-            self._conn.server.traffic_manager(tm_port).register(self)
+            self._conn.server.traffic_manager(tm_port)._register(self)
 
     def set_transform(self, transform: carla.Transform) -> None:
         """Teleports the vehicle and stops it."""
         self._conn.check()
-        self.body = BodyState(transform.location.x, transform.location.y, math.radians(transform.rotation.yaw))
+        self._body = BodyState(transform.location.x, transform.location.y, math.radians(transform.rotation.yaw))
 
     def set_target_velocity(self, velocity: carla.Vector3D) -> None:
         """Sets the speed along the current heading to the velocity's projection on it."""
         self._conn.check()
-        self.body.speed = velocity.x * math.cos(self.body.yaw) + velocity.y * math.sin(self.body.yaw)
+        self._body.speed = velocity.x * math.cos(self._body.yaw) + velocity.y * math.sin(self._body.yaw)
 
 
 class Sensor(Actor):
@@ -140,29 +140,29 @@ class Sensor(Actor):
     def __init__(self, conn: Connection, actor_id: int, type_id: str, attributes: dict[str, str],
                  relative: carla.Transform, parent: Actor | None) -> None:
         super().__init__(conn, actor_id, type_id, attributes, parent)
-        self.relative = relative
-        self.callback: Callable[[Any], None] | None = None
-        self.last_capture_s = -math.inf
+        self._relative = relative
+        self._callback: Callable[[Any], None] | None = None
+        self._last_capture_s = -math.inf
         self._parent_transform = carla.Transform()
 
     def listen(self, callback: Callable[[Any], None]) -> None:
         self._conn.check()
-        self.callback = callback
+        self._callback = callback
 
     def stop(self) -> None:
         self._conn.check()
-        self.callback = None
+        self._callback = None
 
     def is_listening(self) -> bool:
-        return self.callback is not None
+        return self._callback is not None
 
     def _transform(self) -> carla.Transform:
         """World pose: the parent's pose composed with the mount (parents only yaw)."""
         if self.parent is None:
-            return self.relative
+            return self._relative
         if isinstance(self.parent, Vehicle) and self.parent._alive:
             self._parent_transform = self.parent._transform()
-        base, rel = self._parent_transform, self.relative
+        base, rel = self._parent_transform, self._relative
         location = base.transform(carla.Location(rel.location))
         rotation = carla.Rotation(pitch=rel.rotation.pitch, yaw=base.rotation.yaw + rel.rotation.yaw,
                                   roll=rel.rotation.roll)
@@ -186,8 +186,8 @@ class ActorList:
     def filter(self, wildcard_pattern: str) -> ActorList:
         return ActorList([a for a in self._actors if fnmatch.fnmatch(a.type_id, wildcard_pattern)])
 
-    def find(self, actor_id: int) -> Actor | None:
-        return next((a for a in self._actors if a.id == actor_id), None)
+    def find(self, id: int) -> Actor | None:  # noqa: A002 - the real keyword name
+        return next((a for a in self._actors if a.id == id), None)
 
     def __iter__(self) -> Iterator[Actor]:
         return iter(self._actors)

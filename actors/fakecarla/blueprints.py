@@ -105,7 +105,7 @@ class ActorBlueprint:
             raise SimulatorError(f"attribute {id!r} of {self.id!r} is not modifiable")
         self._attributes[id] = ActorAttribute(id, str(value))
 
-    def attribute_values(self) -> dict[str, str]:
+    def _attribute_values(self) -> dict[str, str]:
         """A copy of the attribute values (fake-only helper used when spawning)."""
         return {k: str(v) for k, v in self._attributes.items()}
 

@@ -29,6 +29,7 @@ MARKING_M = 0.15  # painted marking width
 EDGE_M = 0.6  # dark road-edge strip, centred on the outer lane border
 DASH_M = 3.0  # broken markings: DASH_M painted, DASH_M gap
 MAX_RASTER_PX = 16_000_000
+PYRAMID_LEVELS = 5
 OBSTACLE_SPACING_M = 12.0
 OBSTACLE_CLEARANCE_M = 1.5  # gap between the outer lane border and a pole's centre
 OBSTACLE_HALF_M = 0.2  # half side of a square pole
@@ -40,12 +41,14 @@ _DASHED = {"Broken", "BrokenBroken", "BottsDots"}
 @dataclass(frozen=True)
 class Raster:
     """A top-down class image of the map. Pixel (row, col) covers world x = x0 + col * res,
-    y = y0 + row * res (CARLA coordinates)."""
+    y = y0 + row * res (CARLA coordinates). ``levels[k]`` is the same map at res * 2**k where
+    a coarse cell takes its most visible fine class, so thin markings survive a distant view."""
 
     classes: np.ndarray  # uint8 [rows, cols]
     x0: float
     y0: float
     res: float
+    levels: tuple[np.ndarray, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -162,7 +165,20 @@ def _rasterize(lanes: list[_Lane]) -> Raster:
     for lane, (left, right) in zip(lanes, borders):
         for (kind, colour), edge in ((lane.left_mark, left), (lane.right_mark, right)):
             _paint_marking(classes, px(edge), lane.s, kind, colour, thickness(MARKING_M), shift)
-    return Raster(classes, x0, y0, res)
+    return Raster(classes, x0, y0, res, _pyramid(classes))
+
+
+def _pyramid(classes: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Levels 0..PYRAMID_LEVELS-1, each halving the resolution by a priority max-pool."""
+    rank = np.zeros(256, np.uint8)
+    rank[[GROUND, ASPHALT, EDGE, WHITE, YELLOW]] = np.arange(5)
+    unrank = np.array([GROUND, ASPHALT, EDGE, WHITE, YELLOW], np.uint8)
+    levels, ranks = [classes], rank[classes]
+    for _ in range(PYRAMID_LEVELS - 1):
+        rows, cols = ranks.shape[0] // 2 * 2, ranks.shape[1] // 2 * 2
+        ranks = ranks[:rows, :cols].reshape(rows // 2, 2, cols // 2, 2).max(axis=(1, 3))
+        levels.append(unrank[ranks])
+    return tuple(levels)
 
 
 def _paint_marking(classes: np.ndarray, edge_px: np.ndarray, s: np.ndarray, kind: str, colour: str,

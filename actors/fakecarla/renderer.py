@@ -87,10 +87,12 @@ class CameraRenderer:
         # Ground point = C - cz * d / dz with d = R A (u, v, 1); in raster pixels (centres at
         # integers) that is a homography of (u, v, 1) whose third row is res * dz.
         rx, ry, rz = rotation
-        homography = np.stack([(cx - r.x0 - 0.5 * r.res) * rz - cz * rx,
-                               (cy - r.y0 - 0.5 * r.res) * rz - cz * ry,
-                               r.res * rz]) @ self._pixel_to_ray
-        classes = cv2.warpPerspective(r.classes, homography, (self.width, self.height),
+        level = self._level(rotation[2, 0], cz)
+        res = r.res * 2 ** level
+        homography = np.stack([(cx - r.x0 - 0.5 * res) * rz - cz * rx,
+                               (cy - r.y0 - 0.5 * res) * rz - cz * ry,
+                               res * rz]) @ self._pixel_to_ray
+        classes = cv2.warpPerspective(r.levels[level], homography, (self.width, self.height),
                                       flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
                                       borderMode=cv2.BORDER_CONSTANT, borderValue=0)
         ground = self._palette[classes]
@@ -99,6 +101,17 @@ class CameraRenderer:
         near_enough = -dz * MAX_GROUND_M > cz * self._ray_norm
         image = np.where(dz < 0.0, np.where(near_enough, ground, self._haze), sky)
         return image.view(np.uint8).reshape(self.height, self.width, 4)
+
+    def _level(self, forward_z: float, height: float) -> int:
+        """The coarsest raster level whose cells are no smaller than a pixel's ground footprint
+        at the image centre (level 0 when the centre looks at or above the horizon)."""
+        if forward_z >= -1e-6:
+            return 0
+        metres_per_pixel = height / -forward_z / self.focal
+        ratio = metres_per_pixel / self._raster.res
+        if ratio <= 1.0:
+            return 0
+        return int(min(math.ceil(math.log2(ratio)), len(self._raster.levels) - 1))
 
     def _draw_boxes(self, image: np.ndarray, camera_matrix: np.ndarray, boxes: np.ndarray) -> None:
         if len(boxes) == 0:

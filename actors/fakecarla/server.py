@@ -86,7 +86,7 @@ class Server:
     def spawn(self, conn: Connection, blueprint: ActorBlueprint, transform: carla.Transform,
               parent: Actor | None) -> Actor | None:
         """Creates an actor; None when a vehicle would overlap something."""
-        attributes = blueprint.attribute_values()
+        attributes = blueprint._attribute_values()
         actor_id = self._next_id
         if blueprint.id in VEHICLE_MODELS:
             vehicle = Vehicle(conn, actor_id, blueprint.id, attributes, VEHICLE_MODELS[blueprint.id], transform)
@@ -105,7 +105,7 @@ class Server:
         self.actors.pop(actor.id, None)
         self._prev_corners.pop(actor.id, None)
         for tm in self._tms.values():
-            tm.forget(actor.id)
+            tm._forget(actor.id)
 
     def traffic_manager(self, port: int) -> TrafficManager:
         if port not in self._tms:
@@ -159,13 +159,13 @@ class Server:
 
     def _drive(self, vehicles: list[Vehicle], dt: float) -> None:
         for vehicle in vehicles:
-            if vehicle.autopilot_port is not None:
-                tm = self.traffic_manager(vehicle.autopilot_port)
-                vehicle.control = tm.control(vehicle, vehicles, self.assets.map)
+            if vehicle._autopilot_port is not None:
+                tm = self.traffic_manager(vehicle._autopilot_port)
+                vehicle._control = tm._control(vehicle, vehicles, self.assets.map)
         for vehicle in vehicles:
-            c, m = vehicle.control, vehicle.model
-            vehicle.previous = vehicle.body
-            vehicle.body = dynamics.step(vehicle.body, c.throttle, c.steer, c.brake, c.hand_brake, c.reverse,
+            c, m = vehicle._control, vehicle._model
+            vehicle._previous = vehicle._body
+            vehicle._body = dynamics.step(vehicle._body, c.throttle, c.steer, c.brake, c.hand_brake, c.reverse,
                                          m.wheelbase, dt)
 
     def _collide(self, vehicles: list[Vehicle]) -> list[tuple[Vehicle, Actor | None, np.ndarray]]:
@@ -174,25 +174,25 @@ class Server:
         prints = {v.id: _footprint(v) for v in vehicles}
         for i, a in enumerate(vehicles):
             for b in vehicles[i + 1:]:
-                reach = a.model.half_length + b.model.half_length
-                if abs(a.body.x - b.body.x) > reach or abs(a.body.y - b.body.y) > reach:
+                reach = a._model.half_length + b._model.half_length
+                if abs(a._body.x - b._body.x) > reach or abs(a._body.y - b._body.y) > reach:
                     continue
                 if dynamics.rectangles_overlap(prints[a.id], prints[b.id]):
-                    hits.append((a, b, _unit(a.body.x - b.body.x, a.body.y - b.body.y)))
-                    hits.append((b, a, _unit(b.body.x - a.body.x, b.body.y - a.body.y)))
+                    hits.append((a, b, _unit(a._body.x - b._body.x, a._body.y - b._body.y)))
+                    hits.append((b, a, _unit(b._body.x - a._body.x, b._body.y - a._body.y)))
             pole = self._pole_hit(a, prints[a.id])
             if pole is not None:
-                hits.append((a, None, _unit(a.body.x - pole[0], a.body.y - pole[1])))
+                hits.append((a, None, _unit(a._body.x - pole[0], a._body.y - pole[1])))
         for vehicle, _, _ in hits:  # both bodies stop where they were before the overlap
-            previous = vehicle.previous
-            vehicle.body = dynamics.BodyState(previous.x, previous.y, previous.yaw)
+            previous = vehicle._previous
+            vehicle._body = dynamics.BodyState(previous.x, previous.y, previous.yaw)
         return hits
 
     def _pole_hit(self, vehicle: Vehicle, corners: np.ndarray) -> np.ndarray | None:
         if len(self._poles) == 0:
             return None
-        near = np.hypot(self._poles[:, 0] - vehicle.body.x, self._poles[:, 1] - vehicle.body.y)
-        for k in np.flatnonzero(near < vehicle.model.half_length + 1.0):
+        near = np.hypot(self._poles[:, 0] - vehicle._body.x, self._poles[:, 1] - vehicle._body.y)
+        for k in np.flatnonzero(near < vehicle._model.half_length + 1.0):
             pole = dynamics.footprint(self._poles[k, 0], self._poles[k, 1], self._poles[k, 3],
                                       OBSTACLE_HALF_M, OBSTACLE_HALF_M)
             if dynamics.rectangles_overlap(corners, pole):
@@ -206,20 +206,20 @@ class Server:
             if sensor.parent is not None:
                 by_parent.setdefault(sensor.parent.id, []).append(sensor)
         for vehicle, other, direction in collisions:
-            impulse = direction * VEHICLE_MASS_KG * max(abs(vehicle.previous.speed), 0.1)
+            impulse = direction * VEHICLE_MASS_KG * max(abs(vehicle._previous.speed), 0.1)
             for sensor in by_parent.get(vehicle.id, []):
-                if sensor.type_id == "sensor.other.collision" and sensor.callback is not None:
+                if sensor.type_id == "sensor.other.collision" and sensor._callback is not None:
                     other_actor = other if other is not None else Actor(sensor._conn, 0, "static.pole", {})
-                    sensor.callback(CollisionEvent(self.frame, self.elapsed_s, sensor._transform(), vehicle,
+                    sensor._callback(CollisionEvent(self.frame, self.elapsed_s, sensor._transform(), vehicle,
                                                    other_actor, carla.Vector3D(*map(float, impulse), 0.0)))
         for vehicle in vehicles:
             self._lane_invasion(vehicle, by_parent.get(vehicle.id, []))
         for sensor in sensors:
-            if sensor.type_id == "sensor.camera.rgb" and sensor.callback is not None:
+            if sensor.type_id == "sensor.camera.rgb" and sensor._callback is not None:
                 self._capture(sensor)
 
     def _lane_invasion(self, vehicle: Vehicle, sensors: list[Sensor]) -> None:
-        listeners = [s for s in sensors if s.type_id == "sensor.other.lane_invasion" and s.callback is not None]
+        listeners = [s for s in sensors if s.type_id == "sensor.other.lane_invasion" and s._callback is not None]
         corners = _footprint(vehicle)
         before = self._prev_corners.get(vehicle.id)
         self._prev_corners[vehicle.id] = corners
@@ -228,14 +228,14 @@ class Server:
         crossed = crossed_markings(self.assets.map, before, corners)
         if crossed:
             for sensor in listeners:
-                sensor.callback(LaneInvasionEvent(self.frame, self.elapsed_s, sensor._transform(), vehicle, crossed))
+                sensor._callback(LaneInvasionEvent(self.frame, self.elapsed_s, sensor._transform(), vehicle, crossed))
 
     def _capture(self, camera: Sensor) -> None:
         attrs = camera.attributes
         period = float(attrs.get("sensor_tick", "0") or 0.0)
-        if self.elapsed_s - camera.last_capture_s < period - 1e-9:
+        if self.elapsed_s - camera._last_capture_s < period - 1e-9:
             return
-        camera.last_capture_s = self.elapsed_s
+        camera._last_capture_s = self.elapsed_s
         width, height, fov = int(attrs["image_size_x"]), int(attrs["image_size_y"]), float(attrs["fov"])
         key = (width, height, fov)
         if key not in self._renderers:
@@ -244,9 +244,9 @@ class Server:
         matrix = np.array(transform.get_matrix())
         pixels = self._renderers[key].render(matrix, self._boxes(camera, transform))
         image = Image(self.frame, self.elapsed_s, transform, width, height, fov, pixels.tobytes())
-        callback = camera.callback
+        callback = camera._callback
         self._delivery.post(self._delay_rng.uniform(0.0, self.cfg.camera_delay_s),
-                            lambda data: camera.callback is callback and callback(data), image)
+                            lambda data: camera._callback is callback and callback(data), image)
 
     def _boxes(self, camera: Sensor, transform: carla.Transform) -> np.ndarray:
         """Vehicles and poles as renderer boxes; a parent that encloses the camera is left out."""
@@ -254,7 +254,7 @@ class Server:
         for actor in self.actors.values():
             if not isinstance(actor, Vehicle):
                 continue
-            m, b = actor.model, actor.body
+            m, b = actor._model, actor._body
             if actor is camera.parent and _encloses(actor, transform.location):
                 continue
             rows.append((b.x, b.y, 0.0, b.yaw, m.half_length, m.half_width, 2 * m.half_height, actor.id % 7))
@@ -270,7 +270,7 @@ class Server:
 
 
 def _footprint(vehicle: Vehicle) -> np.ndarray:
-    b, m = vehicle.body, vehicle.model
+    b, m = vehicle._body, vehicle._model
     return dynamics.footprint(b.x, b.y, b.yaw, m.half_length, m.half_width)
 
 
@@ -280,7 +280,7 @@ def _unit(dx: float, dy: float) -> np.ndarray:
 
 
 def _encloses(vehicle: Vehicle, location: carla.Location) -> bool:
-    b, m = vehicle.body, vehicle.model
+    b, m = vehicle._body, vehicle._model
     dx, dy = location.x - b.x, location.y - b.y
     ahead = dx * math.cos(b.yaw) + dy * math.sin(b.yaw)
     side = -dx * math.sin(b.yaw) + dy * math.cos(b.yaw)

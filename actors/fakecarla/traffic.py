@@ -63,14 +63,14 @@ class TrafficManager:
         self._conn.check()
         self._gap_m = float(distance)
 
-    def register(self, vehicle: Vehicle) -> None:
+    def _register(self, vehicle: Vehicle) -> None:
         """Starts driving ``vehicle`` (called by ``Vehicle.set_autopilot``)."""
         self._plans.pop(vehicle.id, None)
 
-    def control(self, vehicle: Vehicle, others: list[Vehicle], carla_map: carla.Map) -> carla.VehicleControl:
+    def _control(self, vehicle: Vehicle, others: list[Vehicle], carla_map: carla.Map) -> carla.VehicleControl:
         """The control for one autopilot vehicle this tick (called by the server's tick)."""
         plan = self._plan(vehicle, carla_map)
-        body = vehicle.body
+        body = vehicle._body
         lookahead = max(4.0, 0.8 * abs(body.speed) + 3.0)
         target = plan[-1].transform.location
         for waypoint in plan:
@@ -81,7 +81,7 @@ class TrafficManager:
         dx, dy = target.x - body.x, target.y - body.y
         alpha = math.atan2(dy, dx) - body.yaw
         distance = max(math.hypot(dx, dy), 1e-3)
-        steer_angle = math.atan2(2.0 * vehicle.model.wheelbase * math.sin(alpha), distance)
+        steer_angle = math.atan2(2.0 * vehicle._model.wheelbase * math.sin(alpha), distance)
         pct = self._vehicle_speed_pct.get(vehicle.id, self._global_speed_pct)
         desired = SPEED_LIMIT_MPS * (1.0 - pct / 100.0)
         gap = self._free_distance(vehicle, others)
@@ -92,12 +92,12 @@ class TrafficManager:
         return carla.VehicleControl(throttle=throttle, steer=min(max(steer_angle / MAX_STEER_RAD, -1.0), 1.0),
                                     brake=brake)
 
-    def forget(self, actor_id: int) -> None:
+    def _forget(self, actor_id: int) -> None:
         self._plans.pop(actor_id, None)
         self._vehicle_speed_pct.pop(actor_id, None)
 
     def _plan(self, vehicle: Vehicle, carla_map: carla.Map) -> deque[carla.Waypoint]:
-        body = vehicle.body
+        body = vehicle._body
         plan = self._plans.get(vehicle.id)
         if not plan:
             here = carla_map.get_waypoint(carla.Location(x=body.x, y=body.y))
@@ -118,15 +118,15 @@ class TrafficManager:
 
     def _free_distance(self, vehicle: Vehicle, others: list[Vehicle]) -> float:
         """Distance to the nearest other vehicle in a corridor ahead (inf if none)."""
-        body = vehicle.body
+        body = vehicle._body
         c, s = math.cos(body.yaw), math.sin(body.yaw)
         horizon = 15.0 + 2.0 * abs(body.speed)
         best = math.inf
         for other in others:
             if other is vehicle:
                 continue
-            dx, dy = other.body.x - body.x, other.body.y - body.y
+            dx, dy = other._body.x - body.x, other._body.y - body.y
             ahead, side = dx * c + dy * s, -dx * s + dy * c
-            if 0.0 < ahead < horizon and abs(side) < CORRIDOR_HALF_WIDTH_M + other.model.half_width:
-                best = min(best, ahead - vehicle.model.half_length - other.model.half_length)
+            if 0.0 < ahead < horizon and abs(side) < CORRIDOR_HALF_WIDTH_M + other._model.half_width:
+                best = min(best, ahead - vehicle._model.half_length - other._model.half_length)
         return best
