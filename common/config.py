@@ -291,6 +291,39 @@ class RolloutConfig:
     cpu_threads: int = 1
 
 
+class MetricsBackend(str, enum.Enum):
+    """Where metrics go.
+
+    AUTO: RAY in the Ray mode, PROMETHEUS in the local mode.
+    NONE: nowhere (checked, then discarded).
+    PROMETHEUS: a prometheus_client endpoint in this process (metrics.port).
+    RAY: ray.util.metrics, exported by each node's Ray metrics agent.
+    """
+
+    AUTO = "auto"
+    NONE = "none"
+    PROMETHEUS = "prometheus"
+    RAY = "ray"
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Metrics export (see docs/metrics.md).
+
+    Attributes:
+        backend: where metrics go (see MetricsBackend).
+        port: port of the prometheus_client endpoint (PROMETHEUS backend); 0 picks a free one.
+        address: bind address of that endpoint; loopback unless a scraper runs elsewhere.
+        gauge_refresh_s: seconds between two re-sets of every gauge (RAY backend): Ray drops a
+            gauge series that is not set within its report interval.
+    """
+
+    backend: MetricsBackend = MetricsBackend.AUTO
+    port: int = 9108
+    address: str = "127.0.0.1"
+    gauge_refresh_s: float = 5.0
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """The root: one training run.
@@ -302,6 +335,7 @@ class RunConfig:
         learner: the learner.
         replay: the replay service.
         rollout: the rollout actors.
+        metrics: metrics export.
     """
 
     seed: int = 0
@@ -310,6 +344,7 @@ class RunConfig:
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 # --------------------------------------------------------------------------------------------

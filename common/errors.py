@@ -35,3 +35,7 @@ class SimulatorTimeout(SimulatorError):
 
 class RateLimiterError(CarlaTD3Error, ValueError):
     """Rate limiter settings that would deadlock or are out of range."""
+
+
+class MetricsError(CarlaTD3Error, ValueError):
+    """A metric is unknown, used as the wrong kind, or recorded with bad labels or values."""
