@@ -11,9 +11,10 @@ shard refuses one (rate limiter), the writer waits with backoff and resends it a
 chunk in order (the shard refuses a stream's later seqs until the refused one returns).
 
 Sampling: ``sample()`` keeps ``prefetch`` requests in flight; each new request goes to a shard
-drawn in proportion to the shards' last known sizes. Samples come back through Ray's own
-serialisation (zero-copy numpy), which measured faster than msgpack for this direction
-(bench/replay_throughput.py, docs/benchmarks.md "Replay").
+drawn in proportion to the shards' last known sizes. Samples come back as PackedBatch (F + 1
+frames per transition instead of 2F) through Ray's own serialisation (zero-copy numpy), which
+measured faster than msgpack for this direction (bench/replay_throughput.py,
+docs/benchmarks.md "Replay"); ``sample()`` unpacks them into SampleBatch views.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ import ray
 from common.codec import encode_chunk
 from common.specs import EnvSpec
 from common.types import SampleBatch, StepChunk
-from replay.shard import KEY_SHARD_SHIFT, InsertAck, RateLimited, ReplayShard
+from replay.shard import KEY_SHARD_SHIFT, InsertAck, PackedBatch, RateLimited, ReplayShard
 
 log = logging.getLogger(__name__)
 
@@ -207,20 +208,21 @@ class ReplayClient:
         while len(self._inflight) < self.prefetch:
             self._refresh_sizes()
             self._requests += 1
-            self._inflight.append(self.shards[self._pick_shard()].sample.remote(self.batch_size))
+            handle = self.shards[self._pick_shard()]
+            self._inflight.append(handle.sample_packed.remote(self.batch_size))
 
     def sample(self) -> SampleBatch | None:
         """The next batch, or None when its shard refused (minimum size or rate limiter)."""
         self._top_up()
         t0 = time.perf_counter()
-        reply = _get(self._inflight.popleft())
+        reply: PackedBatch | RateLimited = _get(self._inflight.popleft())
         self.sample_wait_seconds += time.perf_counter() - t0
         self._top_up()
         if isinstance(reply, RateLimited):
             self.rate_limited_samples += 1
             self._sizes[reply.shard_index] = reply.size
             return None
-        return reply
+        return reply.unpack()
 
     def update_priorities(self, keys: np.ndarray, td_errors: np.ndarray) -> None:
         """Sends |TD errors| to the shards that own ``keys`` (shard index in the top bits)."""

@@ -73,6 +73,33 @@ class RateLimited(NamedTuple):
     reason: str
 
 
+class PackedBatch(NamedTuple):
+    """A SampleBatch as it travels from a shard: F + 1 frames per transition, not 2F.
+
+    ``frames[:, :F]`` is the obs stack and ``frames[:, 1:]`` the next-obs stack; ``unpack``
+    gives the SampleBatch with both as views, without copying.
+    """
+
+    frames: np.ndarray
+    obs_vector: np.ndarray
+    action: np.ndarray
+    reward: np.ndarray
+    next_vector: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    policy_version: np.ndarray
+    weight: np.ndarray
+    key: np.ndarray
+
+    def unpack(self) -> SampleBatch:
+        f = self.frames.shape[1] - 1
+        return SampleBatch(
+            obs_image=self.frames[:, :f], obs_vector=self.obs_vector, action=self.action,
+            reward=self.reward, next_image=self.frames[:, 1:], next_vector=self.next_vector,
+            terminated=self.terminated, truncated=self.truncated,
+            policy_version=self.policy_version, weight=self.weight, key=self.key)
+
+
 class ReplayShard:
     """One replay shard. See the module docstring.
 
@@ -166,11 +193,11 @@ class ReplayShard:
         for sid in stale:
             del self.streams[sid]
 
-    def sample(self, batch_size: int) -> SampleBatch | RateLimited:
-        """Samples ``batch_size`` valid transitions with both image stacks rebuilt.
+    def sample_packed(self, batch_size: int) -> PackedBatch | RateLimited:
+        """Samples ``batch_size`` valid transitions as a PackedBatch (what travels over Ray).
 
         Returns:
-            A SampleBatch (keys: shard index << 48 | write stamp), or RateLimited when the
+            A PackedBatch (keys: shard index << 48 | write stamp), or RateLimited when the
             shard is below min_size_to_sample or the ratio holds sampling back.
         """
         if batch_size < 1:
@@ -185,20 +212,26 @@ class ReplayShard:
         self.counts["samples"] += batch_size
         return self._gather(slots, weight)
 
+    def sample(self, batch_size: int) -> SampleBatch | RateLimited:
+        """``sample_packed`` unpacked: both image stacks as [B, F, H, W] views of one gather."""
+        packed = self.sample_packed(batch_size)
+        return packed if isinstance(packed, RateLimited) else packed.unpack()
+
     def sample_bytes(self, batch_size: int) -> bytes | RateLimited:
-        """``sample`` encoded with common.codec.encode_batch."""
+        """``sample`` encoded with common.codec.encode_batch (the msgpack return path)."""
         batch = self.sample(batch_size)
         return batch if isinstance(batch, RateLimited) else encode_batch(batch)
 
-    def _gather(self, slots: np.ndarray, weight: np.ndarray) -> SampleBatch:
+    def _gather(self, slots: np.ndarray, weight: np.ndarray) -> PackedBatch:
         r = self.ring
         prev = r.prev[slots]
-        obs_image = np.take(r.frame, r.stack[prev], axis=0)
-        next_image = np.take(r.frame, r.stack[slots], axis=0)
+        # A next-obs stack is its obs stack shifted by one plus the new frame (also at an
+        # episode start, where both repeat the first frame), so F + 1 frames hold both.
+        index = np.concatenate([r.stack[prev], slots[:, None].astype(np.int32)], axis=1)
         key = (np.int64(self.shard_index) << KEY_SHARD_SHIFT) | r.stamp[slots]
-        return SampleBatch(
-            obs_image=obs_image, obs_vector=r.vector[prev], action=r.action[slots],
-            reward=r.reward[slots], next_image=next_image, next_vector=r.vector[slots],
+        return PackedBatch(
+            frames=np.take(r.frame, index, axis=0), obs_vector=r.vector[prev],
+            action=r.action[slots], reward=r.reward[slots], next_vector=r.vector[slots],
             terminated=r.terminated[slots].astype(np.float32),
             truncated=r.truncated[slots].astype(np.float32),
             policy_version=r.policy_version[slots], weight=weight, key=key)

@@ -32,6 +32,12 @@ RING_ARRAYS = ("frame", "vector", "action", "reward", "terminated", "truncated",
                "policy_version", "stack", "prev", "next", "stamp", "valid")
 
 
+def _commit_pages(arr: np.ndarray) -> None:
+    """Writes one element per page so the ring's memory is committed at construction."""
+    flat = arr.reshape(-1)
+    flat[:: max(1, 4096 // arr.itemsize)] = flat[0]
+
+
 @dataclass
 class StreamState:
     """What the storage remembers about one actor stream between its chunks.
@@ -84,6 +90,8 @@ class FrameRing:
         self.next = np.full(c, -1, np.int32)
         self.stamp = np.full(c, -1, np.int64)
         self.valid = np.zeros(c, bool)
+        for name in RING_ARRAYS:
+            _commit_pages(getattr(self, name))
         self.counter = 0
         self.num_valid = 0
         self._offsets = np.array([f - 1 - j for j in range(f)], np.int64)
