@@ -21,8 +21,9 @@ log = logging.getLogger(__name__)
 DEFAULT_XODR = pathlib.Path(__file__).with_name("town.xodr")
 TOWN_NAME = "FakeTown"
 
-# Raster classes (indices into the renderer's palette).
-GROUND, ASPHALT, WHITE, YELLOW, EDGE = 0, 1, 2, 3, 4
+# Raster classes (indices into the renderer's palette), numbered by how visible they are, so a
+# coarse raster level is a plain max-pool of the finer one.
+GROUND, ASPHALT, EDGE, WHITE, YELLOW = 0, 1, 2, 3, 4
 
 SAMPLE_M = 1.0  # spacing of lane samples used to draw the raster
 MARKING_M = 0.15  # painted marking width
@@ -30,6 +31,7 @@ EDGE_M = 0.6  # dark road-edge strip, centred on the outer lane border
 DASH_M = 3.0  # broken markings: DASH_M painted, DASH_M gap
 MAX_RASTER_PX = 16_000_000
 PYRAMID_LEVELS = 5
+MAX_LANE_SAMPLES = 100_000  # guards the lane walk against a cyclic section
 OBSTACLE_SPACING_M = 12.0
 OBSTACLE_CLEARANCE_M = 1.5  # gap between the outer lane border and a pole's centre
 OBSTACLE_HALF_M = 0.2  # half side of a square pole
@@ -117,8 +119,8 @@ def _is_outer(neighbour: carla.Waypoint | None) -> bool:
 
 def _lane_polylines(carla_map: carla.Map) -> list[_Lane]:
     lanes = []
-    for start, _end in carla_map.get_topology():
-        samples = [start, *start.next_until_lane_end(SAMPLE_M)]
+    for start in _lane_starts(carla_map):
+        samples = _walk(start, forward=True)
         centre = np.array([[w.transform.location.x, w.transform.location.y] for w in samples], np.float64)
         yaw = np.radians([w.transform.rotation.yaw for w in samples])
         right = np.stack([-np.sin(yaw), np.cos(yaw)], axis=1)
@@ -129,6 +131,40 @@ def _lane_polylines(carla_map: carla.Map) -> list[_Lane]:
                            _mark(start.right_lane_marking), _is_outer(start.get_left_lane()),
                            _is_outer(start.get_right_lane()), start.is_junction))
     return lanes
+
+
+def _lane_starts(carla_map: carla.Map) -> list[carla.Waypoint]:
+    """The first waypoint of every driving lane section: the topology's segment starts, plus
+    lanes the topology leaves out (a road with no successor has no topology entry)."""
+    starts = [start for start, _end in carla_map.get_topology()]
+    seen = {(w.road_id, w.section_id, w.lane_id) for w in starts}
+    for waypoint in carla_map.generate_waypoints(5.0):
+        key = (waypoint.road_id, waypoint.section_id, waypoint.lane_id)
+        if key in seen or waypoint.lane_type != carla.LaneType.Driving:
+            continue
+        seen.add(key)
+        starts.append(_walk(waypoint, forward=False)[-1])
+    return starts
+
+
+def _walk(waypoint: carla.Waypoint, forward: bool) -> list[carla.Waypoint]:
+    """Samples SAMPLE_M apart along one lane section to its end (or start), plus the first
+    sample beyond it when there is one, so joined sections leave no gap.
+
+    (``next_until_lane_end`` / ``previous_until_lane_start`` crash the offline Map on a road
+    without successor or predecessor, so this walks with ``next`` / ``previous``.)
+    """
+    key = (waypoint.road_id, waypoint.section_id, waypoint.lane_id)
+    out = [waypoint]
+    while len(out) < MAX_LANE_SAMPLES:
+        options = out[-1].next(SAMPLE_M) if forward else out[-1].previous(SAMPLE_M)
+        same = [w for w in options if (w.road_id, w.section_id, w.lane_id) == key]
+        if not same:
+            if options and forward:
+                out.append(options[0])
+            break
+        out.append(same[0])
+    return out
 
 
 def _raster_frame(lanes: list[_Lane]) -> tuple[float, float, float, int, int]:
@@ -159,8 +195,9 @@ def _rasterize(lanes: list[_Lane]) -> Raster:
             if outer and not lane.is_junction:
                 cv2.polylines(classes, [px(edge)], False, EDGE, thickness(EDGE_M), cv2.LINE_8, shift)
     for left, right in borders:
-        for i in range(len(left) - 1):
-            quad = px(np.stack([left[i], left[i + 1], right[i + 1], right[i]]))
+        lp, rp = px(left), px(right)
+        quads = np.stack([lp[:-1], lp[1:], rp[1:], rp[:-1]], axis=1)  # [n - 1, 4, 2]
+        for quad in quads:
             cv2.fillConvexPoly(classes, quad, ASPHALT, cv2.LINE_8, shift)
     for lane, (left, right) in zip(lanes, borders):
         for (kind, colour), edge in ((lane.left_mark, left), (lane.right_mark, right)):
@@ -169,15 +206,13 @@ def _rasterize(lanes: list[_Lane]) -> Raster:
 
 
 def _pyramid(classes: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Levels 0..PYRAMID_LEVELS-1, each halving the resolution by a priority max-pool."""
-    rank = np.zeros(256, np.uint8)
-    rank[[GROUND, ASPHALT, EDGE, WHITE, YELLOW]] = np.arange(5)
-    unrank = np.array([GROUND, ASPHALT, EDGE, WHITE, YELLOW], np.uint8)
-    levels, ranks = [classes], rank[classes]
+    """Levels 0..PYRAMID_LEVELS-1, each halving the resolution by a max-pool of classes."""
+    levels = [classes]
     for _ in range(PYRAMID_LEVELS - 1):
-        rows, cols = ranks.shape[0] // 2 * 2, ranks.shape[1] // 2 * 2
-        ranks = ranks[:rows, :cols].reshape(rows // 2, 2, cols // 2, 2).max(axis=(1, 3))
-        levels.append(unrank[ranks])
+        fine = levels[-1]
+        rows, cols = fine.shape[0] // 2 * 2, fine.shape[1] // 2 * 2
+        levels.append(np.maximum(np.maximum(fine[0:rows:2, 0:cols:2], fine[1:rows:2, 0:cols:2]),
+                                 np.maximum(fine[0:rows:2, 1:cols:2], fine[1:rows:2, 1:cols:2])))
     return tuple(levels)
 
 
