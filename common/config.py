@@ -105,7 +105,10 @@ class LearnerConfig:
         publish_every: updates between two policy-weight publishes.
         checkpoint_every: updates between two checkpoints (0: only at the end).
         prefetch: sample requests kept in flight.
-        compile: use torch.compile on the update where it helps.
+        compile: torch.compile the critic and policy loss computations (forward and
+            backward); worth it on CUDA, compile time dominates short CPU runs.
+        precision: "auto" (bf16 autocast on CUDA, fp32 on CPU, where bf16 is much slower),
+            "fp32" or "bf16". Losses, targets and optimizer state are fp32 in every case.
     """
 
     device: str = "auto"
@@ -115,6 +118,7 @@ class LearnerConfig:
     checkpoint_every: int = 5000
     prefetch: int = 4
     compile: bool = False
+    precision: str = "auto"
 
 
 @dataclass(frozen=True)

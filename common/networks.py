@@ -2,14 +2,25 @@
 
 Images arrive as uint8 and are scaled to [-1, 1] inside ``ImageEncoder.forward``, on whatever
 device the network lives on, so uint8 is what travels and what replay stores.
+
+The twin Q heads share ONE critic encoder (as Stable-Baselines3's ``ContinuousCritic`` does).
+Why: the encoder is ~97% of the critic's arithmetic, so a second CNN would nearly double the
+critic's cost per update; clipped double Q needs two value estimates whose errors are not the
+same, and two independently initialised heads trained on the same features already give that
+(the min over two heads is what corrects the over-estimation, Fujimoto et al. 2018 sec. 4.1);
+and one encoder trained by the sum of both heads' losses gets twice the gradient signal per
+sample. The policy never shares the critic's encoder (see ``EncoderTopology``).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
+from common.config import NetworkConfig
+from common.errors import SpecError
 from common.specs import EnvSpec
 
 
@@ -18,6 +29,7 @@ def _conv_out(size: int, kernel: int, stride: int) -> int:
 
 
 def mlp(in_dim: int, hidden: Sequence[int], out_dim: int) -> nn.Sequential:
+    """Linear layers of widths ``hidden`` with ReLU between them, then a linear output."""
     layers: list[nn.Module] = []
     for width in hidden:
         layers += [nn.Linear(in_dim, width), nn.ReLU()]
@@ -29,7 +41,14 @@ def mlp(in_dim: int, hidden: Sequence[int], out_dim: int) -> nn.Sequential:
 class ImageEncoder(nn.Module):
     """NatureCNN (32 8x8 s4, 64 4x4 s2, 64 3x3 s1, linear to ``features``) + the vector.
 
-    ``forward(image, vector)`` returns ``[B, features + vector_dim]``.
+    ``forward(image, vector)`` returns ``[B, features + vector_dim]``. Deviation from the
+    NatureCNN: the final linear layer is followed by LayerNorm and tanh (as in DrQ and SAC-AE)
+    instead of ReLU. With ReLU the policy loss inflates the policy encoder's features until the
+    tanh of the policy head saturates at +-1, where its gradient vanishes and the policy stays
+    stuck past the critic's optimum (seen in tests/unit/test_td3_pixels.py); bounded features
+    prevent that. The scaled image is put
+    in channels-last layout, which the CPU (oneDNN) and GPU (cuDNN) convolutions run fastest;
+    the learner stores the conv weights channels-last too (``to_channels_last``).
     """
 
     def __init__(self, spec: EnvSpec, features: int = 512) -> None:
@@ -40,13 +59,14 @@ class ImageEncoder(nn.Module):
             nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
             nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
             nn.Flatten(),
-            nn.Linear(64 * size * size, features), nn.ReLU(),
+            nn.Linear(64 * size * size, features), nn.LayerNorm(features), nn.Tanh(),
         )
         self.out_dim = features + spec.vector_dim
 
     def forward(self, image: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
-        x = image.float() * (2.0 / 255.0) - 1.0
-        return torch.cat([self.cnn(x), vector], dim=1)
+        x = image.float().mul_(2.0 / 255.0).sub_(1.0)
+        x = x.contiguous(memory_format=torch.channels_last)
+        return torch.cat([self.cnn(x), vector.to(x.dtype)], dim=1)
 
 
 class PolicyNet(nn.Module):
@@ -57,12 +77,21 @@ class PolicyNet(nn.Module):
         self.encoder = ImageEncoder(spec, features)
         self.head = mlp(self.encoder.out_dim, hidden, spec.action_dim)
 
+    @classmethod
+    def from_config(cls, spec: EnvSpec, cfg: NetworkConfig) -> "PolicyNet":
+        """The policy a rollout actor builds to load ``policy_state`` snapshots into."""
+        return cls(spec, cfg.encoder_features, cfg.hidden_sizes)
+
+    def act(self, features: torch.Tensor) -> torch.Tensor:
+        """The action from encoder features (lets the learner supply the features)."""
+        return torch.tanh(self.head(features))
+
     def forward(self, image: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.head(self.encoder(image, vector)))
+        return self.act(self.encoder(image, vector))
 
 
 class QNet(nn.Module):
-    """Twin Q heads over ONE critic encoder (as Stable-Baselines3's ContinuousCritic).
+    """Twin Q heads over ONE critic encoder (see the module docstring for why).
 
     ``q_values(features, action)`` lets the policy loss score actions with features the
     critic's own encoder computed (under no_grad) instead of re-encoding.
@@ -75,9 +104,54 @@ class QNet(nn.Module):
         self.q1 = mlp(in_dim, hidden, 1)
         self.q2 = mlp(in_dim, hidden, 1)
 
+    @classmethod
+    def from_config(cls, spec: EnvSpec, cfg: NetworkConfig) -> "QNet":
+        return cls(spec, cfg.encoder_features, cfg.hidden_sizes)
+
     def q_values(self, features: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.cat([features, action], dim=1)
+        x = torch.cat([features, action.to(features.dtype)], dim=1)
         return self.q1(x).squeeze(-1), self.q2(x).squeeze(-1)
+
+    def q1_value(self, features: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """Q1 only, as TD3's policy loss uses (Stable-Baselines3 ``q1_forward``)."""
+        return self.q1(torch.cat([features, action.to(features.dtype)], dim=1)).squeeze(-1)
 
     def forward(self, image: torch.Tensor, vector: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.q_values(self.encoder(image, vector), action)
+
+
+def to_channels_last(module: nn.Module) -> nn.Module:
+    """Stores every conv weight of ``module`` channels-last (in place); returns ``module``."""
+    for sub in module.modules():
+        if isinstance(sub, nn.Conv2d):
+            sub.weight.data = sub.weight.data.contiguous(memory_format=torch.channels_last)
+    return module
+
+
+def load_policy_state(net: nn.Module, state: Mapping[str, np.ndarray]) -> None:
+    """Loads a ``policy_state()`` snapshot (CPU numpy arrays) into ``net`` in place.
+
+    Args:
+        net: a ``PolicyNet`` built from the same spec and NetworkConfig as the learner's.
+        state: parameter name -> array, exactly the keys of ``net.state_dict()``.
+
+    Raises:
+        SpecError: naming missing or unexpected keys, or the first shape or dtype mismatch.
+    """
+    own = net.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise SpecError(f"policy state keys do not match the network: missing {missing}, "
+                        f"unexpected {unexpected}")
+    for name, target in own.items():
+        value = np.asarray(state[name])
+        if tuple(value.shape) != tuple(target.shape):
+            raise SpecError(f"policy state {name!r}: shape {tuple(value.shape)} != network's "
+                            f"{tuple(target.shape)}")
+        if value.dtype.kind != "f":
+            raise SpecError(f"policy state {name!r}: dtype {value.dtype} is not floating point")
+        if not np.all(np.isfinite(value)):
+            raise SpecError(f"policy state {name!r}: non-finite values")
+    with torch.no_grad():
+        for name, target in own.items():
+            target.copy_(torch.from_numpy(np.asarray(state[name])))

@@ -1,0 +1,121 @@
+"""Where the learner runs: device choice, numeric precision and host-to-device batches.
+
+Each is chosen once at construction (CPU or CUDA objects), so the update step holds no device
+branches. On CUDA a batch is copied into pinned host buffers and sent with non-blocking copies;
+on CPU the numpy arrays are used in place (``torch.from_numpy``, no copy).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, ContextManager, NamedTuple
+
+import numpy as np
+import torch
+
+from common.errors import ConfigError, SpecError
+from common.specs import EnvSpec
+from common.types import SampleBatch
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+class DeviceBatch(NamedTuple):
+    """A SampleBatch as tensors on the learner's device (images stay uint8)."""
+
+    image: torch.Tensor
+    vector: torch.Tensor
+    action: torch.Tensor
+    reward: torch.Tensor
+    next_image: torch.Tensor
+    next_vector: torch.Tensor
+    terminated: torch.Tensor
+    weight: torch.Tensor
+
+
+_FIELDS = ("obs_image", "obs_vector", "action", "reward", "next_image", "next_vector",
+           "terminated", "weight")
+
+
+def resolve_device(name: str) -> torch.device:
+    """Maps "auto" to CUDA when available, else CPU; checks that a CUDA device exists.
+
+    Raises:
+        ConfigError: for a malformed name or a CUDA device that is not there.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"device ({name!r}) is not a torch device: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device ({name!r}) asks for CUDA but torch sees no CUDA device")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device ({name!r}) must be cpu or cuda")
+    return device
+
+
+def autocast_for(device: torch.device, precision: str) -> Callable[[], ContextManager[object]]:
+    """The context the forward passes run in: bf16 autocast where chosen, else plain fp32.
+
+    "auto" means bf16 on CUDA and fp32 on CPU (bf16 autocast is much slower than fp32 on CPUs
+    without AMX). Losses, targets and optimizer state stay fp32 in every case.
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision ({precision!r}) must be one of {list(PRECISIONS)}")
+    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if not bf16:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def validate_batch(spec: EnvSpec, batch: SampleBatch) -> None:
+    """Raises SpecError unless every field the update reads matches the spec and batch size."""
+    spec.validate_obs({"image": batch.obs_image, "vector": batch.obs_vector}, batch_dims=1)
+    spec.validate_obs({"image": batch.next_image, "vector": batch.next_vector}, batch_dims=1)
+    spec.action.validate(batch.action, batch_dims=1)
+    size = batch.size
+    for name in ("reward", "terminated", "weight"):
+        value = getattr(batch, name)
+        if value.shape != (size,) or value.dtype != np.float32:
+            raise SpecError(f"{name}: expected float32 [{size}], got {value.dtype} {value.shape}")
+    for name in ("obs_image", "obs_vector", "next_image", "next_vector"):
+        if getattr(batch, name).shape[0] != size:
+            raise SpecError(f"{name}: batch size {getattr(batch, name).shape[0]} != {size}")
+
+
+class CpuTransfer:
+    """CPU learner: tensors share memory with the numpy batch."""
+
+    def __call__(self, batch: SampleBatch) -> DeviceBatch:
+        return DeviceBatch(*(torch.from_numpy(np.ascontiguousarray(getattr(batch, f)))
+                             for f in _FIELDS))
+
+
+class CudaTransfer:
+    """CUDA learner: numpy -> pinned host buffers -> device with non-blocking copies.
+
+    A buffer is reused by the next batch; that is safe because every update synchronises once
+    (when its stats come back to the host), after which the previous copies have completed.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._pinned: dict[str, torch.Tensor] = {}
+
+    def _pin(self, name: str, value: np.ndarray) -> torch.Tensor:
+        src = torch.from_numpy(np.ascontiguousarray(value))
+        buf = self._pinned.get(name)
+        if buf is None or buf.shape != src.shape or buf.dtype != src.dtype:
+            buf = torch.empty(src.shape, dtype=src.dtype, pin_memory=True)
+            self._pinned[name] = buf
+        buf.copy_(src)
+        return buf.to(self.device, non_blocking=True)
+
+    def __call__(self, batch: SampleBatch) -> DeviceBatch:
+        return DeviceBatch(*(self._pin(f, getattr(batch, f)) for f in _FIELDS))
+
+
+def transfer_for(device: torch.device) -> Callable[[SampleBatch], DeviceBatch]:
+    """The host-to-device copier for ``device``."""
+    return CudaTransfer(device) if device.type == "cuda" else CpuTransfer()

@@ -1,0 +1,265 @@
+"""The TD3 learner: the update step over the networks ``learner.topology`` builds.
+
+One ``update(batch)`` is one critic step, plus, every ``policy_delay`` updates, one policy step
+and a Polyak step of all four target networks (both encoders included). Every update returns
+an ``UpdateStats``; its scalars and the per-sample |TD error| come back to the host in ONE
+device->host copy, the only host synchronisation of an update (needed anyway to hand TD errors
+to prioritized replay; everything else, gradient norms and clipping included, stays on device).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from common.config import LearnerConfig
+from common.errors import ConfigError
+from common.specs import EnvSpec
+from common.types import SampleBatch
+from learner import losses, state
+from learner.device import DeviceBatch, autocast_for, resolve_device, transfer_for, validate_batch
+from learner.topology import Networks, build_networks
+
+log = logging.getLogger(__name__)
+
+# Positions in the packed stats vector (the |TD error| follows them).
+_SCALARS = ("critic_loss", "policy_loss", "q1_mean", "q2_mean", "target_q_mean",
+            "critic_encoder_grad_norm", "policy_encoder_grad_norm",
+            "critic_encoder_weight_change", "policy_encoder_weight_change")
+
+
+@dataclass(frozen=True, eq=False)
+class UpdateStats:
+    """Diagnostics of one update, as python floats, plus |TD error| per sample.
+
+    Policy-side values (``policy_loss``, ``policy_encoder_grad_norm``) are those of the latest
+    policy step; ``policy_updated`` says whether this update made one. Weight changes are L2
+    norms of the encoder's parameter change since the previous update's stats.
+    """
+
+    updates: int
+    policy_updated: bool
+    critic_loss: float
+    policy_loss: float
+    q1_mean: float
+    q2_mean: float
+    target_q_mean: float
+    critic_encoder_grad_norm: float
+    policy_encoder_grad_norm: float
+    critic_encoder_weight_change: float
+    policy_encoder_weight_change: float
+    td_error: np.ndarray
+
+
+def _check_config(cfg: LearnerConfig) -> None:
+    td3 = cfg.td3
+    checks = [
+        (0.0 <= td3.gamma <= 1.0, f"gamma ({td3.gamma}) must be in [0, 1]"),
+        (0.0 < td3.tau <= 1.0, f"tau ({td3.tau}) must be in (0, 1]"),
+        (td3.policy_noise >= 0.0, f"policy_noise ({td3.policy_noise}) must be >= 0"),
+        (td3.noise_clip >= 0.0, f"noise_clip ({td3.noise_clip}) must be >= 0"),
+        (td3.policy_delay >= 1, f"policy_delay ({td3.policy_delay}) must be >= 1"),
+        (td3.batch_size >= 1, f"batch_size ({td3.batch_size}) must be >= 1"),
+        (td3.encoder_lr > 0.0, f"encoder_lr ({td3.encoder_lr}) must be > 0"),
+        (td3.head_lr > 0.0, f"head_lr ({td3.head_lr}) must be > 0"),
+        (td3.max_grad_norm >= 0.0, f"max_grad_norm ({td3.max_grad_norm}) must be >= 0"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def _adam(groups: list[dict[str, Any]]) -> torch.optim.Adam:
+    # Fused Adam: one kernel (CUDA) or one vectorised loop (CPU) per step, no host sync.
+    return torch.optim.Adam(groups, fused=True)
+
+
+def _clipper(max_norm: float) -> Callable[[list[torch.Tensor]], None]:
+    if max_norm <= 0.0:
+        return lambda params: None
+    return lambda params: torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+
+
+def _encoder_params(groups: list[dict[str, Any]]) -> list[torch.Tensor]:
+    return [p for g in groups if g["name"] == "encoder" for p in g["params"]]
+
+
+class TD3Learner:
+    """TD3 with separate (or, as an ablation, shared) image encoders.
+
+    Args:
+        spec: observation and action spec.
+        cfg: the learner's config (device, precision, TD3 and network settings).
+        seed: seeds network initialisation and the target-smoothing noise.
+
+    Raises:
+        ConfigError: for bad hyper-parameters, an unavailable device, or (SEPARATE topology)
+            a policy and critic that share a parameter.
+    """
+
+    def __init__(self, spec: EnvSpec, cfg: LearnerConfig, seed: int) -> None:
+        _check_config(cfg)
+        self.spec, self.cfg, self.td3 = spec, cfg, cfg.td3
+        self.device = resolve_device(cfg.device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.nets: Networks = build_networks(spec, cfg.network, cfg.td3, self.device)
+        self.policy_opt = _adam(self.nets.policy_groups)
+        self.critic_opt = _adam(self.nets.critic_groups)
+        self._policy_params = [p for g in self.nets.policy_groups for p in g["params"]]
+        self._critic_params = [p for g in self.nets.critic_groups for p in g["params"]]
+        self._clip = _clipper(cfg.td3.max_grad_norm)
+        self._autocast = autocast_for(self.device, cfg.precision)
+        self._to_device = transfer_for(self.device)
+        self.generator = torch.Generator(self.device)
+        self.generator.manual_seed(seed)
+        self._updates = 0
+        self._encoders = {"critic": list(self.nets.critic.encoder.parameters()),
+                          "policy": list(self.nets.policy.encoder.parameters())}
+        self._snapshots = {k: [p.detach().clone() for p in v] for k, v in self._encoders.items()}
+        self._last_policy = torch.zeros(2, device=self.device)  # loss, encoder grad norm
+        self._critic_terms = self._critic_forward
+        self._policy_terms = self._policy_forward
+        if cfg.compile:
+            self._critic_terms = torch.compile(self._critic_forward, dynamic=False)
+            self._policy_terms = torch.compile(self._policy_forward, dynamic=False)
+        log.info("td3_learner device=%s topology=%s precision=%s compile=%s seed=%d",
+                 self.device, cfg.network.topology.value, cfg.precision, cfg.compile, seed)
+
+    @property
+    def updates(self) -> int:
+        """Updates done so far (the policy version the learner publishes)."""
+        return self._updates
+
+    # ---------------------------------------------------------------- the step, in pieces
+
+    def _critic_forward(self, b: DeviceBatch, noise: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        nets, td3 = self.nets, self.td3
+        with torch.no_grad(), self._autocast():
+            target_features = nets.critic_target.encoder(b.next_image, b.next_vector)
+            policy_features = nets.target_policy_features(b.next_image, b.next_vector, target_features)
+            next_action = losses.smoothed_target_action(
+                nets.policy_target.act(policy_features).float(), noise, td3.noise_clip)
+            next_q1, next_q2 = nets.critic_target.q_values(target_features, next_action)
+        y = losses.td_target(b.reward, b.terminated, next_q1.float(), next_q2.float(), td3.gamma)
+        with self._autocast():
+            q1, q2 = nets.critic(b.image, b.vector, b.action)
+        loss, td = losses.critic_loss(q1.float(), q2.float(), y, b.weight)
+        return loss, td, q1.detach().float().mean(), q2.detach().float().mean(), y.mean()
+
+    def _policy_forward(self, b: DeviceBatch) -> torch.Tensor:
+        nets = self.nets
+        with self._autocast():
+            with torch.no_grad():
+                # The critic scores the policy's action with its OWN encoder's features,
+                # computed without gradient into the critic encoder (SB3 q1_forward).
+                critic_features = nets.critic.encoder(b.image, b.vector)
+            action = nets.policy.act(nets.policy_features(b.image, b.vector, critic_features))
+            # Q1 head with detached weights: the policy loss leaves no gradient on the critic.
+            q1_params = {k: v.detach() for k, v in nets.critic.q1.named_parameters()}
+            x = torch.cat([critic_features, action.to(critic_features.dtype)], dim=1)
+            q1 = torch.func.functional_call(nets.critic.q1, q1_params, (x,)).squeeze(-1)
+        return losses.policy_loss(q1.float())
+
+    def _critic_step(self, b: DeviceBatch) -> list[torch.Tensor]:
+        noise = torch.randn(b.action.shape, generator=self.generator, device=self.device)
+        loss, td, q1_mean, q2_mean, y_mean = self._critic_terms(b, noise * self.td3.policy_noise)
+        self.critic_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        encoder_grad = losses.grad_norm(_encoder_params(self.nets.critic_groups))
+        self._clip(self._critic_params)
+        self.critic_opt.step()
+        return [loss.detach(), q1_mean, q2_mean, y_mean, encoder_grad, td]
+
+    def _policy_step(self, b: DeviceBatch) -> None:
+        loss = self._policy_terms(b)
+        self.policy_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        encoder_grad = losses.grad_norm(_encoder_params(self.nets.policy_groups))
+        self._clip(self._policy_params)
+        self.policy_opt.step()
+        self._last_policy = torch.stack([loss.detach(), encoder_grad.to(loss.device)])
+        losses.soft_update(*self.nets.target_pairs, self.td3.tau)
+
+    def update(self, batch: SampleBatch) -> UpdateStats:
+        """One TD3 update from a numpy batch (copied to the device here).
+
+        ``batch.weight`` (importance weights) multiplies each sample's critic loss.
+
+        Raises:
+            SpecError: if the batch does not match the spec.
+        """
+        validate_batch(self.spec, batch)
+        b = self._to_device(batch)
+        critic_loss, q1_mean, q2_mean, y_mean, critic_grad, td = self._critic_step(b)
+        self._updates += 1
+        policy_updated = self._updates % self.td3.policy_delay == 0
+        if policy_updated:
+            self._policy_step(b)
+        changes = [losses.weight_change(self._encoders[k], self._snapshots[k])
+                   for k in ("critic", "policy")]
+        scalars = torch.stack([critic_loss, self._last_policy[0], q1_mean, q2_mean, y_mean,
+                               critic_grad, self._last_policy[1], *changes])
+        packed = torch.cat([scalars.float(), td.float()]).cpu().numpy()  # the one host sync
+        values = dict(zip(_SCALARS, (float(v) for v in packed[: len(_SCALARS)])))
+        return UpdateStats(updates=self._updates, policy_updated=policy_updated,
+                           td_error=packed[len(_SCALARS):].copy(), **values)
+
+    # ---------------------------------------------------------------- weights and state
+
+    def policy_state(self) -> dict[str, np.ndarray]:
+        """The online policy's weights (encoder + head) as CPU numpy arrays, for rollout
+        actors' ``common.networks.load_policy_state``."""
+        return {k: v.detach().contiguous().cpu().numpy().copy()
+                 for k, v in self.nets.policy.state_dict().items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Full learner state: networks, targets, optimizers, counter, RNG, stats snapshots."""
+        return {
+            "modules": {k: m.state_dict() for k, m in self.nets.modules().items()},
+            "optimizers": {"policy": self.policy_opt.state_dict(),
+                           "critic": self.critic_opt.state_dict()},
+            "updates": self._updates,
+            "rng": self.generator.get_state(),
+            "snapshots": {k: list(v) for k, v in self._snapshots.items()},
+            "last_policy": self._last_policy,
+        }
+
+    def load_state_dict(self, data: dict[str, Any]) -> None:
+        """Restores ``state_dict()`` output (validated by ``learner.state``)."""
+        for name, module in self.nets.modules().items():
+            module.load_state_dict(data["modules"][name])
+        self.policy_opt.load_state_dict(data["optimizers"]["policy"])
+        self.critic_opt.load_state_dict(data["optimizers"]["critic"])
+        for opt, groups in ((self.policy_opt, self.nets.policy_groups),
+                            (self.critic_opt, self.nets.critic_groups)):
+            for group, configured in zip(opt.param_groups, groups):
+                group["lr"] = configured["lr"]  # the config in force wins over the saved lr
+        self._updates = int(data["updates"])
+        self.generator.set_state(data["rng"].cpu())
+        with torch.no_grad():
+            for key, saved in data["snapshots"].items():
+                torch._foreach_copy_(self._snapshots[key], [t.to(self.device) for t in saved])
+        self._last_policy = data["last_policy"].to(self.device)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Writes the full state to ``path`` atomically (temporary file, then rename)."""
+        state.save(path, self.spec, self.cfg.network, self.state_dict())
+
+    def load(self, path: str | os.PathLike[str]) -> None:
+        """Restores the full state from ``path``.
+
+        Raises:
+            CheckpointError: if the file is missing, corrupt, or made for another spec or
+                network configuration.
+        """
+        state.load(path, self.spec, self.cfg.network, self.device, self.load_state_dict)
+
+
+def make_learner(spec: EnvSpec, cfg: LearnerConfig, seed: int) -> TD3Learner:
+    """Builds the learner for ``cfg`` (the runtime's entry point)."""
+    return TD3Learner(spec, cfg, seed)

@@ -1,0 +1,42 @@
+"""Small specs, configs and deterministic batches shared by the learner tests."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from common.config import EncoderTopology, LearnerConfig, NetworkConfig, TD3Config
+from common.specs import EnvSpec
+from common.types import SampleBatch
+
+SMALL_SPEC = EnvSpec(frames=2, image_size=36, num_waypoints=1)
+
+
+def small_config(topology: EncoderTopology = EncoderTopology.SEPARATE, **td3: float) -> LearnerConfig:
+    """A CPU learner config with tiny networks (fast enough for unit tests)."""
+    return LearnerConfig(device="cpu", td3=TD3Config(**{"batch_size": 16, **td3}),
+                         network=NetworkConfig(encoder_features=32, hidden_sizes=(32, 32),
+                                               topology=topology))
+
+
+def random_batch(spec: EnvSpec, size: int, seed: int) -> SampleBatch:
+    """A batch of random transitions, the same for the same seed."""
+    rng = np.random.default_rng(seed)
+    image = (spec.frames, spec.image_size, spec.image_size)
+    return SampleBatch(
+        obs_image=rng.integers(0, 256, (size, *image), dtype=np.uint8),
+        obs_vector=rng.standard_normal((size, spec.vector_dim), dtype=np.float32),
+        action=rng.uniform(-1, 1, (size, spec.action_dim)).astype(np.float32),
+        reward=rng.standard_normal(size, dtype=np.float32),
+        next_image=rng.integers(0, 256, (size, *image), dtype=np.uint8),
+        next_vector=rng.standard_normal((size, spec.vector_dim), dtype=np.float32),
+        terminated=(rng.random(size) < 0.2).astype(np.float32),
+        truncated=(rng.random(size) < 0.1).astype(np.float32),
+        policy_version=np.full(size, -1, np.int64),
+        weight=np.ones(size, np.float32),
+        key=np.arange(size, dtype=np.int64),
+    )
+
+
+def params_of(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Detached copies of a module's parameters by name."""
+    return {k: v.detach().clone() for k, v in module.named_parameters()}

@@ -1,0 +1,127 @@
+"""The learner's public interface: update stats, importance weights, snapshots, errors."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from common.config import EncoderTopology, LearnerConfig, TD3Config
+from common.errors import ConfigError, SpecError
+from common.networks import PolicyNet, load_policy_state
+from learner import losses
+from learner.td3 import TD3Learner, UpdateStats, make_learner
+from tests.unit.learner_fixtures import SMALL_SPEC, params_of, random_batch, small_config
+
+
+def test_stats_are_typed_and_policy_steps_are_delayed():
+    learner = make_learner(SMALL_SPEC, small_config(policy_delay=3), seed=0)
+    flags = []
+    for i in range(6):
+        stats = learner.update(random_batch(SMALL_SPEC, 16, seed=i))
+        assert isinstance(stats, UpdateStats) and stats.updates == learner.updates == i + 1
+        flags.append(stats.policy_updated)
+        for field in dataclasses.fields(stats):
+            value = getattr(stats, field.name)
+            if field.name == "td_error":
+                assert value.shape == (16,) and value.dtype == np.float32 and (value >= 0).all()
+            else:
+                assert type(value) in (int, float, bool) and np.isfinite(value), field.name
+    assert flags == [False, False, True, False, False, True]
+    assert stats.critic_encoder_weight_change > 0 and stats.policy_encoder_weight_change > 0
+
+
+def test_td_error_matches_the_critic_before_its_step():
+    learner = TD3Learner(SMALL_SPEC, small_config(policy_noise=0.0), seed=0)
+    batch = random_batch(SMALL_SPEC, 16, seed=0)
+    b = learner._to_device(batch)
+    nets = learner.nets
+    with torch.no_grad():
+        q1, q2 = nets.critic(b.image, b.vector, b.action)
+        next_action = nets.policy_target(b.next_image, b.next_vector)
+        nq1, nq2 = nets.critic_target(b.next_image, b.next_vector, next_action)
+        y = losses.td_target(b.reward, b.terminated, nq1, nq2, learner.td3.gamma)
+    stats = learner.update(batch)
+    expected = 0.5 * ((q1 - y).abs() + (q2 - y).abs())
+    np.testing.assert_allclose(stats.td_error, expected.numpy(), rtol=1e-5, atol=1e-6)
+    assert stats.q1_mean == pytest.approx(q1.mean().item(), rel=1e-5)
+    assert stats.target_q_mean == pytest.approx(y.mean().item(), rel=1e-5)
+
+
+def test_zero_importance_weights_leave_the_critic_unchanged():
+    learner = TD3Learner(SMALL_SPEC, small_config(), seed=0)
+    batch = random_batch(SMALL_SPEC, 16, seed=0)._replace(weight=np.zeros(16, np.float32))
+    before = params_of(learner.nets.critic)
+    stats = learner.update(batch)
+    assert stats.critic_loss == 0.0 and stats.td_error.max() > 0
+    assert all(torch.equal(before[k], v) for k, v in learner.nets.critic.named_parameters())
+
+
+@pytest.mark.parametrize("topology", list(EncoderTopology))
+def test_policy_state_loads_into_an_actor_policy(topology):
+    cfg = small_config(topology)
+    learner = TD3Learner(SMALL_SPEC, cfg, seed=0)
+    for i in range(2):
+        learner.update(random_batch(SMALL_SPEC, 16, seed=i))
+    state = learner.policy_state()
+    assert all(isinstance(v, np.ndarray) and v.flags.c_contiguous for v in state.values())
+    actor = PolicyNet.from_config(SMALL_SPEC, cfg.network)
+    load_policy_state(actor, state)
+    batch = random_batch(SMALL_SPEC, 4, seed=9)
+    image, vector = torch.from_numpy(batch.obs_image), torch.from_numpy(batch.obs_vector)
+    with torch.no_grad():
+        torch.testing.assert_close(actor(image, vector), learner.nets.policy(image, vector))
+    state["head.0.weight"][:] = 0.0
+    assert learner.nets.policy.head[0].weight.abs().sum() > 0, "snapshot must be a copy"
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("obs_image", np.zeros((16, 2, 36, 36), np.float32), "dtype float32 != expected uint8"),
+    ("next_vector", np.zeros((16, 4), np.float32), r"shape \(16, 4\) does not end in"),
+    ("action", np.full((16, 2), 1.5, np.float32), "above maximum 1.0"),
+    ("weight", np.ones(15, np.float32), r"weight: expected float32 \[16\]"),
+    ("terminated", np.zeros(16, bool), "terminated: expected float32"),
+])
+def test_bad_batches_are_rejected(field, value, message):
+    learner = TD3Learner(SMALL_SPEC, small_config(), seed=0)
+    batch = random_batch(SMALL_SPEC, 16, seed=0)._replace(**{field: value})
+    with pytest.raises(SpecError, match=message):
+        learner.update(batch)
+    assert learner.updates == 0
+
+
+@pytest.mark.parametrize("cfg,message", [
+    (LearnerConfig(td3=TD3Config(gamma=1.5)), r"gamma \(1.5\) must be in \[0, 1\]"),
+    (LearnerConfig(td3=TD3Config(policy_delay=0)), r"policy_delay \(0\) must be >= 1"),
+    (LearnerConfig(td3=TD3Config(tau=0.0)), r"tau \(0.0\) must be in \(0, 1\]"),
+    (LearnerConfig(device="tpu"), r"device \('tpu'\)"),
+    (LearnerConfig(device="cpu", precision="fp8"), r"precision \('fp8'\) must be one of"),
+])
+def test_bad_configs_name_the_value(cfg, message):
+    with pytest.raises(ConfigError, match=message):
+        TD3Learner(SMALL_SPEC, dataclasses.replace(cfg, network=small_config().network), seed=0)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without CUDA")
+def test_cuda_without_cuda_is_a_config_error():
+    with pytest.raises(ConfigError, match="no CUDA device"):
+        TD3Learner(SMALL_SPEC, dataclasses.replace(small_config(), device="cuda"), seed=0)
+
+
+def test_gradient_clipping_bounds_each_optimizer_step():
+    learner = TD3Learner(SMALL_SPEC, small_config(max_grad_norm=1e-3), seed=0)
+    b = learner._to_device(random_batch(SMALL_SPEC, 16, seed=0))
+    learner._critic_step(b)
+    grads = [p.grad for p in learner._critic_params if p.grad is not None]
+    assert torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) <= 1e-3 * 1.01
+
+
+def test_same_seed_same_learner():
+    a = TD3Learner(SMALL_SPEC, small_config(), seed=7)
+    b = TD3Learner(SMALL_SPEC, small_config(), seed=7)
+    c = TD3Learner(SMALL_SPEC, small_config(), seed=8)
+    for i in range(2):
+        batch = random_batch(SMALL_SPEC, 16, seed=i)
+        sa, sb, _ = a.update(batch), b.update(batch), c.update(batch)
+        np.testing.assert_array_equal(sa.td_error, sb.td_error)
+    assert all(torch.equal(x, y) for x, y in zip(a.nets.critic.parameters(), b.nets.critic.parameters()))
+    assert not torch.equal(a.nets.critic.q1[0].weight, c.nets.critic.q1[0].weight)

@@ -1,0 +1,84 @@
+"""Network shapes, layouts and the policy-snapshot loader rollout actors use."""
+import numpy as np
+import pytest
+import torch
+
+from common.config import NetworkConfig
+from common.errors import SpecError
+from common.networks import ImageEncoder, PolicyNet, QNet, load_policy_state, to_channels_last
+from common.specs import EnvSpec
+
+SPEC = EnvSpec(frames=4, image_size=84, num_waypoints=10)
+NET = NetworkConfig(encoder_features=64, hidden_sizes=(32, 32))
+
+
+def _obs(batch: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    image = torch.randint(0, 256, (batch, 4, 84, 84), dtype=torch.uint8, generator=g)
+    return image, torch.randn(batch, SPEC.vector_dim, generator=g)
+
+
+def test_shapes_and_action_range():
+    image, vector = _obs(3)
+    encoder = ImageEncoder(SPEC, 64)
+    assert encoder(image, vector).shape == (3, 64 + SPEC.vector_dim) == (3, encoder.out_dim)
+    action = PolicyNet.from_config(SPEC, NET)(image, vector)
+    assert action.shape == (3, 2) and action.abs().max() <= 1.0
+    q1, q2 = QNet.from_config(SPEC, NET)(image, vector, action)
+    assert q1.shape == q2.shape == (3,) and not torch.equal(q1, q2)
+
+
+def test_conv_stack_is_the_nature_cnn():
+    convs = [m for m in ImageEncoder(SPEC).cnn if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.stride) for c in convs] == [
+        (4, 32, (8, 8), (4, 4)), (32, 64, (4, 4), (2, 2)), (64, 64, (3, 3), (1, 1))]
+    assert ImageEncoder(SPEC).cnn[-3].in_features == 64 * 7 * 7
+
+
+def test_channels_last_weights_compute_the_same_values():
+    torch.manual_seed(0)
+    net = PolicyNet.from_config(SPEC, NET)
+    image, vector = _obs(4)
+    expected = net(image, vector)
+    to_channels_last(net)
+    assert net.encoder.cnn[0].weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(net(image, vector), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_q1_value_is_the_first_twin_head():
+    critic = QNet.from_config(SPEC, NET)
+    image, vector = _obs(2)
+    action = torch.rand(2, 2) * 2 - 1
+    features = critic.encoder(image, vector)
+    torch.testing.assert_close(critic.q1_value(features, action), critic(image, vector, action)[0])
+
+
+def test_load_policy_state_round_trip():
+    torch.manual_seed(0)
+    source = to_channels_last(PolicyNet.from_config(SPEC, NET))
+    state = {k: v.detach().contiguous().numpy().copy() for k, v in source.state_dict().items()}
+    torch.manual_seed(1)
+    target = PolicyNet.from_config(SPEC, NET)
+    image, vector = _obs(2)
+    assert not torch.equal(target(image, vector), source(image, vector))
+    load_policy_state(target, state)
+    torch.testing.assert_close(target(image, vector), source(image, vector))
+
+
+@pytest.mark.parametrize("name,mutate,message", [
+    ("missing", lambda s: s.pop("head.0.bias"), r"missing \['head.0.bias'\]"),
+    ("unexpected", lambda s: s.__setitem__("head.9.weight", np.zeros(1, np.float32)),
+     r"unexpected \['head.9.weight'\]"),
+    ("shape", lambda s: s.__setitem__("head.0.bias", np.zeros(7, np.float32)),
+     r"'head.0.bias': shape \(7,\) != network's \(32,\)"),
+    ("dtype", lambda s: s.__setitem__("head.0.bias", np.zeros(32, np.int32)), "not floating point"),
+    ("nan", lambda s: s["head.0.bias"].__setitem__(0, np.nan), "non-finite"),
+])
+def test_load_policy_state_rejects_mismatches(name, mutate, message):
+    net = PolicyNet.from_config(SPEC, NET)
+    state = {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
+    mutate(state)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(SpecError, match=message):
+        load_policy_state(net, state)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items()), name
