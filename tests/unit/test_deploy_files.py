@@ -1,0 +1,242 @@
+"""What CI can check of the deployment without a container engine: the compose file against the
+compose specification and against our own rules (GPU pinning, CARLA port spacing, loopback-only
+host ports, the Ray token from the environment), promtool on the Prometheus configuration and
+rules, the Grafana files, the Dockerfile, and the container scripts."""
+import importlib.metadata
+import json
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from common.metrics_prometheus import PrometheusSink
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "docker-compose.yml"
+DOCKER = ROOT / "deploy/docker"
+PROMETHEUS = ROOT / "deploy/prometheus"
+GRAFANA = ROOT / "deploy/grafana"
+BIN = pathlib.Path(sys.executable).parent
+
+
+def _default(value: str) -> str:
+    """Resolves compose interpolation ``${VAR:-default}`` to its default."""
+    return re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", value)
+
+
+@pytest.fixture(scope="module")
+def compose():
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+@pytest.fixture(scope="module")
+def carla(compose):
+    """{service: rpc port} of the CARLA servers."""
+    out = {}
+    for name, svc in compose["services"].items():
+        if svc.get("image", "").startswith("carlasim/carla:"):
+            match = re.search(r"-carla-rpc-port=(\d+)", svc["command"])
+            assert match, f"{name}: command sets no -carla-rpc-port"
+            out[name] = int(match.group(1))
+    return out
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name, path=f"{BIN}:{shutil.os.environ.get('PATH', '')}")
+    assert path, f"{name} not found (check-jsonschema: pip extra 'test'; promtool: Debian package prometheus)"
+    return path
+
+
+def _run(*cmd: str) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+
+def test_compose_file_follows_the_compose_specification():
+    result = _run(_tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(COMPOSE))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_carla_servers_run_headless_pinned_to_distinct_gpus(compose, carla):
+    assert len(carla) >= 2
+    gpus = []
+    for name in carla:
+        svc = compose["services"][name]
+        assert svc["image"] == "carlasim/carla:0.9.16"
+        assert svc["command"].startswith("bash CarlaUE4.sh -RenderOffScreen -nosound")
+        (device,) = svc["deploy"]["resources"]["reservations"]["devices"]
+        assert device["driver"] == "nvidia" and "gpu" in device["capabilities"], name
+        (gpu,) = device["device_ids"]
+        gpus.append(_default(gpu))
+        assert svc["restart"] == "unless-stopped"
+    assert len(set(gpus)) == len(gpus), f"CARLA servers share GPUs {gpus}"
+
+
+def test_carla_rpc_ports_are_spaced_by_at_least_three(carla):
+    ports = sorted(carla.values())
+    assert all(b - a >= 3 for a, b in zip(ports, ports[1:])), ports
+
+
+def test_carla_healthchecks_probe_their_own_port(compose, carla):
+    for name, port in carla.items():
+        probe = " ".join(compose["services"][name]["healthcheck"]["test"])
+        assert f"/dev/tcp/127.0.0.1/{port}" in probe, name
+
+
+def test_trainer_and_readiness_gate_list_every_carla_server(compose, carla):
+    expected = {f"{name}:{port}" for name, port in carla.items()}
+    trainer = compose["services"]["trainer"]["command"]
+    assert set(trainer[trainer.index("--carla") + 1].split(",")) == expected
+    gate = compose["services"]["carla-ready"]
+    assert set(gate["command"]) >= expected and gate["command"][0] == "wait-carla"
+    deps = compose["services"]["trainer"]["depends_on"]
+    assert deps["carla-ready"]["condition"] == "service_completed_successfully"
+
+
+def test_no_gpus_key_and_every_device_reservation_names_capabilities(compose):
+    for name, svc in compose["services"].items():
+        assert "gpus" not in svc, f"{name}: docker-compose 1.29 rejects gpus:"
+        for device in svc.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", []):
+            assert device.get("capabilities"), f"{name}: device reservation without capabilities"
+
+
+def test_learner_node_has_its_own_gpu_and_the_run_volume(compose):
+    learner = compose["services"]["ray-learner"]
+    assert "--num-gpus=1" in learner["command"]
+    (device,) = learner["deploy"]["resources"]["reservations"]["devices"]
+    assert device["capabilities"] == ["gpu"] and len(device["device_ids"]) == 1
+    for name in ("ray-learner", "ray-rollout", "trainer", "ray-head"):
+        assert "runs:/runs" in compose["services"][name]["volumes"], name
+    assert "runs" in compose["volumes"]
+
+
+def test_host_ports_bind_to_loopback_only(compose):
+    published = [(n, p) for n, s in compose["services"].items() for p in s.get("ports", [])]
+    assert {"127.0.0.1:8265:8265", "127.0.0.1:10001:10001"} <= {p for _, p in published}
+    for name, port in published:
+        assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} on all interfaces"
+
+
+def test_ray_token_comes_from_the_environment(compose):
+    for name, svc in compose["services"].items():
+        env = svc.get("environment", {})
+        if "RAY_AUTH_TOKEN" in env:
+            assert env["RAY_AUTH_MODE"] == "token", name
+            assert re.fullmatch(r"\$\{RAY_AUTH_TOKEN:\?[^}]+\}", env["RAY_AUTH_TOKEN"]), name
+    ray_nodes = [n for n, s in compose["services"].items() if s.get("image", "").startswith("carla-td3:")]
+    assert all("RAY_AUTH_TOKEN" in compose["services"][n]["environment"] for n in ray_nodes)
+    for path in [COMPOSE, *DOCKER.iterdir()]:
+        for line in path.read_text().splitlines():
+            assert not re.search(r"RAY_AUTH_TOKEN\s*[=:]\s*['\"]?[A-Za-z0-9]{16,}", line), f"{path}: {line}"
+
+
+def test_long_running_services_restart_and_report_health(compose):
+    for name, svc in compose["services"].items():
+        if name in ("carla-ready", "trainer"):
+            assert svc["restart"] == "no"
+            continue
+        assert svc["restart"] == "unless-stopped", name
+        assert svc["healthcheck"]["test"], name
+
+
+def test_images_are_pinned(compose):
+    for name, svc in compose["services"].items():
+        image = svc["image"]
+        assert re.fullmatch(r"[\w./-]+:[\w.-]+", image) and not image.endswith(":latest"), f"{name}: {image}"
+    for line in (DOCKER / "Dockerfile").read_text().splitlines():
+        if line.startswith("ARG") and "IMAGE=" in line:
+            assert re.search(r"=[\w./-]+:\d[\w.-]*$", line), line
+
+
+def test_healthcheck_ports_match_what_the_entrypoint_starts(compose):
+    entrypoint = (DOCKER / "entrypoint.sh").read_text()
+    head = " ".join(compose["services"]["ray-head"]["healthcheck"]["test"])
+    worker = " ".join(compose["services"]["ray-learner"]["healthcheck"]["test"])
+    assert "127.0.0.1:8265/" in head and "--dashboard-port=8265" in entrypoint
+    assert "127.0.0.1:52365/" in worker and "--dashboard-agent-listen-port=52365" in entrypoint
+    assert compose["services"]["ray-rollout"]["healthcheck"] == compose["services"]["ray-learner"]["healthcheck"]
+
+
+def test_prometheus_reads_the_discovery_file_ray_writes(compose):
+    from ray._private.ray_constants import PROMETHEUS_SERVICE_DISCOVERY_FILE
+
+    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    (ray_job,) = [j for j in config["scrape_configs"] if j["job_name"] == "ray"]
+    files = ray_job["file_sd_configs"][0]["files"]
+    assert files == [f"/tmp/ray/{PROMETHEUS_SERVICE_DISCOVERY_FILE}"]
+    assert "ray-tmp:/tmp/ray:ro" in compose["services"]["prometheus"]["volumes"]
+    assert "ray-tmp:/tmp/ray" in compose["services"]["ray-head"]["volumes"]
+    assert "./deploy/prometheus:/etc/prometheus:ro" in compose["services"]["prometheus"]["volumes"]
+
+
+def test_promtool_accepts_the_prometheus_config_and_rules():
+    promtool = _tool("promtool")
+    config = _run(promtool, "check", "config", "--syntax-only", str(PROMETHEUS / "prometheus.yml"))
+    assert config.returncode == 0, config.stdout + config.stderr
+    rules = _run(promtool, "check", "rules", *map(str, sorted((PROMETHEUS / "rules").glob("*.yml"))))
+    assert rules.returncode == 0, rules.stdout + rules.stderr
+
+
+def test_grafana_files_parse_and_point_at_mounted_paths(compose):
+    for path in GRAFANA.rglob("*.json"):
+        dash = json.loads(path.read_text())
+        assert dash["uid"] and dash["panels"], path
+    providers = yaml.safe_load((GRAFANA / "provisioning/dashboards/dashboards.yml").read_text())["providers"]
+    mounts = compose["services"]["grafana"]["volumes"]
+    paths = {p["name"]: p["options"]["path"] for p in providers}
+    assert "./deploy/grafana/dashboards:" + paths["carla-td3"] + ":ro" in mounts
+    assert paths["ray"].startswith("/tmp/ray/session_latest/") and "ray-tmp:/tmp/ray:ro" in mounts
+    (source,) = yaml.safe_load((GRAFANA / "provisioning/datasources/prometheus.yml").read_text())["datasources"]
+    assert source["name"] == compose["services"]["ray-head"]["environment"]["RAY_PROMETHEUS_NAME"]
+    assert source["url"] == compose["services"]["ray-head"]["environment"]["RAY_PROMETHEUS_HOST"]
+
+
+def test_dockerfile_runs_as_non_root_and_copies_only_existing_paths():
+    text = (DOCKER / "Dockerfile").read_text()
+    users = re.findall(r"^USER (\S+)", text, re.M)
+    assert users and users[-1] not in ("root", "0")
+    assert text.index("USER ") < text.index("ENTRYPOINT")
+    for sources in re.findall(r"^COPY (?!--from)(.+) \S+$", text, re.M):
+        for src in sources.split():
+            assert (ROOT / src).exists(), f"Dockerfile copies missing {src}"
+
+
+def test_image_pins_the_versions_the_tests_run_against():
+    pins = {}
+    for line in (DOCKER / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[re.sub(r"\[.*\]", "", name)] = version
+    assert {"ray", "torch", "carla", "numpy", "prometheus-client"} <= set(pins)
+    for name, version in pins.items():
+        installed = importlib.metadata.version(name).split("+")[0]
+        assert installed == version, f"{name}: image pins {version}, tests run {installed}"
+
+
+def test_entrypoint_is_valid_bash_and_refuses_to_start_ray_without_a_token():
+    script = DOCKER / "entrypoint.sh"
+    assert _run("bash", "-n", str(script)).returncode == 0
+    env = {"PATH": "/usr/bin:/bin", "RAY_AUTH_MODE": "token"}
+    result = subprocess.run(["bash", str(script), "head"], capture_output=True, text=True, env=env, timeout=30)
+    assert result.returncode == 64 and "RAY_AUTH_TOKEN is empty" in result.stderr
+
+
+def test_healthcheck_http_and_carla_probes():
+    script = str(DOCKER / "healthcheck.py")
+    sink = PrometheusSink()
+    port = sink.serve(0)
+    try:
+        assert _run(sys.executable, script, "http", f"http://127.0.0.1:{port}/metrics").returncode == 0
+    finally:
+        sink.close()
+    assert _run(sys.executable, script, "http", "--timeout", "1", f"http://127.0.0.1:{port}/metrics").returncode == 1
+    start = time.monotonic()
+    closed = _run(sys.executable, script, "carla", "--timeout", "1", f"127.0.0.1:{port}")
+    assert closed.returncode == 1 and "ready=false" in closed.stderr
+    assert time.monotonic() - start < 20
+    bad = _run(sys.executable, script, "carla", "carla-0")
+    assert bad.returncode == 2 and "must look like HOST:PORT" in bad.stderr
