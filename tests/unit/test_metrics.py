@@ -18,6 +18,7 @@ from deploy.metrics_ray import RaySink, make_sink
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy/grafana/dashboards/carla-td3.json"
 DOCS = ROOT / "docs/metrics.md"
+DEPLOYMENT = ROOT / "docs/deployment.md"
 RULES = ROOT / "deploy/prometheus/rules/carla_td3.yml"
 NAME_IN_TEXT = re.compile(r"(?<![A-Za-z0-9_])(?:ray_)?carla_td3_[a-z0-9_]+")
 
@@ -182,7 +183,7 @@ def _dashboard_exprs():
     return [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
 
 
-@pytest.mark.parametrize("path", [DASHBOARD, DOCS, RULES], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [DASHBOARD, DOCS, DEPLOYMENT, RULES], ids=lambda p: p.name)
 def test_every_metric_name_in_dashboards_docs_and_rules_is_defined(path):
     names = _names_in(path.read_text().replace("${prefix}", ""))
     assert names, f"{path} names no metric"
