@@ -181,6 +181,17 @@ def test_promtool_accepts_the_prometheus_config_and_rules():
     assert rules.returncode == 0, rules.stdout + rules.stderr
 
 
+def test_promtool_accepts_every_dashboard_query(tmp_path):
+    dash = json.loads((GRAFANA / "dashboards/carla-td3.json").read_text())
+    exprs = [t["expr"].replace("$__rate_interval", "1m") for p in dash["panels"] for t in p.get("targets", [])]
+    rules = {"groups": [{"name": "dashboard", "rules": [
+        {"record": f"dashboard:expr{i}", "expr": e} for i, e in enumerate(exprs)]}]}
+    path = tmp_path / "dashboard_rules.yml"
+    path.write_text(yaml.safe_dump(rules))
+    result = _run(_tool("promtool"), "check", "rules", str(path))
+    assert result.returncode == 0 and f"{len(exprs)} rules found" in result.stdout, result.stdout + result.stderr
+
+
 def test_grafana_files_parse_and_point_at_mounted_paths(compose):
     for path in GRAFANA.rglob("*.json"):
         dash = json.loads(path.read_text())
