@@ -69,6 +69,9 @@ class NaiveShard:
     def size(self) -> int:
         return min(self.count, self.capacity)
 
+    def capacity_slots(self) -> int:
+        return self.capacity
+
     def nbytes(self) -> int:
         return sum(a.nbytes for a in self.arrays.values())
 

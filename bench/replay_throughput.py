@@ -22,7 +22,7 @@ from bench.naive_replay import NaiveShard, chunk_to_transitions, encode_transiti
 from common.codec import decode_batch, encode_chunk
 from common.config import ReplayConfig
 from common.specs import EnvSpec
-from replay.client import ReplayClient, ShardWriter
+from replay.client import ReplayClient, ShardWriter, ray_system_config
 from replay.shard import ReplayShard
 from replay.synthetic import SyntheticStream
 
@@ -85,7 +85,11 @@ def _batch_bytes(batch: Any) -> int:
 
 
 def measure_sample(shards: list, mode: str, args: argparse.Namespace) -> dict:
-    """Samples for --seconds with --prefetch requests in flight ("ray" or "msgpack" return)."""
+    """Samples for --seconds with --prefetch requests in flight.
+
+    Modes: "ray" goes through ReplayClient (PackedBatch, Ray's serialisation); "msgpack"
+    returns common.codec.encode_batch bytes; "naive" is the naive shard's SampleBatch.
+    """
     client = ReplayClient(shards, SPEC, args.batch_size, prefetch=args.prefetch)
     client.sizes()
     inflight: collections.deque = collections.deque()
@@ -96,8 +100,10 @@ def measure_sample(shards: list, mode: str, args: argparse.Namespace) -> dict:
         else:
             while len(inflight) < args.prefetch:
                 shard = shards[len(inflight) % len(shards)]
-                inflight.append(shard.sample_bytes.remote(args.batch_size))
-            batch = decode_batch(ray.get(inflight.popleft()), SPEC)
+                call = shard.sample_bytes if mode == "msgpack" else shard.sample
+                inflight.append(call.remote(args.batch_size))
+            reply = ray.get(inflight.popleft())
+            batch = decode_batch(reply, SPEC) if mode == "msgpack" else reply
         count += batch.size
         nbytes += _batch_bytes(batch)
     elapsed = time.perf_counter() - t0
@@ -105,10 +111,11 @@ def measure_sample(shards: list, mode: str, args: argparse.Namespace) -> dict:
 
 
 def bytes_per_transition(store: str, shard: Any) -> float:
+    """Ring bytes per slot times slots per transition (an episode of T uses T + 1 slots)."""
     if store == "dedup":
-        stats = ray.get(shard.stats.remote())
-        return stats["bytes"] / max(1, stats["size"])
-    return ray.get(shard.nbytes.remote()) / ray.get(shard.size.remote())
+        st = ray.get(shard.stats.remote())
+        return st["bytes"] / st["capacity"] * st["slots_written"] / max(1, st["inserts"])
+    return ray.get(shard.nbytes.remote()) / ray.get(shard.capacity_slots.remote())
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -122,8 +129,10 @@ def run(args: argparse.Namespace) -> dict:
             row = {"store": store, "producers": producers,
                    "insert": measure_insert(store, shard, producers, args),
                    "bytes_per_transition": bytes_per_transition(store, shard)}
-            modes = ("ray", "msgpack") if store == "dedup" else ("ray",)
-            row["sample"] = {m: measure_sample([shard], m, args) for m in modes}
+            if store == "dedup":
+                row["sample"] = {m: measure_sample([shard], m, args) for m in ("ray", "msgpack")}
+            else:
+                row["sample"] = {"ray": measure_sample([shard], "naive", args)}
             out["rows"].append(row)
             ray.kill(shard)
     shards = [_make_shard("dedup", args.capacity // 2, i) for i in range(args.shards)]
@@ -157,7 +166,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shards", type=int, default=2, help="shards for the all-shards sample run")
     parser.add_argument("--json", default="", help="also write the JSON here")
     args = parser.parse_args(argv)
-    ray.init(include_dashboard=False, log_to_driver=False)
+    ray.init(include_dashboard=False, log_to_driver=False,
+             _system_config=ray_system_config(SPEC, args.chunk_length))
     try:
         result = run(args)
     finally:

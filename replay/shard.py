@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import pathlib
+import time
 from typing import NamedTuple
 
 import numpy as np
@@ -124,7 +125,8 @@ class ReplayShard:
         self.streams: dict[int, StreamState] = {}
         self.counts = {"inserts": 0, "duplicates": 0, "dropped_records": 0, "rejected": 0,
                        "insert_refusals": 0, "samples": 0, "sample_refusals": 0,
-                       "priority_updates": 0, "stale_priority_updates": 0}
+                       "priority_updates": 0, "stale_priority_updates": 0,
+                       "insert_busy_seconds": 0.0, "sample_busy_seconds": 0.0}
         log.info("replay_shard index=%d capacity=%d sampler=%s bytes=%d bytes_per_slot=%.1f",
                  self.shard_index, cfg.capacity, cfg.sampler.value, self.ring.nbytes,
                  self.ring.bytes_per_slot())
@@ -139,12 +141,15 @@ class ReplayShard:
         Raises:
             WireError, SpecError: the message is invalid; the shard is unchanged.
         """
+        t0 = time.perf_counter()
         try:
             chunk = decode_chunk(data, self.spec, self.limits)
         except ValueError:
             self.counts["rejected"] += 1
             raise
-        return self._insert_valid(chunk)
+        ack = self._insert_valid(chunk)
+        self.counts["insert_busy_seconds"] += time.perf_counter() - t0
+        return ack
 
     def insert_chunk(self, chunk: StepChunk) -> InsertAck:
         """Validates and stores a chunk built in this process (same rules as ``insert``)."""
@@ -207,10 +212,13 @@ class ReplayShard:
             self.counts["sample_refusals"] += 1
             reason = "min_size" if size < self.limiter.min_size_to_sample else "ratio"
             return RateLimited(self.shard_index, size, reason)
+        t0 = time.perf_counter()
         slots, weight = self.sampler.sample(self.rng, batch_size)
         self.limiter.on_sample(batch_size)
         self.counts["samples"] += batch_size
-        return self._gather(slots, weight)
+        packed = self._gather(slots, weight)
+        self.counts["sample_busy_seconds"] += time.perf_counter() - t0
+        return packed
 
     def sample(self, batch_size: int) -> SampleBatch | RateLimited:
         """``sample_packed`` unpacked: both image stacks as [B, F, H, W] views of one gather."""
@@ -230,7 +238,7 @@ class ReplayShard:
         index = np.concatenate([r.stack[prev], slots[:, None].astype(np.int32)], axis=1)
         key = (np.int64(self.shard_index) << KEY_SHARD_SHIFT) | r.stamp[slots]
         return PackedBatch(
-            frames=np.take(r.frame, index, axis=0), obs_vector=r.vector[prev],
+            frames=r.frame[index], obs_vector=r.vector[prev],
             action=r.action[slots], reward=r.reward[slots], next_vector=r.vector[slots],
             terminated=r.terminated[slots].astype(np.float32),
             truncated=r.truncated[slots].astype(np.float32),

@@ -6,7 +6,7 @@ import ray
 from common.codec import encode_chunk
 from common.config import ReplayConfig, SamplerKind
 from common.errors import WireError
-from replay.client import ReplayClient
+from replay.client import ReplayClient, ray_system_config
 from replay.shard import KEY_SHARD_SHIFT, ReplayShard
 from tests.unit.replay_support import SMALL_SPEC, assert_batch_matches, expected_by_id, make_streams
 
@@ -15,7 +15,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def ray_local():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             _system_config=ray_system_config(SMALL_SPEC, 8))
     yield
     ray.shutdown()
 

@@ -24,7 +24,7 @@ def fingerprint(shard: ReplayShard) -> str:
         h.update(key.encode() + np.ascontiguousarray(value).tobytes())
     streams = sorted((sid, st.last_seq, st.step, st.ended, st.slots.tolist(), st.stamps.tolist(),
                       st.refused_seq) for sid, st in shard.streams.items())
-    counts = {k: v for k, v in shard.counts.items() if k != "rejected"}
+    counts = {k: v for k, v in shard.counts.items() if k != "rejected" and not k.endswith("_seconds")}
     h.update(repr((streams, counts, shard.ring.counter, shard.ring.num_valid,
                    shard.limiter.inserts, shard.limiter.samples)).encode())
     return h.hexdigest()
