@@ -127,7 +127,8 @@ class ReplayConfig:
 
     Attributes:
         num_shards: replay shards (Ray actors).
-        capacity: transitions held by each shard.
+        capacity: observation slots held by each shard; each slot stores one camera frame and
+            the transition into it, so an episode of T transitions uses T + 1 slots.
         sampler: uniform or prioritized.
         priority_alpha: prioritization exponent.
         priority_beta: importance-weight exponent.
@@ -135,7 +136,7 @@ class ReplayConfig:
         samples_per_insert: target samples per inserted transition (0 disables the limit).
         error_buffer: allowed deviation from the target ratio, in samples.
         min_size_to_sample: transitions a shard needs before it serves samples.
-        chunk_length: transitions per insert message from a rollout actor.
+        chunk_length: observation records per insert message from a rollout actor.
     """
 
     num_shards: int = 2
