@@ -15,7 +15,8 @@ import numpy as np
 from actors.fakecarla.mapdata import Raster
 
 # BGRA, indexed by raster class: ground, asphalt, edge, white, yellow.
-PALETTE = np.array([[64, 112, 72, 255], [88, 88, 88, 255], [28, 28, 28, 255], [235, 235, 235, 255],
+# Grass and asphalt differ by ~50 grey levels, so the road stays visible in grayscale.
+PALETTE = np.array([[50, 150, 90, 255], [72, 72, 72, 255], [28, 28, 28, 255], [235, 235, 235, 255],
                     [40, 200, 235, 255]], np.uint8)
 SKY = np.array([235, 206, 160, 255], np.uint8)
 HAZE = np.array([150, 160, 150, 255], np.uint8)  # ground beyond the draw distance
