@@ -27,6 +27,7 @@ import numpy as np
 import ray
 
 from common.codec import encode_chunk
+from common.errors import ConfigError, WireError
 from common.specs import EnvSpec
 from common.types import SampleBatch, StepChunk
 from replay.shard import KEY_SHARD_SHIFT, InsertAck, PackedBatch, RateLimited, ReplayShard
@@ -106,7 +107,7 @@ class ShardWriter:
     def __init__(self, handle: Any, spec: EnvSpec, window: int = 2, backoff_s: float = 0.005,
                  max_backoff_s: float = 0.5) -> None:
         if window < 1:
-            raise ValueError(f"window ({window}) must be >= 1")
+            raise ConfigError(f"window ({window}) must be >= 1")
         self.handle, self.spec, self.window = handle, spec, window
         self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
         self._pending: collections.deque[tuple[bytes, Any]] = collections.deque()
@@ -167,9 +168,9 @@ class ReplayClient:
     def __init__(self, shards: Sequence[Any], spec: EnvSpec, batch_size: int, prefetch: int = 4,
                  seed: int = 0, size_refresh_every: int = 16) -> None:
         if not shards:
-            raise ValueError(f"num_shards ({len(shards)}) must be >= 1")
+            raise ConfigError(f"num_shards ({len(shards)}) must be >= 1")
         if prefetch < 1:
-            raise ValueError(f"prefetch ({prefetch}) must be >= 1")
+            raise ConfigError(f"prefetch ({prefetch}) must be >= 1")
         self.shards, self.spec = list(shards), spec
         self.batch_size, self.prefetch = batch_size, prefetch
         self._rng = np.random.default_rng(seed)
@@ -243,7 +244,7 @@ class ReplayClient:
         owner = keys >> KEY_SHARD_SHIFT
         for index in np.unique(owner):
             if not 0 <= index < self.num_shards:
-                raise ValueError(f"key shard index ({index}) out of range [0, {self.num_shards})")
+                raise WireError(f"key shard index ({index}) out of range [0, {self.num_shards})")
             mask = owner == index
             self._priority_refs.append(
                 self.shards[int(index)].update_priorities.remote(keys[mask], td[mask]))

@@ -6,12 +6,12 @@ overwritten.
 """
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 
 from common.config import ReplayConfig, SamplerKind
-from common.errors import ConfigError
+from common.errors import CarlaTD3Error, CheckpointError, ConfigError
 
 _MAX_REJECTION_ROUNDS = 64
 
@@ -41,9 +41,11 @@ class UniformSampler:
     sample is ``filled / num_valid`` (close to 1: one slot per episode holds no transition).
     """
 
-    def __init__(self, valid: np.ndarray, filled) -> None:
+    def __init__(self, valid: np.ndarray, filled: Callable[[], int],
+                 num_valid: Callable[[], int]) -> None:
         self._valid = valid
         self._filled = filled
+        self._num_valid = num_valid
 
     def add(self, slots: np.ndarray) -> None:
         """Nothing to do: the storage's ``valid`` array is the index."""
@@ -52,18 +54,20 @@ class UniformSampler:
         """Nothing to do: the storage's ``valid`` array is the index."""
 
     def sample(self, rng: np.random.Generator, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        filled = self._filled()
+        filled, valid = self._filled(), self._num_valid()
+        if valid < 1:
+            raise CarlaTD3Error("uniform sampler: no valid transition to sample")
         picked: list[np.ndarray] = []
         need = batch_size
         for _ in range(_MAX_REJECTION_ROUNDS):
-            draw = rng.integers(0, filled, size=need + need // 4 + 8)
+            draw = rng.integers(0, filled, size=int(need * 1.25 * filled / valid) + 8)
             ok = draw[self._valid[draw]][:need]
             picked.append(ok)
             need -= ok.size
             if need == 0:
                 slots = np.concatenate(picked)
                 return slots, np.ones(batch_size, np.float32)
-        raise RuntimeError(f"uniform sampler found too few valid slots among {filled}")
+        raise CarlaTD3Error(f"uniform sampler: too few of {valid} valid slots found among {filled}")
 
     def update(self, slots: np.ndarray, priorities: np.ndarray) -> None:
         """Uniform sampling ignores priorities."""
@@ -123,7 +127,8 @@ class PrioritizedSampler:
     largest weight in the batch. Invalid slots have priority 0, so they are never drawn.
     """
 
-    def __init__(self, capacity: int, alpha: float, beta: float, eps: float, num_valid) -> None:
+    def __init__(self, capacity: int, alpha: float, beta: float, eps: float,
+                 num_valid: Callable[[], int]) -> None:
         for name, value in (("priority_alpha", alpha), ("priority_beta", beta)):
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"{name} ({value}) must be in [0, 1]")
@@ -145,7 +150,7 @@ class PrioritizedSampler:
     def sample(self, rng: np.random.Generator, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         total = self._tree.total
         if total <= 0:
-            raise RuntimeError("prioritized sampler has no mass to sample from")
+            raise CarlaTD3Error("prioritized sampler: no transition has a priority above 0")
         mass = (np.arange(batch_size) + rng.random(batch_size)) * (total / batch_size)
         slots = self._tree.find(np.minimum(mass, np.nextafter(total, 0)))
         prob = self._tree.get(slots) / total
@@ -164,15 +169,16 @@ class PrioritizedSampler:
 
     def load(self, state: dict[str, np.ndarray]) -> None:
         if state["tree"].shape != self._tree.tree.shape:
-            raise ValueError(f"sum tree shape {state['tree'].shape} != {self._tree.tree.shape}")
+            raise CheckpointError(f"sum tree shape {state['tree'].shape} != {self._tree.tree.shape}")
         self._tree.tree[:] = state["tree"]
         self.max_priority = float(state["max_priority"][0])
 
 
-def make_sampler(cfg: ReplayConfig, valid: np.ndarray, filled, num_valid) -> Sampler:
+def make_sampler(cfg: ReplayConfig, valid: np.ndarray, filled: Callable[[], int],
+                 num_valid: Callable[[], int]) -> Sampler:
     """Builds the sampler ``cfg.sampler`` names, reading the storage through callables."""
     if cfg.sampler is SamplerKind.UNIFORM:
-        return UniformSampler(valid, filled)
+        return UniformSampler(valid, filled, num_valid)
     if cfg.sampler is SamplerKind.PRIORITIZED:
         return PrioritizedSampler(valid.size, cfg.priority_alpha, cfg.priority_beta,
                                   cfg.priority_eps, num_valid)

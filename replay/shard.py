@@ -25,7 +25,7 @@ import numpy as np
 
 from common.codec import WireLimits, decode_chunk, encode_batch, validate_chunk
 from common.config import ReplayConfig
-from common.errors import WireError
+from common.errors import ConfigError, WireError
 from common.specs import EnvSpec
 from common.types import SampleBatch, StepChunk
 from replay import checkpoint
@@ -113,7 +113,7 @@ class ReplayShard:
 
     def __init__(self, spec: EnvSpec, cfg: ReplayConfig, shard_index: int = 0, seed: int = 0) -> None:
         if not 0 <= shard_index < (1 << 14):
-            raise WireError(f"shard_index ({shard_index}) must be in [0, 16384)")
+            raise ConfigError(f"shard_index ({shard_index}) must be in [0, 16384)")
         self.spec, self.cfg, self.shard_index = spec, cfg, int(shard_index)
         self.ring = FrameRing(spec, cfg.capacity)
         self.limits = WireLimits(max_records=min(WireLimits().max_records, cfg.capacity))

@@ -58,7 +58,7 @@ def test_prioritized_rejects_bad_settings(name, kwargs):
 def test_uniform_draws_only_valid_slots_uniformly():
     valid = np.zeros(100, bool)
     valid[::3] = True
-    sampler = UniformSampler(valid, lambda: 100)
+    sampler = UniformSampler(valid, lambda: 100, lambda: int(valid.sum()))
     drawn, weight = sampler.sample(np.random.default_rng(1), 34_000)
     assert valid[drawn].all() and (weight == 1).all()
     counts = np.bincount(drawn, minlength=100)[valid]
