@@ -195,7 +195,7 @@ class SensorRig:
     def destroy(self) -> None:
         """Stops every listener, then destroys every sensor (sensors before the vehicle)."""
         for sensor in self._sensors:
-            if sensor.is_listening:
+            if sensor.is_listening():
                 sensor.stop()
         for sensor in self._sensors:
             sensor.destroy()

@@ -186,6 +186,14 @@ class RewardConfig:
     waypoint_bonus: float = 0.5
     goal_bonus: float = 50.0
 
+    def __post_init__(self) -> None:
+        if self.target_speed_mps <= 0:
+            raise ConfigError(f"reward.target_speed_mps ({self.target_speed_mps}) must be > 0")
+        for name in ("collision_penalty", "lane_invasion_penalty", "off_road_penalty",
+                     "waypoint_bonus", "goal_bonus"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"reward.{name} ({getattr(self, name)}) must be >= 0")
+
 
 @dataclass(frozen=True)
 class CameraConfig:
@@ -206,6 +214,12 @@ class CameraConfig:
     x: float = 1.6
     z: float = 1.7
     pitch: float = -15.0
+
+    def __post_init__(self) -> None:
+        if self.width < 1 or self.height < 1:
+            raise ConfigError(f"camera size ({self.width}x{self.height}) must be >= 1x1")
+        if not 0 < self.fov < 180:
+            raise ConfigError(f"camera.fov ({self.fov}) must be in (0, 180) degrees")
 
 
 @dataclass(frozen=True)
@@ -272,6 +286,21 @@ class EnvConfig:
     max_lateral_m: float = 2.5
     num_npcs: int = 0
     reward: RewardConfig = field(default_factory=RewardConfig)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.fixed_delta_seconds <= 0.1:
+            raise ConfigError(f"env.fixed_delta_seconds ({self.fixed_delta_seconds}) must be in "
+                              "(0, 0.1]: CARLA's physics sub-stepping limit")
+        for name in ("timeout_s", "sensor_timeout_s", "route_length_m", "max_lateral_m"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"env.{name} ({getattr(self, name)}) must be > 0")
+        if self.max_steps < 1:
+            raise ConfigError(f"env.max_steps ({self.max_steps}) must be >= 1")
+        if self.num_npcs < 0:
+            raise ConfigError(f"env.num_npcs ({self.num_npcs}) must be >= 0")
+        if self.tm_port in (self.port, self.port + 1, self.port + 2):
+            raise ConfigError(f"env.tm_port ({self.tm_port}) collides with the server's ports "
+                              f"{self.port}..{self.port + 2}")
 
 
 @dataclass(frozen=True)

@@ -164,8 +164,11 @@ def test_npcs_spawn_and_close_leaves_nothing_behind():
         e.step(THROTTLE)
     e.reset(seed=6)  # the previous episode's actors are gone, new ones spawned
     assert _vehicles(world) == 5
+    sensors = list(world.get_actors().filter("sensor.*"))
+    assert all(s.is_listening() for s in sensors)
     e.close()
     assert len(world.get_actors()) == 0
+    assert not any(s.is_listening() for s in sensors)
     assert world.get_settings().synchronous_mode is False
     e.close()  # twice is fine
 

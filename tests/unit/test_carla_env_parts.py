@@ -11,7 +11,8 @@ import pytest
 from actors.observation import ObservationBuilder, bgra_to_array, build_vector, preprocess_frame
 from actors.scripted import PurePursuitDriver, _point_at_radius, path_curvature
 from actors.sensors import EventBuffer, FrameQueue
-from common.errors import SimulatorTimeout, SpecError
+from common.config import RunConfig, with_overrides
+from common.errors import ConfigError, SimulatorTimeout, SpecError
 from common.specs import EnvSpec
 
 SPEC = EnvSpec()
@@ -141,3 +142,20 @@ def test_driver_brakes_when_too_fast_for_a_bend():
     arc = np.stack([radius * np.sin(angles), radius * (1 - np.cos(angles))], axis=1)
     _, pedal = PurePursuitDriver(SPEC)({"vector": build_vector(SPEC, 12.0, 0.0, 0.0, arc)})
     assert pedal < 0
+
+
+@pytest.mark.parametrize("path,value,message", [
+    ("env.fixed_delta_seconds", 0.2, r"fixed_delta_seconds \(0.2\) must be in \(0, 0.1\]"),
+    ("env.tm_port", 2001, r"tm_port \(2001\) collides with the server's ports 2000..2002"),
+    ("env.max_steps", 0, r"max_steps \(0\) must be >= 1"),
+    ("env.num_npcs", -1, r"num_npcs \(-1\) must be >= 0"),
+    ("env.sensor_timeout_s", 0.0, r"sensor_timeout_s \(0.0\) must be > 0"),
+    ("env.reward.target_speed_mps", 0.0, r"target_speed_mps \(0.0\) must be > 0"),
+    ("env.reward.goal_bonus", -1.0, r"goal_bonus \(-1.0\) must be >= 0"),
+    ("env.camera.fov", 200.0, r"fov \(200.0\) must be in \(0, 180\)"),
+    ("env.camera.width", 0, r"camera size \(0x120\)"),
+    ("env.route_split", "test", r"'test' is not one of \['train', 'eval'\]"),
+])
+def test_env_config_rejects_bad_values_naming_them(path, value, message):
+    with pytest.raises(ConfigError, match=message):
+        with_overrides(RunConfig(), {path: value})
