@@ -132,8 +132,13 @@ class Server:
     def tick(self, conn: Connection, seconds: float) -> int:
         """Advances the world one step; returns the new frame.
 
+        Args:
+            conn: the calling client's connection.
+            seconds: how long the client waits (0: its ``set_timeout`` value).
+
         Raises:
-            RuntimeError: the client's time-out text, for injected faults or a dead server.
+            RuntimeError: the client's time-out text, for injected faults, a dead server, or a
+                ``tick_latency_s`` longer than the client waits.
         """
         conn.check()
         started = time.perf_counter()
@@ -152,6 +157,10 @@ class Server:
         self.elapsed_s += dt
         collisions = self._collide(vehicles)
         self._emit(vehicles, collisions)
+        limit = seconds if seconds > 0 else conn.timeout_s
+        if self.cfg.tick_latency_s > limit:  # the server advanced, but too late for the client
+            time.sleep(max(0.0, limit - (time.perf_counter() - started)))
+            raise timeout_error(limit, conn.host, conn.port)
         wait = self.cfg.tick_latency_s - (time.perf_counter() - started)
         if wait > 0:
             time.sleep(wait)

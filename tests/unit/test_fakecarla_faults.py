@@ -67,6 +67,14 @@ def test_tick_latency_costs_wall_clock_not_cpu():
     assert cpu < 0.5 * wall
 
 
+def test_a_server_slower_than_the_tick_timeout_times_out_the_client():
+    carla = make_module(FakeCarlaConfig(tick_latency_s=0.2))
+    _, world = _connect(carla)
+    with pytest.raises(RuntimeError, match="time-out of 50ms while waiting for the simulator"):
+        world.tick(0.05)
+    assert world.get_snapshot().frame == 1, "the server did advance"
+
+
 @pytest.mark.parametrize("field", ["tick_latency_s", "fault_delay_s", "camera_delay_s"])
 def test_negative_delays_are_rejected_naming_the_value(field):
     with pytest.raises(ConfigError, match=rf"{field} \(-1.0\) must be >= 0"):
