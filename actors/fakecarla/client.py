@@ -9,6 +9,15 @@ from actors.fakecarla.server import SERVER_VERSION, Connection, Host
 from actors.fakecarla.traffic import TrafficManager
 
 
+def _copy_settings(settings: carla.WorldSettings) -> carla.WorldSettings:
+    """The settings the fake honours, copied so later edits by the caller do not leak in."""
+    copy = carla.WorldSettings()
+    copy.synchronous_mode = settings.synchronous_mode
+    copy.no_rendering_mode = settings.no_rendering_mode
+    copy.fixed_delta_seconds = settings.fixed_delta_seconds
+    return copy
+
+
 class WorldSnapshot:
     """The state of the world at one frame (ids of the actors in it, frame, timestamp)."""
 
@@ -37,17 +46,12 @@ class World:
 
     def get_settings(self) -> carla.WorldSettings:
         self._conn.check()
-        s = self._conn.server.settings
-        copy = carla.WorldSettings()
-        copy.synchronous_mode = s.synchronous_mode
-        copy.no_rendering_mode = s.no_rendering_mode
-        copy.fixed_delta_seconds = s.fixed_delta_seconds
-        return copy
+        return _copy_settings(self._conn.server.settings)
 
     def apply_settings(self, settings: carla.WorldSettings, seconds: float = 0.0) -> int:
         """Stores synchronous_mode, no_rendering_mode and fixed_delta_seconds; returns the frame."""
         self._conn.check()
-        self._conn.server.settings = settings
+        self._conn.server.settings = _copy_settings(settings)
         return self._conn.server.frame
 
     def tick(self, seconds: float = 0.0) -> int:
