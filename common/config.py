@@ -325,6 +325,29 @@ class RolloutConfig:
     cpu_threads: int = 1
 
 
+@dataclass(frozen=True)
+class TrainConfig:
+    """The driver's budget and pacing.
+
+    Attributes:
+        env_steps: total env steps (all actors together) before the run ends.
+        updates_per_env_step: learner updates per env step, held by the replay's rate limiter
+            (samples_per_insert = this x batch_size); 0 lets both sides run free.
+        actor_steps_per_call: env steps a rollout actor runs per remote call.
+        learner_updates_per_call: updates the learner runs per remote call.
+        progress_every_s: seconds between two progress lines (and metrics.csv rows).
+        endpoints: CARLA servers as "host:port" (one rollout actor each); empty: rollout
+            actors use env.host and ports env.port + 3 * i.
+    """
+
+    env_steps: int = 20_000
+    updates_per_env_step: float = 0.0
+    actor_steps_per_call: int = 50
+    learner_updates_per_call: int = 10
+    progress_every_s: float = 5.0
+    endpoints: tuple[str, ...] = ()
+
+
 class MetricsBackend(str, enum.Enum):
     """Where metrics go.
 
@@ -369,6 +392,7 @@ class RunConfig:
         learner: the learner.
         replay: the replay service.
         rollout: the rollout actors.
+        train: the driver's budget and pacing.
         metrics: metrics export.
     """
 
@@ -378,6 +402,7 @@ class RunConfig:
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 

@@ -16,6 +16,7 @@ from deploy import build
 from deploy.driver import Driver
 from deploy.progress import RunCounters
 from deploy.rundir import RunDir
+from replay.client import ray_system_config
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,8 @@ def _init_ray(cfg: C.RunConfig, ray_address: str | None, dashboard: bool) -> boo
         ray.init(address=ray_address, logging_level=logging.WARNING)
         return True
     ray.init(num_cpus=max(os.cpu_count() or 1, 2), include_dashboard=dashboard,
-             logging_level=logging.WARNING, configure_logging=False)
+             logging_level=logging.WARNING,
+             _system_config=ray_system_config(cfg.spec, cfg.replay.chunk_length))
     return True
 
 

@@ -5,7 +5,6 @@ they hold no training logic of their own.
 """
 from __future__ import annotations
 
-import collections
 import logging
 import os
 from pathlib import Path
@@ -15,19 +14,17 @@ import ray
 import torch
 
 from actors.rollout import RolloutReport
-from common import codec
 from common import config as C
-from common.types import StepChunk
 from deploy import build
 from deploy.rundir import RunDir
 from deploy.weights_ray import RayWeightSource
 from learner.loop import LearnerLoop, LearnerReport
 from learner.td3 import TD3Learner
-from replay.client import ReplayClient
+from replay.client import ReplayClient, ShardWriter
 from replay.shard import ReplayShard
 
 log = logging.getLogger(__name__)
-MAX_INSERTS_IN_FLIGHT = 4
+INSERT_WINDOW = 2  # inserts in flight per actor before it waits for an ack
 
 
 def shard_checkpoint(checkpoint: Path, index: int) -> Path:
@@ -62,24 +59,9 @@ class RolloutActor:
     def __init__(self, cfg: C.RunConfig, index: int, seed: int, shard: Any, board: Any) -> None:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         torch.set_num_threads(max(1, cfg.rollout.cpu_threads))
-        self._spec = cfg.spec
-        self._shard = shard
-        self._inflight: collections.deque = collections.deque()
-        self.insert_errors = 0
+        self.shard_writer = ShardWriter(shard, cfg.spec, INSERT_WINDOW)
         self.weights = RayWeightSource(board)
-        self.worker = build.make_worker(cfg, index, self._send, self.weights, seed)
-
-    def _send(self, chunk: StepChunk) -> None:
-        self._inflight.append(self._shard.insert.remote(codec.encode_chunk(chunk, self._spec)))
-        while len(self._inflight) > MAX_INSERTS_IN_FLIGHT:  # back-pressure from a busy shard
-            self._settle(self._inflight.popleft())
-
-    def _settle(self, ref: Any) -> None:
-        try:
-            ray.get(ref)
-        except ray.exceptions.RayError as exc:  # shard restarting: the chunk is lost, not stored twice
-            self.insert_errors += 1
-            log.warning("event=insert_failed error=%r", exc)
+        self.worker = build.make_worker(cfg, index, self.shard_writer.send_chunk, self.weights, seed)
 
     def run_steps(self, n: int, global_env_steps: int) -> RolloutReport:
         report = self.worker.run_steps(n, global_env_steps)
@@ -93,8 +75,7 @@ class RolloutActor:
         """Flushes buffered records, waits for inserts, destroys server-side actors."""
         try:
             self.worker.close()
-            while self._inflight:
-                self._settle(self._inflight.popleft())
+            self.shard_writer.flush()
         finally:
             self.weights.stop()
 
@@ -111,8 +92,8 @@ class LearnerActor:
         if latest is not None:
             self.learner.load(learner_checkpoint(latest))
             log.info("event=learner_restored checkpoint=%s updates=%d", latest, self.learner.updates)
-        self.client = ReplayClient(shards, batch_size=cfg.learner.td3.batch_size,
-                                   prefetch=cfg.learner.prefetch)
+        self.client = ReplayClient(shards, cfg.spec, batch_size=cfg.learner.td3.batch_size,
+                                   prefetch=cfg.learner.prefetch, seed=seed)
         prioritized = cfg.replay.sampler is C.SamplerKind.PRIORITIZED
         self.loop = LearnerLoop(self.learner, self.client.sample, self._publish,
                                 cfg.learner.publish_every,
