@@ -80,13 +80,10 @@ def step(state: BodyState, throttle: float, steer: float, brake: float, hand_bra
 def footprint(x: float, y: float, yaw: float, half_length: float, half_width: float) -> np.ndarray:
     """Corners [4, 2] of an oriented rectangle: front-left, front-right, rear-right, rear-left."""
     c, s = math.cos(yaw), math.sin(yaw)
-    forward = np.array([c, s])
-    right = np.array([-s, c])
-    centre = np.array([x, y])
-    return np.stack([centre + forward * half_length - right * half_width,
-                     centre + forward * half_length + right * half_width,
-                     centre - forward * half_length + right * half_width,
-                     centre - forward * half_length - right * half_width])
+    fx, fy = c * half_length, s * half_length
+    rx, ry = -s * half_width, c * half_width
+    return np.array([[x + fx - rx, y + fy - ry], [x + fx + rx, y + fy + ry],
+                     [x - fx + rx, y - fy + ry], [x - fx - rx, y - fy - ry]])
 
 
 def rectangles_overlap(a: np.ndarray, b: np.ndarray) -> bool:

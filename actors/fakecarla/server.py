@@ -181,6 +181,7 @@ class Server:
         """Overlaps after the move: (vehicle, other vehicle or None for a pole, push direction)."""
         hits: list[tuple[Vehicle, Actor | None, np.ndarray]] = []
         prints = {v.id: _footprint(v) for v in vehicles}
+        near_pole = self._near_poles(vehicles)
         for i, a in enumerate(vehicles):
             for b in vehicles[i + 1:]:
                 reach = a._model.half_length + b._model.half_length
@@ -189,13 +190,22 @@ class Server:
                 if dynamics.rectangles_overlap(prints[a.id], prints[b.id]):
                     hits.append((a, b, _unit(a._body.x - b._body.x, a._body.y - b._body.y)))
                     hits.append((b, a, _unit(b._body.x - a._body.x, b._body.y - a._body.y)))
-            pole = self._pole_hit(a, prints[a.id])
+            pole = self._pole_hit(a, prints[a.id]) if near_pole[i] else None
             if pole is not None:
                 hits.append((a, None, _unit(a._body.x - pole[0], a._body.y - pole[1])))
         for vehicle, _, _ in hits:  # both bodies stop where they were before the overlap
             previous = vehicle._previous
             vehicle._body = dynamics.BodyState(previous.x, previous.y, previous.yaw)
         return hits
+
+    def _near_poles(self, vehicles: list[Vehicle]) -> np.ndarray:
+        """bool [V]: which vehicles have a pole within reach (one vectorised distance test)."""
+        if not vehicles or len(self._poles) == 0:
+            return np.zeros(len(vehicles), bool)
+        xy = np.array([(v._body.x, v._body.y) for v in vehicles])
+        reach = np.array([v._model.half_length for v in vehicles]) + 1.0
+        gaps = np.abs(xy[:, None, :] - self._poles[None, :, :2]).max(axis=2)
+        return (gaps < reach[:, None]).any(axis=1)
 
     def _pole_hit(self, vehicle: Vehicle, corners: np.ndarray) -> np.ndarray | None:
         if len(self._poles) == 0:
@@ -229,10 +239,13 @@ class Server:
 
     def _lane_invasion(self, vehicle: Vehicle, sensors: list[Sensor]) -> None:
         listeners = [s for s in sensors if s.type_id == "sensor.other.lane_invasion" and s._callback is not None]
+        if not listeners:
+            self._prev_corners.pop(vehicle.id, None)
+            return
         corners = _footprint(vehicle)
         before = self._prev_corners.get(vehicle.id)
         self._prev_corners[vehicle.id] = corners
-        if not listeners or before is None:
+        if before is None:
             return
         crossed = crossed_markings(self.assets.map, before, corners)
         if crossed:
