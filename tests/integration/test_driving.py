@@ -22,6 +22,7 @@ pytestmark = pytest.mark.integration
 
 SPEC = EnvSpec()
 ROUTE_M = 80.0
+STEP_LIMIT = 500
 
 
 def _episode(env, act, seed):
@@ -43,14 +44,16 @@ def test_scripted_driver_completes_at_least_95_percent_of_routes():
     successes = sum(i["success"] for i in infos)
     assert successes >= 19, reasons
     assert all(i["route_completion"] == 1.0 for i in infos if i["success"])
+    assert max(i["step"] for i in infos) < STEP_LIMIT / 1.5
 
 
 def test_random_actions_almost_never_complete_a_route():
-    env = make_env(EnvConfig(route_length_m=ROUTE_M, max_steps=250), SPEC, seed=0)
+    # Twice the steps the scripted driver needs for these routes (about 250).
+    env = make_env(EnvConfig(route_length_m=ROUTE_M, max_steps=STEP_LIMIT), SPEC, seed=0)
     rng = np.random.default_rng(0)
     try:
         infos = [_episode(env, lambda _: rng.uniform(-1, 1, 2).astype(np.float32), seed)
-                 for seed in range(8)]
+                 for seed in range(5)]
     finally:
         env.close()
     assert sum(i["termination_reason"] == R.ROUTE_COMPLETED for i in infos) <= 1
