@@ -134,9 +134,12 @@ class CarlaEnv:
         Returns:
             obs, reward, terminated, truncated, info. ``info`` holds ``termination_reason``
             ("collision", "off_road", "route_completed", "step_limit", "simulator_timeout" or
-            ""), ``route_completion`` (0..1), ``distance_m``, ``collisions``,
-            ``lane_invasions``, ``success``, ``reward_terms`` (weighted components) and the
-            step's ``speed_mps``, ``lateral_m``, ``heading_error_rad``, ``episode_seed``.
+            ""), ``route_completion`` (0..1; 1 once completed), ``distance_m`` (furthest
+            point reached along the route), ``collisions`` (events this episode),
+            ``lane_invasions`` (steps that crossed a marking or ended off the driving lanes),
+            ``success`` (route completed with no collision and no lane invasion),
+            ``reward_terms`` (weighted components) and the step's ``speed_mps``,
+            ``lateral_m``, ``heading_error_rad``, ``episode_seed`` and ``step``.
 
         Raises:
             SpecError: for an action of the wrong shape or a step before reset.
