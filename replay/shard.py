@@ -10,7 +10,8 @@ unknown stream restarts the stream at the chunk's next ``first`` record. Streams
 have all been overwritten are forgotten after a while (``_prune_streams``); a retry older than
 a full ring turn may then be stored again.
 
-Rate limiting never blocks the actor: a refused call returns at once, ``InsertAck.rate_limited``
+A shard is not thread-safe: run it as a single-threaded Ray actor (Ray's default for a
+synchronous actor class). Rate limiting never blocks the actor: a refused call returns at once, ``InsertAck.rate_limited``
 for an insert (the writer resends the same message; later seqs of that stream are refused
 until it does, so episodes stay whole and in order) and a ``RateLimited`` value for a sample.
 """

@@ -130,3 +130,9 @@ def test_memory_per_transition_within_budget():
 def test_capacity_must_hold_a_stack():
     with pytest.raises(ConfigError, match=r"capacity \(4\)"):
         FrameRing(SMALL_SPEC, 4)
+
+
+def test_memory_estimate_is_logged_at_construction(caplog):
+    with caplog.at_level("INFO", logger="replay.shard"):
+        shard = small_shard(capacity=100)
+    assert f"bytes={shard.ring.nbytes}" in caplog.text and "bytes_per_slot=" in caplog.text
