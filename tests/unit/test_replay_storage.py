@@ -136,3 +136,26 @@ def test_memory_estimate_is_logged_at_construction(caplog):
     with caplog.at_level("INFO", logger="replay.shard"):
         shard = small_shard(capacity=100)
     assert f"bytes={shard.ring.nbytes}" in caplog.text and "bytes_per_slot=" in caplog.text
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_random_interleaving_gaps_and_retries_keep_the_valid_set_exact(seed):
+    rng = np.random.default_rng(seed)
+    shard = small_shard(capacity=int(rng.integers(40, 120)))
+    sources = make_streams(SMALL_SPEC, 3, chunk_length=int(rng.integers(1, 9)),
+                           max_episode=int(rng.integers(1, 20)), seed=10 * seed)
+    last = {}
+    for step in range(150):
+        k = int(rng.integers(len(sources)))
+        action = rng.random()
+        if action < 0.1 and k in last:
+            assert shard.insert_chunk(last[k]).duplicate  # a retried insert
+            continue
+        chunk = sources[k].next_chunk()
+        if action < 0.2:
+            continue  # lost chunk: the next one arrives after a seq gap
+        shard.insert_chunk(chunk)
+        last[k] = chunk
+        if step % 10 == 0:
+            _assert_valid_set_exact(shard, expected_by_id(sources))
+    _assert_valid_set_exact(shard, expected_by_id(sources))
