@@ -6,14 +6,13 @@ import random
 from dataclasses import replace
 from typing import Any
 
-from actors.carla_env import CarlaEnv
+from actors.carla_env import make_env
 from actors.exploration import GaussianExploration, actor_noise_scale
 from actors.policy import CpuPolicy
 from actors.rollout import RolloutWorker, WeightSource
 from actors.writer import ChunkSink, ChunkWriter
 from common import config as C
 from common.errors import ConfigError
-from common.specs import EnvSpec
 
 SERVER_PORT_SPACING = 3  # a CARLA server uses its RPC port N and N+1, N+2
 
@@ -96,16 +95,6 @@ def _check_ports(cfg: C.RunConfig) -> None:
     rpc = {p + k for env in servers for p in (env.port,) for k in range(SERVER_PORT_SPACING)}
     if cfg.env.backend is C.SimulatorBackend.CARLA and tm_ports & rpc:
         raise ConfigError(f"traffic-manager ports {sorted(tm_ports & rpc)} clash with CARLA server ports")
-
-
-def make_env(env_cfg: C.EnvConfig, spec: EnvSpec, seed: int) -> CarlaEnv:
-    """An env on the fake CARLA or on a real server, as ``env_cfg.backend`` says."""
-    carla_module: Any = None
-    if env_cfg.backend is C.SimulatorBackend.FAKE:
-        from actors import fakecarla
-
-        carla_module = fakecarla.make_module(env_cfg.fake)
-    return CarlaEnv(env_cfg, spec, carla_module=carla_module, seed=seed)
 
 
 def make_worker(cfg: C.RunConfig, index: int, sink: ChunkSink, weights: WeightSource,

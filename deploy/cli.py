@@ -42,6 +42,12 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=10_000)
     e.add_argument("--video", type=Path, help="write the first episode as an MP4 (camera + top-down)")
     e.add_argument("--json", type=Path, help="also write the results to this file")
+    d = sub.add_parser("drive", help="drive one episode on the fake town and write an MP4 "
+                                     "(camera beside a top-down view)")
+    d.add_argument("--out", type=Path, required=True, help="MP4 file to write")
+    d.add_argument("--seed", type=int, default=0, help="episode seed (route)")
+    d.add_argument("--checkpoint", type=Path,
+                   help="drive this run's policy instead of the scripted pure-pursuit controller")
     return p
 
 
@@ -120,13 +126,37 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_drive(args: argparse.Namespace) -> int:
+    from actors.carla_env import make_env
+    from actors.scripted import PurePursuitDriver
+    from actors.video import record_episode
+
+    if args.checkpoint:
+        from deploy import evaluate
+
+        run_dir, checkpoint = evaluate.resolve_checkpoint(args.checkpoint)
+        cfg, _ = run_dir.read_config()
+        act = evaluate.load_policy(cfg, checkpoint).act
+        env_cfg, spec = replace(cfg.env, backend=C.SimulatorBackend.FAKE), cfg.spec
+    else:
+        cfg = C.RunConfig()
+        env_cfg, spec = cfg.env, cfg.spec
+        act = PurePursuitDriver(spec)
+    env = make_env(env_cfg, spec, seed=args.seed)
+    try:
+        summary = record_episode(env, act, str(args.out), seed=args.seed)
+    finally:
+        env.close()
+    print(json.dumps(summary._asdict(), indent=2))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("CARLA_TD3_LOG", "INFO"), format="%(message)s")
     args = _parser().parse_args(argv)
     try:
-        if args.command == "train":
-            return cmd_train(args)
-        return cmd_evaluate(args)
+        commands = {"train": cmd_train, "evaluate": cmd_evaluate, "drive": cmd_drive}
+        return commands[args.command](args)
     except CarlaTD3Error as exc:
         print(f"carla-td3: error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,89 @@
+"""`carla-td3 evaluate`: the deterministic policy of a checkpoint on held-out routes."""
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from actors.carla_env import make_env
+from actors.policy import CpuPolicy
+from actors.video import record_episode
+from common import config as C
+from common.errors import CheckpointError
+from common.weights import PolicySnapshot
+from deploy import build
+from deploy.ray_actors import learner_checkpoint
+from deploy.rundir import RunDir
+from learner.td3 import TD3Learner
+
+log = logging.getLogger(__name__)
+
+
+def resolve_checkpoint(path: Path) -> tuple[RunDir, Path]:
+    """A run directory (its latest checkpoint) or one checkpoint directory inside a run."""
+    path = Path(path)
+    if (path / "config.json").exists():
+        run_dir = RunDir(path)
+        latest = run_dir.latest_checkpoint()
+        if latest is None:
+            raise CheckpointError(f"run directory {path} has no checkpoint yet")
+        return run_dir, latest
+    if (path / "counters.json").exists() and (path.parent.parent / "config.json").exists():
+        return RunDir(path.parent.parent), path
+    raise CheckpointError(f"{path} is neither a run directory nor a checkpoint directory in one")
+
+
+def load_policy(cfg: C.RunConfig, checkpoint: Path) -> CpuPolicy:
+    """The checkpoint's policy on CPU (the learner state is loaded and validated in full)."""
+    learner = TD3Learner(cfg.spec, replace(cfg.learner, device="cpu"), cfg.seed)
+    learner.load(learner_checkpoint(checkpoint))
+    policy = CpuPolicy(cfg.spec, cfg.learner.network)
+    policy.load(PolicySnapshot(int(learner.updates), learner.policy_state()))
+    return policy
+
+
+def run_episodes(env: Any, act: Callable[[dict], np.ndarray], episodes: int, seed: int) -> dict[str, Any]:
+    """Runs ``episodes`` episodes with seeds seed, seed+1, ...; aggregates the env's info."""
+    results = []
+    for k in range(episodes):
+        obs, info = env.reset(seed=seed + k)
+        ret, done = 0.0, False
+        while not done:
+            obs, reward, terminated, truncated, info = env.step(act(obs))
+            ret += reward
+            done = terminated or truncated
+        results.append((ret, info))
+    distance_km = sum(i["distance_m"] for _, i in results) / 1000.0
+    collisions = sum(int(i["collisions"]) for _, i in results)
+    return {
+        "episodes": episodes,
+        "success_rate": float(np.mean([bool(i["success"]) for _, i in results])),
+        "mean_return": float(np.mean([r for r, _ in results])),
+        "route_completion": float(np.mean([i["route_completion"] for _, i in results])),
+        "collisions_per_km": collisions / distance_km if distance_km > 0 else float("nan"),
+        "distance_km": distance_km,
+        "termination_reasons": sorted({i["termination_reason"] for _, i in results}),
+    }
+
+
+def evaluate_checkpoint(path: Path, episodes: int, seed: int, video: Path | None = None) -> dict[str, Any]:
+    """Evaluates a checkpoint's deterministic policy on its own env, on the held-out routes."""
+    if episodes < 1:
+        raise CheckpointError(f"--episodes ({episodes}) must be >= 1")
+    run_dir, checkpoint = resolve_checkpoint(path)
+    cfg, _ = run_dir.read_config()
+    policy = load_policy(cfg, checkpoint)
+    env_cfg = replace(build.actor_env_config(cfg, 0), route_split=C.RouteSplit.EVAL)
+    env = make_env(env_cfg, cfg.spec, seed=seed)
+    try:
+        out = run_episodes(env, policy.act, episodes, seed)
+        if video is not None:
+            summary = record_episode(env, policy.act, str(video), seed=seed)
+            out["video"] = {"path": str(video), "frames": summary.frames}
+    finally:
+        env.close()
+    out.update(checkpoint=str(checkpoint), policy_version=policy.version)
+    return out

@@ -1,0 +1,102 @@
+"""The distributed runtime on real local Ray with the fake CARLA and small images."""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import ray
+import torch
+
+from deploy import launch
+from deploy.driver import Driver
+from deploy.ray_actors import learner_checkpoint, shard_checkpoint
+from deploy.rundir import RunDir
+from learner.td3 import TD3Learner
+from replay.shard import RateLimited, ReplayShard
+from tests.integration.runtime_support import start_ray, tiny_config
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    cfg = tiny_config()
+    start_ray(cfg)
+    yield cfg
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def first_run(local_ray, tmp_path_factory):
+    cfg = local_ray
+    summary = launch.train(cfg, runs_root=tmp_path_factory.mktemp("runs"), name="flow", dashboard=False)
+    return cfg, summary
+
+
+def _encoders(learner: TD3Learner) -> dict[str, list[torch.Tensor]]:
+    return {"policy": [p.detach().clone() for p in learner.nets.policy.encoder.parameters()],
+            "critic": [p.detach().clone() for p in learner.nets.critic.encoder.parameters()]}
+
+
+def test_transitions_flow_weights_reach_actors_and_both_encoders_learn(first_run):
+    cfg, summary = first_run
+    assert summary["env_steps"] >= cfg.train.env_steps
+    assert summary["updates"] > 0 and summary["policy_version"] > 0
+    run_dir = RunDir(summary["run_dir"])
+    latest = run_dir.latest_checkpoint()
+    # Transitions in both shards; later ones were produced by published (non-random) versions.
+    versions = []
+    for index in range(cfg.replay.num_shards):
+        shard = ReplayShard(cfg.spec, cfg.replay, shard_index=index)
+        shard.restore(shard_checkpoint(latest, index))
+        assert shard.size() > 0, f"shard {index} is empty"
+        batch = shard.sample(256)
+        assert not isinstance(batch, RateLimited)
+        versions.append(batch.policy_version)
+    versions = np.concatenate(versions)
+    assert (versions == -1).any(), "the warm-up's random actions are missing"
+    assert versions.max() > 0, "no transition came from a policy version the learner published"
+    # Both encoders moved away from their initialisation.
+    fresh = TD3Learner(cfg.spec, cfg.learner, cfg.seed)
+    trained = TD3Learner(cfg.spec, cfg.learner, cfg.seed)
+    trained.load(learner_checkpoint(latest))
+    before, after = _encoders(fresh), _encoders(trained)
+    for name in ("policy", "critic"):
+        change = sum(float((a - b).abs().sum()) for a, b in zip(after[name], before[name]))
+        assert change > 0, f"the {name} encoder did not change"
+    assert (run_dir.path / "metrics.csv").read_text().count("\n") >= 2
+
+
+def test_resume_continues_counters_and_weight_version(first_run):
+    cfg, summary = first_run
+    more = launch.resume(summary["run_dir"], steps=summary["env_steps"] + 200, dashboard=False)
+    assert more["env_steps"] >= summary["env_steps"] + 200
+    assert more["updates"] > summary["updates"]
+    assert more["policy_version"] >= summary["policy_version"]
+    assert more["episodes"] >= summary["episodes"]
+    assert more["wall_seconds"] > summary["wall_seconds"]
+
+
+def test_killed_rollout_actor_is_restarted_and_the_run_finishes(local_ray, tmp_path):
+    cfg = tiny_config(env_steps=900, actor_steps_per_call=10)
+    run_dir = RunDir.create(tmp_path, "kill")
+    run_dir.write_config(cfg, {})
+    driver = Driver(cfg, run_dir)
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(driver.run()), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while driver.counters.env_steps < 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert driver.fleet is not None and driver.counters.env_steps >= 200
+    victim = driver.fleet.actors[0]
+    pid_before = ray.get(victim.pid.remote())
+    ray.kill(victim, no_restart=False)
+    thread.join(timeout=180)
+    assert not thread.is_alive(), "the run did not finish after an actor was killed"
+    assert result["env_steps"] >= cfg.train.env_steps
+    assert result["actor_restarts"] >= 1
+    assert pid_before > 0
