@@ -35,17 +35,26 @@ def actor_env_config(cfg: C.RunConfig, index: int) -> C.EnvConfig:
 
 
 def replay_config(cfg: C.RunConfig) -> C.ReplayConfig:
-    """The replay settings with the rate limiter derived from updates_per_env_step."""
+    """The replay settings with the rate limiter derived from updates_per_env_step.
+
+    samples_per_insert = updates_per_env_step x batch_size. Unless set explicitly, the error
+    buffer admits one sample call and one insert chunk beyond the ratio: inserts and samples
+    come in batches, and a tighter buffer would serialise actors and learner step by step.
+    """
     ratio = cfg.train.updates_per_env_step
     if ratio <= 0:
         return cfg.replay
-    spi = ratio * cfg.learner.td3.batch_size
+    batch = cfg.learner.td3.batch_size
+    spi = ratio * batch
     if cfg.replay.samples_per_insert not in (0.0, spi):
         raise ConfigError(
             f"replay.samples_per_insert ({cfg.replay.samples_per_insert}) contradicts "
             f"train.updates_per_env_step ({ratio}) x batch_size ({cfg.learner.td3.batch_size}) "
             f"= {spi}; set only train.updates_per_env_step")
-    return replace(cfg.replay, samples_per_insert=spi)
+    error_buffer = cfg.replay.error_buffer
+    if error_buffer == C.ReplayConfig.error_buffer:
+        error_buffer = max(2.0 * batch, 2.0 * spi * cfg.replay.chunk_length)
+    return replace(cfg.replay, samples_per_insert=spi, error_buffer=error_buffer)
 
 
 def validate(cfg: C.RunConfig) -> None:

@@ -16,7 +16,8 @@ def tiny_config(env_steps: int = 500, **train) -> C.RunConfig:
     return replace(cfg,
                    learner=replace(cfg.learner, checkpoint_every=10, publish_every=3),
                    rollout=replace(cfg.rollout, learning_starts=150),
-                   train=replace(cfg.train, env_steps=env_steps, progress_every_s=1.0, **train))
+                   train=replace(cfg.train, env_steps=env_steps, progress_every_s=1.0,
+                                 **{"updates_per_env_step": 0.1, **train}))
 
 
 def start_ray(cfg: C.RunConfig) -> None:
