@@ -43,6 +43,7 @@ class EpisodeResult:
     distance_m: float
     collisions: int
     reason: str
+    truncated: bool = False  # ended by the step limit or a simulator failure, not terminated
 
 
 @dataclass
@@ -57,6 +58,8 @@ class RolloutReport:
     step_seconds: float = 0.0
     weight_wait_seconds: float = 0.0
     simulator_timeouts: int = 0
+    reconnects: int = 0  # resets that rebuilt the connection after a simulator timeout
+    tick_seconds: list[float] = field(default_factory=list)  # wall time of each env.step
     broadcast_latencies: list[float] = field(default_factory=list)
 
 
@@ -80,6 +83,7 @@ class RolloutWorker:
         self._ret = 0.0
         self._len = 0
         self._steps = 0
+        self._timed_out = False  # the last episode ended on a simulator timeout
 
     def _reset(self) -> None:
         self._obs, _ = self.env.reset(seed=self._seed * 100_003 + self._episode)
@@ -111,20 +115,24 @@ class RolloutWorker:
         t0 = time.perf_counter()
         for i in range(n):
             if self._obs is None:
+                # After a simulator timeout the env reconnects in reset (actors/carla_env.py).
+                report.reconnects += int(self._timed_out)
                 self._reset()
             if self._steps % self.weight_poll_every == 0:
                 self._maybe_load_weights(report)
             action, version = self._choose(global_env_steps + i)
+            t_step = time.perf_counter()
             obs, reward, terminated, truncated, info = self.env.step(action)
+            report.tick_seconds.append(time.perf_counter() - t_step)
             self.writer.add(obs, action, reward, terminated, truncated, version)
             self._steps += 1
             self._ret += reward
             self._len += 1
             self._obs = obs
             if terminated or truncated:
-                report.episodes.append(_episode_result(self._ret, self._len, info))
-                if info.get("termination_reason") == "simulator_timeout":
-                    report.simulator_timeouts += 1
+                report.episodes.append(_episode_result(self._ret, self._len, bool(truncated), info))
+                self._timed_out = info.get("termination_reason") == "simulator_timeout"
+                report.simulator_timeouts += int(self._timed_out)
                 self._obs = None
         report.env_steps = n
         report.policy_version = self.policy.version
@@ -139,9 +147,9 @@ class RolloutWorker:
             self.env.close()
 
 
-def _episode_result(ret: float, length: int, info: dict[str, Any]) -> EpisodeResult:
+def _episode_result(ret: float, length: int, truncated: bool, info: dict[str, Any]) -> EpisodeResult:
     return EpisodeResult(
         ret=float(ret), length=length, success=bool(info.get("success", False)),
         route_completion=float(info.get("route_completion", 0.0)),
         distance_m=float(info.get("distance_m", 0.0)), collisions=int(info.get("collisions", 0)),
-        reason=str(info.get("termination_reason", "")))
+        reason=str(info.get("termination_reason", "")), truncated=truncated)

@@ -373,12 +373,16 @@ class MetricsConfig:
         address: bind address of that endpoint; loopback unless a scraper runs elsewhere.
         gauge_refresh_s: seconds between two re-sets of every gauge (RAY backend): Ray drops a
             gauge series that is not set within its report interval.
+        ray_export_port: metrics export port of the Ray node a run starts itself (backend auto
+            or ray, no --ray-address); 0 picks a free one, logged as ``event=metrics_endpoint``.
+            A joined cluster's nodes use ``ray start --metrics-export-port`` instead.
     """
 
     backend: MetricsBackend = MetricsBackend.AUTO
     port: int = 9108
     address: str = "127.0.0.1"
     gauge_refresh_s: float = 5.0
+    ray_export_port: int = 0
 
 
 @dataclass(frozen=True)

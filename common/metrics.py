@@ -127,12 +127,17 @@ EPISODE_LENGTH = MetricDef(
 ACTOR_POLICY_VERSION = MetricDef(
     "carla_td3_actor_policy_version", _G, "Policy version the actor acts with.", _R, ("actor",))
 CARLA_TICK_SECONDS = MetricDef(
-    "carla_td3_carla_tick_seconds", _H, "Wall time of one CARLA world tick.", _R, ("actor",),
+    "carla_td3_carla_tick_seconds", _H,
+    "Wall time of one env step: control, CARLA world tick and its camera frame.", _R, ("actor",),
     _SECONDS_BUCKETS)
 CARLA_TIMEOUTS = MetricDef(
     "carla_td3_carla_timeouts_total", _C, "CARLA ticks or sensor reads that timed out.", _R, ("actor",))
 CARLA_RECONNECTS = MetricDef(
     "carla_td3_carla_reconnects_total", _C, "Reconnections to a CARLA server.", _R, ("actor",))
+WEIGHT_BROADCAST_SECONDS = MetricDef(
+    "carla_td3_weight_broadcast_seconds", _H,
+    "Time from a policy version's publish to its load by the actor.", _R, ("actor",),
+    _SECONDS_BUCKETS)
 
 # Replay shards.
 REPLAY_INSERTS = MetricDef(
@@ -324,6 +329,11 @@ class MemorySink(BaseSink):
         with self._lock:
             default = 0.0 if md.kind is MetricKind.COUNTER else math.nan
             return self._values.get(key, default)
+
+    def names(self) -> set[str]:
+        """Names of the metrics recorded so far (a counter only once incremented above 0)."""
+        with self._lock:
+            return {name for name, _ in [*self._values, *self._observations]}
 
     def observations(self, metric: MetricRef, **labels: LabelValue) -> list[float]:
         """Every value a histogram observed with these labels, in order."""

@@ -16,6 +16,7 @@ import ray
 
 from common import config as C
 from deploy import build
+from deploy.metrics_ray import component_sink
 from deploy.progress import Progress, RunCounters, summary
 from deploy.ray_actors import (LearnerActor, RestoringShard, RolloutActor, learner_checkpoint,
                                shard_checkpoint)
@@ -42,17 +43,18 @@ def _cluster_gpus() -> float:
 
 def build_fleet(cfg: C.RunConfig, run_dir: RunDir) -> Fleet:
     replay_cfg = build.replay_config(cfg)
+    metrics = component_sink(cfg.metrics)  # pickled: each actor records in its own process
     shards = [ray.remote(RestoringShard).options(
                   num_cpus=0, max_restarts=ACTOR_MAX_RESTARTS, name=None)
-              .remote(cfg.spec, replay_cfg, i, cfg.seed + i, str(run_dir.path))
+              .remote(cfg.spec, replay_cfg, i, cfg.seed + i, str(run_dir.path), metrics)
               for i in range(replay_cfg.num_shards)]
     board = ray.remote(WeightBoard).options(num_cpus=0, max_concurrency=1000).remote()
     gpus = 1.0 if _cluster_gpus() >= 1 and cfg.learner.device != "cpu" else 0.0
     learner = ray.remote(LearnerActor).options(
         num_cpus=0, num_gpus=gpus, max_restarts=ACTOR_MAX_RESTARTS,
-    ).remote(cfg, shards, board, cfg.seed, str(run_dir.path))
+    ).remote(cfg, shards, board, cfg.seed, str(run_dir.path), metrics)
     actors = [ray.remote(RolloutActor).options(num_cpus=0, max_restarts=ACTOR_MAX_RESTARTS)
-              .remote(cfg, i, cfg.seed, shards[i % len(shards)], board)
+              .remote(cfg, i, cfg.seed, shards[i % len(shards)], board, metrics)
               for i in range(cfg.rollout.num_actors)]
     return Fleet(shards, board, learner, actors, learner_on_gpu=gpus > 0)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,16 +22,36 @@ from replay.client import ray_system_config
 log = logging.getLogger(__name__)
 
 
+def _metrics_export_port(metrics: C.MetricsConfig) -> int | None:
+    """The local Ray node's metrics export port, or None when nothing records through Ray."""
+    if metrics.backend in (C.MetricsBackend.NONE, C.MetricsBackend.PROMETHEUS):
+        return None
+    if not 0 <= metrics.ray_export_port <= 65535:
+        raise ConfigError(f"metrics.ray_export_port ({metrics.ray_export_port}) must be in 0..65535")
+    if metrics.ray_export_port:
+        return metrics.ray_export_port
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def _init_ray(cfg: C.RunConfig, ray_address: str | None, dashboard: bool) -> bool:
-    """Starts local Ray (sized for the fleet) or joins ``ray_address``. Returns True if started."""
+    """Starts local Ray (sized for the fleet) or joins ``ray_address``. Returns True if started.
+
+    A local node exports the Ray metrics on ``metrics.ray_export_port`` (the dashboard's
+    agent runs with or without the dashboard, so ``--no-dashboard`` keeps the export).
+    """
     if ray.is_initialized():
         return False
     if ray_address:
         ray.init(address=ray_address, logging_level=logging.WARNING)
         return True
+    port = _metrics_export_port(cfg.metrics)
     ray.init(num_cpus=max(os.cpu_count() or 1, 2), include_dashboard=dashboard,
-             logging_level=logging.WARNING,
+             logging_level=logging.WARNING, _metrics_export_port=port,
              _system_config=ray_system_config(cfg.spec, cfg.replay.chunk_length))
+    if port is not None:
+        log.info("event=metrics_endpoint backend=ray url=http://127.0.0.1:%d/metrics", port)
     return True
 
 

@@ -121,3 +121,21 @@ def make_sink(cfg: MetricsConfig, ray_mode: bool) -> MetricsSink:
     sink = PrometheusSink()
     sink.serve(cfg.port, cfg.address)
     return sink
+
+
+def component_sink(cfg: MetricsConfig) -> MetricsSink:
+    """The sink the driver hands to every Ray actor it builds (rollout, replay, learner).
+
+    Each actor records in its own process, so only a sink that works across processes fits:
+    a RaySink (AUTO, RAY) or a NullSink (NONE).
+
+    Raises:
+        MetricsError: for PROMETHEUS, whose endpoint serves one process only.
+    """
+    if cfg.backend is MetricsBackend.PROMETHEUS:
+        raise MetricsError(
+            f"metrics.backend ({cfg.backend.value}) serves one process; the Ray mode records in "
+            "every actor: use auto, ray or none")
+    if cfg.backend is MetricsBackend.NONE:
+        return NullSink()
+    return RaySink(cfg.gauge_refresh_s)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +16,16 @@ import torch
 
 from actors.rollout import RolloutReport
 from common import config as C
+from common import metrics as M
+from common.metrics import MetricsSink, NullSink
 from deploy import build
+from deploy.metrics_record import ShardRecorder, record_learner, record_publish, record_rollout
 from deploy.rundir import RunDir
 from deploy.weights_ray import RayWeightSource
 from learner.loop import LearnerLoop, LearnerReport
 from learner.td3 import TD3Learner
 from replay.client import ReplayClient, ShardWriter
-from replay.shard import ReplayShard
+from replay.shard import InsertAck, PackedBatch, RateLimited, ReplayShard
 
 log = logging.getLogger(__name__)
 INSERT_WINDOW = 2  # inserts in flight per actor before it waits for an ack
@@ -35,19 +39,45 @@ def learner_checkpoint(checkpoint: Path) -> Path:
     return checkpoint / "learner.pt"
 
 
+def _restarted() -> bool:
+    """Whether Ray restarted the current actor (one GCS lookup; call it once, at construction)."""
+    with warnings.catch_warnings():  # Ray 2.60's property reads its own deprecated actor_id
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return bool(ray.get_runtime_context().was_current_actor_reconstructed)
+
+
 class RestoringShard(ReplayShard):
     """A replay shard that, when (re)started, restores the run's latest checkpoint if any.
 
     Ray restarts a dead shard by calling this constructor again: it comes back with the
     contents of the last checkpoint while the learner samples from the live shards.
+    It records the replay metrics (docs/metrics.md) from ``stats()`` after inserts and samples.
     """
 
-    def __init__(self, spec, cfg: C.ReplayConfig, shard_index: int, seed: int, run_dir: str) -> None:
+    def __init__(self, spec, cfg: C.ReplayConfig, shard_index: int, seed: int, run_dir: str,
+                 metrics: MetricsSink | None = None) -> None:
         super().__init__(spec, cfg, shard_index=shard_index, seed=seed)
         latest = RunDir(run_dir).latest_checkpoint()
         if latest is not None and shard_checkpoint(latest, shard_index).exists():
             self.restore(shard_checkpoint(latest, shard_index))
             log.info("event=shard_restored shard=%d checkpoint=%s size=%d", shard_index, latest, self.size())
+        self._recorder = ShardRecorder(metrics or NullSink(), shard_index, self.stats)
+
+    def insert(self, data: bytes) -> InsertAck:
+        try:
+            return super().insert(data)
+        finally:
+            self._recorder.maybe_record()
+
+    def sample_packed(self, batch_size: int) -> PackedBatch | RateLimited:
+        try:
+            return super().sample_packed(batch_size)
+        finally:
+            self._recorder.maybe_record()
+
+    def save(self, directory: str | Path) -> str:
+        self._recorder.record()
+        return super().save(directory)
 
     def pid(self) -> int:
         return os.getpid()
@@ -56,16 +86,21 @@ class RestoringShard(ReplayShard):
 class RolloutActor:
     """One rollout actor: one env (one CARLA server), CPU policy, inserts into one shard."""
 
-    def __init__(self, cfg: C.RunConfig, index: int, seed: int, shard: Any, board: Any) -> None:
+    def __init__(self, cfg: C.RunConfig, index: int, seed: int, shard: Any, board: Any,
+                 metrics: MetricsSink | None = None) -> None:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         torch.set_num_threads(max(1, cfg.rollout.cpu_threads))
+        self.metrics = metrics or NullSink()
         self.shard_writer = ShardWriter(shard, cfg.spec, INSERT_WINDOW)
         self.weights = RayWeightSource(board)
         self.worker = build.make_worker(cfg, index, self.shard_writer.send_chunk, self.weights, seed)
+        if _restarted():  # Ray restarted this actor: the env above is a new connection
+            self.metrics.counter(M.CARLA_RECONNECTS).inc(1, actor=index)
 
     def run_steps(self, n: int, global_env_steps: int) -> RolloutReport:
         report = self.worker.run_steps(n, global_env_steps)
         report.broadcast_latencies = self.weights.take_latencies()
+        record_rollout(self.metrics, report)
         return report
 
     def pid(self) -> int:
@@ -78,15 +113,18 @@ class RolloutActor:
             self.shard_writer.flush()
         finally:
             self.weights.stop()
+            self.metrics.close()
 
 
 class LearnerActor:
     """The learner: TD3 on the GPU (or CPU), sampling through the replay client, publishing
     each snapshot once into the object store and its reference on the weight board."""
 
-    def __init__(self, cfg: C.RunConfig, shards: list[Any], board: Any, seed: int, run_dir: str) -> None:
+    def __init__(self, cfg: C.RunConfig, shards: list[Any], board: Any, seed: int, run_dir: str,
+                 metrics: MetricsSink | None = None) -> None:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         self._board = board
+        self.metrics = metrics or NullSink()
         self.learner = TD3Learner(cfg.spec, cfg.learner, seed)
         latest = RunDir(run_dir).latest_checkpoint()
         if latest is not None:
@@ -99,14 +137,17 @@ class LearnerActor:
                                 cfg.learner.publish_every,
                                 self.client.update_priorities if prioritized else None)
         self._last_ref: Any = None
-        self.loop.publish()
+        seconds = self.loop.publish()
+        record_publish(self.metrics, self.loop.version, seconds)
 
     def _publish(self, snapshot) -> None:
         self._last_ref = ray.put(snapshot.state)
         self._board.publish.remote(snapshot.version, [self._last_ref])
 
     def run_updates(self, n: int, max_seconds: float) -> LearnerReport:
-        return self.loop.run_updates(n, max_seconds)
+        report = self.loop.run_updates(n, max_seconds)
+        record_learner(self.metrics, report)
+        return report
 
     def save(self, path: str) -> int:
         self.learner.save(path)

@@ -40,6 +40,8 @@ class LearnerReport:
     update_seconds: float = 0.0
     publish_seconds: float = 0.0
     publishes: int = 0
+    batch_waits: list[float] = field(default_factory=list)  # per batch, retries included
+    publish_times: list[float] = field(default_factory=list)  # seconds of each publish
 
 
 def _scalar_stats(stats: Any) -> dict[str, float]:
@@ -87,7 +89,7 @@ class LearnerLoop:
         replay is below its minimum size or the rate limiter holds the learner back)."""
         report = LearnerReport()
         lags: list[float] = []
-        start = time.perf_counter()
+        start = wait_from = time.perf_counter()
         while report.updates < n and time.perf_counter() - start < max_seconds:
             t0 = time.perf_counter()
             batch = self._sample()
@@ -95,6 +97,7 @@ class LearnerLoop:
             if batch is None:
                 time.sleep(self._idle_sleep_s)
                 continue
+            report.batch_waits.append(time.perf_counter() - wait_from)
             t1 = time.perf_counter()
             stats = self.learner.update(batch)
             report.update_seconds += time.perf_counter() - t1
@@ -105,8 +108,10 @@ class LearnerLoop:
             lags.append(policy_lag(self.version, batch))
             report.stats = _scalar_stats(stats)
             if self.learner.updates % self.publish_every == 0:
-                report.publish_seconds += self.publish()
+                report.publish_times.append(self.publish())
+                report.publish_seconds += report.publish_times[-1]
                 report.publishes += 1
+            wait_from = time.perf_counter()
         finite = [x for x in lags if np.isfinite(x)]
         report.policy_lag = float(np.mean(finite)) if finite else float("nan")
         report.total_updates = int(self.learner.updates)

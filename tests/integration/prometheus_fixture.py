@@ -170,17 +170,19 @@ class PrometheusServer:
 @pytest.fixture
 def prometheus(tmp_path: pathlib.Path) -> Iterator[Callable[..., PrometheusServer]]:
     """A factory: ``prometheus(targets, scrape_interval_s=1.0)`` -> a started server whose
-    targets are all up. Every server it started is stopped at teardown."""
+    targets are all up (``wait_up=False``: not waited for, e.g. a target that starts later).
+    Every server it started is stopped at teardown."""
     servers: list[PrometheusServer] = []
 
     def start(targets: Sequence[str], scrape_interval_s: float = 1.0,
-              timeout_s: float = 30.0) -> PrometheusServer:
+              timeout_s: float = 30.0, wait_up: bool = True) -> PrometheusServer:
         workdir = tmp_path / f"prometheus{len(servers)}"
         workdir.mkdir()
         server = PrometheusServer(targets, workdir, scrape_interval_s)
         servers.append(server)
         server.start(timeout_s)
-        server.wait_targets_up(timeout_s)
+        if wait_up:
+            server.wait_targets_up(timeout_s)
         return server
 
     yield start
