@@ -109,6 +109,8 @@ class LearnerConfig:
             backward); worth it on CUDA, compile time dominates short CPU runs.
         precision: "auto" (bf16 autocast on CUDA, fp32 on CPU, where bf16 is much slower),
             "fp32" or "bf16". Losses, targets and optimizer state are fp32 in every case.
+        cuda_graphs: capture the update in CUDA graphs and replay them (CUDA only; learning
+            rates are fixed at capture).
     """
 
     device: str = "auto"
@@ -119,6 +121,7 @@ class LearnerConfig:
     prefetch: int = 4
     compile: bool = False
     precision: str = "auto"
+    cuda_graphs: bool = False
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from common.config import NetworkConfig
@@ -41,7 +42,13 @@ def mlp(in_dim: int, hidden: Sequence[int], out_dim: int) -> nn.Sequential:
 class ImageEncoder(nn.Module):
     """NatureCNN (32 8x8 s4, 64 4x4 s2, 64 3x3 s1, linear to ``features``) + the vector.
 
-    ``forward(image, vector)`` returns ``[B, features + vector_dim]``. Deviation from the
+    ``forward(image, vector)`` returns ``[B, features + vector_dim]``. The learner, which
+    feeds the same images to several encoders, converts them once with ``prepare`` and calls
+    ``encode``. The [0, 255] -> [-1, 1] pixel scaling is folded into the first convolution's
+    weight and bias (one pass less over the largest tensor); the parameters, and so the
+    weights that travel to rollout actors, are those of the plain NatureCNN on scaled pixels.
+
+    Deviation from the
     NatureCNN: the final linear layer is followed by LayerNorm and tanh (as in DrQ and SAC-AE)
     instead of ReLU. With ReLU the policy loss inflates the policy encoder's features until the
     tanh of the policy head saturates at +-1, where its gradient vanishes and the policy stays
@@ -63,10 +70,23 @@ class ImageEncoder(nn.Module):
         )
         self.out_dim = features + spec.vector_dim
 
+    @staticmethod
+    def prepare(image: torch.Tensor) -> torch.Tensor:
+        """uint8 [B, F, H, W] -> float pixel values in [0, 255], channels-last (what
+        ``encode`` takes). The layout change runs on uint8, four times fewer bytes."""
+        return image.contiguous(memory_format=torch.channels_last).float()
+
+    def encode(self, pixels: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
+        """Features of ``prepare``d pixels, concatenated with the vector."""
+        first = self.cnn[0]
+        # conv(w, b)(x * 2/255 - 1) == conv(w * 2/255, b - sum(w))(x)
+        weight = first.weight * (2.0 / 255.0)
+        bias = first.bias - first.weight.sum(dim=(1, 2, 3))
+        h = F.conv2d(pixels, weight, bias, stride=first.stride)
+        return torch.cat([self.cnn[1:](h), vector.to(h.dtype)], dim=1)
+
     def forward(self, image: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
-        x = image.float().mul_(2.0 / 255.0).sub_(1.0)
-        x = x.contiguous(memory_format=torch.channels_last)
-        return torch.cat([self.cnn(x), vector.to(x.dtype)], dim=1)
+        return self.encode(self.prepare(image), vector)
 
 
 class PolicyNet(nn.Module):

@@ -55,6 +55,14 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def configure_backends(device: torch.device) -> None:
+    """Per-process backend settings for a CUDA learner: cuDNN picks the fastest convolution
+    algorithm for the fixed batch shape, and fp32 matrix products may use TF32 tensor cores."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.set_float32_matmul_precision("high")
+
+
 def autocast_for(device: torch.device, precision: str) -> Callable[[], ContextManager[object]]:
     """The context the forward passes run in: bf16 autocast where chosen, else plain fp32.
 

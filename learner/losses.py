@@ -50,11 +50,11 @@ def soft_update(targets: list[torch.Tensor], onlines: list[torch.Tensor], tau: f
         torch._foreach_lerp_(targets, onlines, tau)
 
 
-def grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
-    """L2 norm of the gradients of ``params`` as a device scalar (0 when none has a gradient)."""
+def grad_norm(params: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """L2 norm of the gradients of ``params`` as a scalar on ``device`` (0 when none has one)."""
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
-        return torch.zeros((), device=params[0].device if params else "cpu")
+        return torch.zeros((), device=device)
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
 

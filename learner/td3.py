@@ -11,17 +11,20 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import torch
 
 from common.config import LearnerConfig
 from common.errors import ConfigError
+from common.networks import ImageEncoder
 from common.specs import EnvSpec
 from common.types import SampleBatch
 from learner import losses, state
-from learner.device import DeviceBatch, autocast_for, resolve_device, transfer_for, validate_batch
+from learner.device import (DeviceBatch, autocast_for, configure_backends, resolve_device,
+                            transfer_for, validate_batch)
+from learner.graphs import executor_for
 from learner.topology import Networks, build_networks
 
 log = logging.getLogger(__name__)
@@ -55,6 +58,19 @@ class UpdateStats:
     td_error: np.ndarray
 
 
+class Pixels(NamedTuple):
+    """A batch's images, converted once per update and shared by every encoder that reads
+    them (``ImageEncoder.prepare``)."""
+
+    obs: torch.Tensor
+    next: torch.Tensor
+
+
+def prepare_pixels(b: DeviceBatch) -> Pixels:
+    """Converts the batch's observation and next-observation images for the encoders."""
+    return Pixels(ImageEncoder.prepare(b.image), ImageEncoder.prepare(b.next_image))
+
+
 def _check_config(cfg: LearnerConfig) -> None:
     td3 = cfg.td3
     checks = [
@@ -73,9 +89,10 @@ def _check_config(cfg: LearnerConfig) -> None:
             raise ConfigError(message)
 
 
-def _adam(groups: list[dict[str, Any]]) -> torch.optim.Adam:
-    # Fused Adam: one kernel (CUDA) or one vectorised loop (CPU) per step, no host sync.
-    return torch.optim.Adam(groups, fused=True)
+def _adam(groups: list[dict[str, Any]], device: torch.device) -> torch.optim.Adam:
+    # Fused Adam: one kernel (CUDA) or one vectorised loop (CPU) per step, no host sync;
+    # capturable on CUDA (step counts on device) so a CUDA graph can hold the step.
+    return torch.optim.Adam(groups, fused=True, capturable=device.type == "cuda")
 
 
 def _clipper(max_norm: float) -> Callable[[list[torch.Tensor]], None]:
@@ -108,8 +125,9 @@ class TD3Learner:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.nets: Networks = build_networks(spec, cfg.network, cfg.td3, self.device)
-        self.policy_opt = _adam(self.nets.policy_groups)
-        self.critic_opt = _adam(self.nets.critic_groups)
+        configure_backends(self.device)
+        self.policy_opt = _adam(self.nets.policy_groups, self.device)
+        self.critic_opt = _adam(self.nets.critic_groups, self.device)
         self._policy_params = [p for g in self.nets.policy_groups for p in g["params"]]
         self._critic_params = [p for g in self.nets.critic_groups for p in g["params"]]
         self._clip = _clipper(cfg.td3.max_grad_norm)
@@ -127,8 +145,10 @@ class TD3Learner:
         if cfg.compile:
             self._critic_terms = torch.compile(self._critic_forward, dynamic=False)
             self._policy_terms = torch.compile(self._policy_forward, dynamic=False)
-        log.info("td3_learner device=%s topology=%s precision=%s compile=%s seed=%d",
-                 self.device, cfg.network.topology.value, cfg.precision, cfg.compile, seed)
+        self._run = executor_for(self._step, self.device, cfg.cuda_graphs)
+        log.info("td3_learner device=%s topology=%s precision=%s compile=%s cuda_graphs=%s "
+                 "seed=%d", self.device, cfg.network.topology.value, cfg.precision, cfg.compile,
+                 cfg.cuda_graphs, seed)
 
     @property
     def updates(self) -> int:
@@ -137,52 +157,51 @@ class TD3Learner:
 
     # ---------------------------------------------------------------- the step, in pieces
 
-    def _critic_forward(self, b: DeviceBatch, noise: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def _critic_forward(self, b: DeviceBatch, px: Pixels, noise: torch.Tensor) -> tuple[torch.Tensor, ...]:
         nets, td3 = self.nets, self.td3
         with torch.no_grad(), self._autocast():
-            target_features = nets.critic_target.encoder(b.next_image, b.next_vector)
-            policy_features = nets.target_policy_features(b.next_image, b.next_vector, target_features)
+            target_features = nets.critic_target.encoder.encode(px.next, b.next_vector)
+            policy_features = nets.target_policy_features(px.next, b.next_vector, target_features)
             next_action = losses.smoothed_target_action(
                 nets.policy_target.act(policy_features).float(), noise, td3.noise_clip)
             next_q1, next_q2 = nets.critic_target.q_values(target_features, next_action)
         y = losses.td_target(b.reward, b.terminated, next_q1.float(), next_q2.float(), td3.gamma)
         with self._autocast():
-            q1, q2 = nets.critic(b.image, b.vector, b.action)
+            q1, q2 = nets.critic.q_values(nets.critic.encoder.encode(px.obs, b.vector), b.action)
         loss, td = losses.critic_loss(q1.float(), q2.float(), y, b.weight)
         return loss, td, q1.detach().float().mean(), q2.detach().float().mean(), y.mean()
 
-    def _policy_forward(self, b: DeviceBatch) -> torch.Tensor:
+    def _policy_forward(self, b: DeviceBatch, px: Pixels) -> torch.Tensor:
         nets = self.nets
         with self._autocast():
             with torch.no_grad():
                 # The critic scores the policy's action with its OWN encoder's features,
                 # computed without gradient into the critic encoder (SB3 q1_forward).
-                critic_features = nets.critic.encoder(b.image, b.vector)
-            action = nets.policy.act(nets.policy_features(b.image, b.vector, critic_features))
+                critic_features = nets.critic.encoder.encode(px.obs, b.vector)
+            action = nets.policy.act(nets.policy_features(px.obs, b.vector, critic_features))
             # Q1 head with detached weights: the policy loss leaves no gradient on the critic.
             q1_params = {k: v.detach() for k, v in nets.critic.q1.named_parameters()}
             x = torch.cat([critic_features, action.to(critic_features.dtype)], dim=1)
             q1 = torch.func.functional_call(nets.critic.q1, q1_params, (x,)).squeeze(-1)
         return losses.policy_loss(q1.float())
 
-    def _critic_step(self, b: DeviceBatch) -> list[torch.Tensor]:
-        noise = torch.randn(b.action.shape, generator=self.generator, device=self.device)
-        loss, td, q1_mean, q2_mean, y_mean = self._critic_terms(b, noise * self.td3.policy_noise)
+    def _critic_step(self, b: DeviceBatch, px: Pixels, noise: torch.Tensor) -> list[torch.Tensor]:
+        loss, td, q1_mean, q2_mean, y_mean = self._critic_terms(b, px, noise)
         self.critic_opt.zero_grad(set_to_none=True)
         loss.backward()
-        encoder_grad = losses.grad_norm(_encoder_params(self.nets.critic_groups))
+        encoder_grad = losses.grad_norm(_encoder_params(self.nets.critic_groups), self.device)
         self._clip(self._critic_params)
         self.critic_opt.step()
         return [loss.detach(), q1_mean, q2_mean, y_mean, encoder_grad, td]
 
-    def _policy_step(self, b: DeviceBatch) -> None:
-        loss = self._policy_terms(b)
+    def _policy_step(self, b: DeviceBatch, px: Pixels) -> None:
+        loss = self._policy_terms(b, px)
         self.policy_opt.zero_grad(set_to_none=True)
         loss.backward()
-        encoder_grad = losses.grad_norm(_encoder_params(self.nets.policy_groups))
+        encoder_grad = losses.grad_norm(_encoder_params(self.nets.policy_groups), self.device)
         self._clip(self._policy_params)
         self.policy_opt.step()
-        self._last_policy = torch.stack([loss.detach(), encoder_grad.to(loss.device)])
+        self._last_policy.copy_(torch.stack([loss.detach(), encoder_grad]))
         losses.soft_update(*self.nets.target_pairs, self.td3.tau)
 
     def update(self, batch: SampleBatch) -> UpdateStats:
@@ -193,18 +212,39 @@ class TD3Learner:
         Raises:
             SpecError: if the batch does not match the spec.
         """
+        return self.update_on_device(self.to_device(batch))
+
+    def to_device(self, batch: SampleBatch) -> DeviceBatch:
+        """Validates ``batch`` and copies it to the learner's device (pinned, non-blocking on
+        CUDA: the copy may still be in flight when this returns; the next update orders it)."""
         validate_batch(self.spec, batch)
-        b = self._to_device(batch)
-        critic_loss, q1_mean, q2_mean, y_mean, critic_grad, td = self._critic_step(b)
-        self._updates += 1
-        policy_updated = self._updates % self.td3.policy_delay == 0
-        if policy_updated:
-            self._policy_step(b)
+        return self._to_device(batch)
+
+    def _step(self, b: DeviceBatch, noise: torch.Tensor, policy: bool) -> torch.Tensor:
+        """One update on device tensors; returns the packed stats (scalars, then |TD error|).
+
+        No host synchronisation and no Python-side state change, so a CUDA graph can
+        capture it (``learner.graphs``).
+        """
+        px = prepare_pixels(b)
+        critic_loss, q1_mean, q2_mean, y_mean, critic_grad, td = self._critic_step(b, px, noise)
+        if policy:
+            self._policy_step(b, px)
         changes = [losses.weight_change(self._encoders[k], self._snapshots[k])
                    for k in ("critic", "policy")]
         scalars = torch.stack([critic_loss, self._last_policy[0], q1_mean, q2_mean, y_mean,
                                critic_grad, self._last_policy[1], *changes])
-        packed = torch.cat([scalars.float(), td.float()]).cpu().numpy()  # the one host sync
+        return torch.cat([scalars.float(), td.float()])
+
+    def update_on_device(self, b: DeviceBatch) -> UpdateStats:
+        """``update`` from a batch already on the learner's device (e.g. from a device-resident
+        replay cache); the caller guarantees the spec's shapes and dtypes."""
+        self._updates += 1
+        policy_updated = self._updates % self.td3.policy_delay == 0
+        # Drawn outside the step so that a captured CUDA graph replays with fresh noise.
+        noise = torch.randn(b.action.shape, generator=self.generator, device=self.device)
+        packed = self._run(b, noise * self.td3.policy_noise, policy_updated)
+        packed = packed.cpu().numpy()  # the one host sync of an update
         values = dict(zip(_SCALARS, (float(v) for v in packed[: len(_SCALARS)])))
         return UpdateStats(updates=self._updates, policy_updated=policy_updated,
                            td_error=packed[len(_SCALARS):].copy(), **values)
@@ -239,12 +279,15 @@ class TD3Learner:
                             (self.critic_opt, self.nets.critic_groups)):
             for group, configured in zip(opt.param_groups, groups):
                 group["lr"] = configured["lr"]  # the config in force wins over the saved lr
+                group["capturable"] = self.device.type == "cuda"
         self._updates = int(data["updates"])
         self.generator.set_state(data["rng"].cpu())
         with torch.no_grad():
             for key, saved in data["snapshots"].items():
                 torch._foreach_copy_(self._snapshots[key], [t.to(self.device) for t in saved])
-        self._last_policy = data["last_policy"].to(self.device)
+        self._last_policy.copy_(data["last_policy"])
+        # Captured CUDA graphs point at the replaced optimizer state: capture afresh.
+        self._run = executor_for(self._step, self.device, self.cfg.cuda_graphs)
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Writes the full state to ``path`` atomically (temporary file, then rename)."""

@@ -50,15 +50,16 @@ class Networks:
     critic_groups: ParamGroups
     target_pairs: tuple[list[torch.Tensor], list[torch.Tensor]]
 
-    def policy_features(self, image: torch.Tensor, vector: torch.Tensor,
+    def policy_features(self, pixels: torch.Tensor, vector: torch.Tensor,
                         critic_features: torch.Tensor) -> torch.Tensor:
-        """Features the policy acts on in the policy loss (with gradient where trained)."""
-        return self.policy.encoder(image, vector)
+        """Features the policy acts on in the policy loss (with gradient where trained);
+        ``pixels`` come from ``ImageEncoder.prepare``."""
+        return self.policy.encoder.encode(pixels, vector)
 
-    def target_policy_features(self, image: torch.Tensor, vector: torch.Tensor,
+    def target_policy_features(self, pixels: torch.Tensor, vector: torch.Tensor,
                                target_critic_features: torch.Tensor) -> torch.Tensor:
         """Features the target policy acts on for the TD target."""
-        return self.policy_target.encoder(image, vector)
+        return self.policy_target.encoder.encode(pixels, vector)
 
     def modules(self) -> dict[str, nn.Module]:
         """The four networks by checkpoint name."""
@@ -69,11 +70,11 @@ class Networks:
 class SharedNetworks(Networks):
     """SHARED: the policy's features are the critic encoder's, computed without gradient."""
 
-    def policy_features(self, image: torch.Tensor, vector: torch.Tensor,
+    def policy_features(self, pixels: torch.Tensor, vector: torch.Tensor,
                         critic_features: torch.Tensor) -> torch.Tensor:
         return critic_features.detach()
 
-    def target_policy_features(self, image: torch.Tensor, vector: torch.Tensor,
+    def target_policy_features(self, pixels: torch.Tensor, vector: torch.Tensor,
                                target_critic_features: torch.Tensor) -> torch.Tensor:
         return target_critic_features
 

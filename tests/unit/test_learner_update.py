@@ -9,7 +9,7 @@ from common.config import EncoderTopology, LearnerConfig, TD3Config
 from common.errors import ConfigError, SpecError
 from common.networks import PolicyNet, load_policy_state
 from learner import losses
-from learner.td3 import TD3Learner, UpdateStats, make_learner
+from learner.td3 import TD3Learner, UpdateStats, make_learner, prepare_pixels
 from tests.unit.learner_fixtures import SMALL_SPEC, params_of, random_batch, small_config
 
 
@@ -95,6 +95,7 @@ def test_bad_batches_are_rejected(field, value, message):
     (LearnerConfig(td3=TD3Config(tau=0.0)), r"tau \(0.0\) must be in \(0, 1\]"),
     (LearnerConfig(device="tpu"), r"device \('tpu'\)"),
     (LearnerConfig(device="cpu", precision="fp8"), r"precision \('fp8'\) must be one of"),
+    (LearnerConfig(device="cpu", cuda_graphs=True), "cuda_graphs needs a CUDA device"),
 ])
 def test_bad_configs_name_the_value(cfg, message):
     with pytest.raises(ConfigError, match=message):
@@ -110,7 +111,7 @@ def test_cuda_without_cuda_is_a_config_error():
 def test_gradient_clipping_bounds_each_optimizer_step():
     learner = TD3Learner(SMALL_SPEC, small_config(max_grad_norm=1e-3), seed=0)
     b = learner._to_device(random_batch(SMALL_SPEC, 16, seed=0))
-    learner._critic_step(b)
+    learner._critic_step(b, prepare_pixels(b), torch.zeros_like(b.action))
     grads = [p.grad for p in learner._critic_params if p.grad is not None]
     assert torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) <= 1e-3 * 1.01
 

@@ -35,6 +35,18 @@ def test_conv_stack_is_the_nature_cnn():
     assert ImageEncoder(SPEC).cnn[-3].in_features == 64 * 7 * 7
 
 
+def test_folded_pixel_scaling_equals_the_plain_cnn_on_scaled_pixels():
+    torch.manual_seed(0)
+    encoder = ImageEncoder(SPEC, 64)
+    image, vector = _obs(3)
+    scaled = image.float() * (2.0 / 255.0) - 1.0
+    expected = torch.cat([encoder.cnn(scaled), vector], dim=1)
+    torch.testing.assert_close(encoder(image, vector), expected, rtol=1e-4, atol=1e-5)
+    prepared = ImageEncoder.prepare(image)
+    assert prepared.dtype == torch.float32 and prepared.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(prepared, image.float())
+
+
 def test_channels_last_weights_compute_the_same_values():
     torch.manual_seed(0)
     net = PolicyNet.from_config(SPEC, NET)

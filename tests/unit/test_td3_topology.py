@@ -4,7 +4,7 @@ import torch
 
 from common.config import EncoderTopology
 from common.errors import ConfigError
-from learner.td3 import TD3Learner
+from learner.td3 import TD3Learner, prepare_pixels
 from learner.topology import check_disjoint
 from tests.unit.learner_fixtures import SMALL_SPEC, params_of, random_batch, small_config
 
@@ -62,9 +62,9 @@ def test_target_encoders_are_polyak_averaged_with_their_heads():
     learner = _learner(tau=0.25)
     nets = learner.nets
     batch = learner._to_device(random_batch(SMALL_SPEC, 16, seed=0))
-    learner._critic_step(batch)
+    learner._critic_step(batch, prepare_pixels(batch), torch.zeros_like(batch.action))
     old_targets = [t.clone() for t in nets.target_pairs[0]]
-    learner._policy_step(batch)
+    learner._policy_step(batch, prepare_pixels(batch))
     assert {id(t) for t in nets.policy_target.encoder.parameters()} <= {id(t) for t in nets.target_pairs[0]}
     assert {id(t) for t in nets.critic_target.encoder.parameters()} <= {id(t) for t in nets.target_pairs[0]}
     for old, target, online in zip(old_targets, *nets.target_pairs):
@@ -75,7 +75,8 @@ def test_critic_update_changes_no_policy_parameter():
     learner = _learner()
     before = params_of(learner.nets.policy)
     critic_before = params_of(learner.nets.critic)
-    learner._critic_step(learner._to_device(random_batch(SMALL_SPEC, 16, seed=1)))
+    batch = learner._to_device(random_batch(SMALL_SPEC, 16, seed=1))
+    learner._critic_step(batch, prepare_pixels(batch), torch.zeros_like(batch.action))
     assert _changed(before, learner.nets.policy) == []
     assert all(p.grad is None for p in learner.nets.policy.parameters())
     changed = _changed(critic_before, learner.nets.critic)
@@ -86,11 +87,11 @@ def test_critic_update_changes_no_policy_parameter():
 def test_policy_update_changes_no_critic_parameter(topology):
     learner = _learner(topology)
     batch = learner._to_device(random_batch(SMALL_SPEC, 16, seed=2))
-    learner._critic_step(batch)
+    learner._critic_step(batch, prepare_pixels(batch), torch.zeros_like(batch.action))
     learner.critic_opt.zero_grad(set_to_none=True)
     critic_before = params_of(learner.nets.critic)
     policy_before = params_of(learner.nets.policy.head)
-    learner._policy_step(batch)
+    learner._policy_step(batch, prepare_pixels(batch))
     assert _changed(critic_before, learner.nets.critic) == []
     assert all(p.grad is None for p in learner.nets.critic.parameters())
     assert _changed(policy_before, learner.nets.policy.head) != []

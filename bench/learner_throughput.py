@@ -1,0 +1,232 @@
+"""Learner updates per second at batch 256, side by side with Stable-Baselines3's TD3.
+
+Workload: 4x84x84 uint8 image stacks + 23-dim vectors, 2-dim actions, separate encoders,
+NatureCNN 512 features, MLP 256-256 heads, policy delay 2. Each variant of this learner,
+"precision[:compile][:graphs]" (e.g. ``fp32``, ``bf16:compile``, ``bf16:graphs``), is timed
+fed numpy batches through ``update`` (validation and host-to-device copy included) and fed
+batches that already sit on the device (``update_on_device``, what a device-resident replay
+cache gives). The reference is SB3 ``TD3("MultiInputPolicy", share_features_extractor=False)``
+trained with ``model.train(gradient_steps, 256)`` from a filled replay buffer, same device and
+threads. All contenders are timed in interleaved rounds and the median round is reported, so
+a load change on a shared machine hits them alike. Prints one JSON object, then a table.
+
+    .venv/bin/python -m bench.learner_throughput --updates 8 --rounds 3
+    python3 -m bench.learner_throughput --device cuda --updates 500 --variant fp32:graphs \
+        --variant bf16:graphs --no-sb3
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from common.config import LearnerConfig, NetworkConfig, TD3Config
+from common.specs import EnvSpec
+from common.types import SampleBatch
+from learner.td3 import TD3Learner
+
+SPEC = EnvSpec()
+POOL = 8  # distinct batches cycled through (bounds memory; each holds 2 x 7 MB of images)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def synthetic_batches(batch_size: int, count: int, seed: int = 0) -> list[SampleBatch]:
+    rng = np.random.default_rng(seed)
+    image = (batch_size, SPEC.frames, SPEC.image_size, SPEC.image_size)
+
+    def one() -> SampleBatch:
+        return SampleBatch(
+            rng.integers(0, 256, image, dtype=np.uint8),
+            rng.standard_normal((batch_size, SPEC.vector_dim), dtype=np.float32),
+            rng.uniform(-1, 1, (batch_size, SPEC.action_dim)).astype(np.float32),
+            rng.standard_normal(batch_size, dtype=np.float32),
+            rng.integers(0, 256, image, dtype=np.uint8),
+            rng.standard_normal((batch_size, SPEC.vector_dim), dtype=np.float32),
+            (rng.random(batch_size) < 0.02).astype(np.float32),
+            np.zeros(batch_size, np.float32), np.zeros(batch_size, np.int64),
+            np.ones(batch_size, np.float32), np.arange(batch_size, dtype=np.int64))
+
+    return [one() for _ in range(count)]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Runner:
+    """One contender: a name, a feed, and ``step(n)`` that runs ``n`` updates."""
+
+    def __init__(self, name: str, feed: str, step: Any, device: torch.device, info: dict) -> None:
+        self.name, self.feed, self.step, self.device, self.info = name, feed, step, device, info
+        self.rounds: list[float] = []
+
+    def time(self, n: int) -> None:
+        _sync(self.device)
+        t0 = time.perf_counter()
+        self.step(n)
+        _sync(self.device)
+        self.rounds.append((time.perf_counter() - t0) / n)
+
+    def summary(self) -> dict:
+        median = float(np.median(self.rounds))
+        return {"name": self.name, "feed": self.feed, **self.info, "rounds_s_per_update": self.rounds,
+                "s_per_update": median, "updates_per_s": 1.0 / median}
+
+
+def ours(variant: str, args: argparse.Namespace, batches: list[SampleBatch]) -> list[Runner]:
+    """Two runners over one learner: numpy batches through ``update`` and device batches."""
+    precision, *flags = variant.split(":")
+    if not set(flags) <= {"compile", "graphs"}:
+        raise SystemExit(f"variant {variant!r}: expected precision[:compile][:graphs]")
+    cfg = LearnerConfig(device=args.device, precision=precision, compile="compile" in flags,
+                        cuda_graphs="graphs" in flags,
+                        td3=TD3Config(batch_size=args.batch_size),
+                        network=NetworkConfig(encoder_features=512, hidden_sizes=(256, 256)))
+    learner = TD3Learner(SPEC, cfg, seed=0)
+    t0 = time.perf_counter()
+    for b in batches[:2]:  # the first updates pay for compilation
+        learner.update(b)
+    first = time.perf_counter() - t0
+    on_device = []
+    for b in batches:
+        on_device.append(learner.to_device(b))
+        _sync(learner.device)  # the pinned staging buffers are reused by the next batch
+    counter = iter(range(10**12))
+
+    def host(n: int) -> None:
+        for _ in range(n):
+            learner.update(batches[next(counter) % len(batches)])
+
+    def device(n: int) -> None:
+        for _ in range(n):
+            learner.update_on_device(on_device[next(counter) % len(on_device)])
+
+    warmup = max(args.warmup, 10 if cfg.cuda_graphs else 0)  # graphs are captured by then
+    host(warmup)
+    info = {"device": str(learner.device), "precision": precision, "compile": cfg.compile,
+            "cuda_graphs": cfg.cuda_graphs, "first_two_updates_s": first}
+    return [Runner(f"ours {variant}", "host", host, learner.device, info),
+            Runner(f"ours {variant}", "device", device, learner.device, info)]
+
+
+def _sb3_model(args: argparse.Namespace, batches: list[SampleBatch]) -> Any:
+    import gymnasium as gym  # the bench extra, imported only when the reference runs
+    from stable_baselines3 import TD3
+    from stable_baselines3.common.logger import configure
+
+    class Workload(gym.Env):
+        observation_space = gym.spaces.Dict({
+            "image": gym.spaces.Box(0, 255, SPEC.image.shape, np.uint8),
+            "vector": gym.spaces.Box(-np.inf, np.inf, SPEC.vector.shape, np.float32)})
+        action_space = gym.spaces.Box(-1.0, 1.0, SPEC.action.shape, np.float32)
+
+    fill = len(batches) * args.batch_size
+    model = TD3("MultiInputPolicy", Workload(), buffer_size=fill, batch_size=args.batch_size,
+                learning_starts=0, policy_delay=2, device=args.device if args.device != "auto" else "auto",
+                policy_kwargs=dict(share_features_extractor=False, net_arch=[256, 256],
+                                   features_extractor_kwargs=dict(cnn_output_dim=512)),
+                seed=0)
+    model.set_logger(configure(None, []))
+    for b in batches:
+        for i in range(b.size):
+            model.replay_buffer.add(
+                {"image": b.obs_image[i:i + 1], "vector": b.obs_vector[i:i + 1]},
+                {"image": b.next_image[i:i + 1], "vector": b.next_vector[i:i + 1]},
+                b.action[i:i + 1], b.reward[i:i + 1], b.terminated[i:i + 1].astype(bool),
+                [{}])
+    return model
+
+
+def sb3(args: argparse.Namespace, batches: list[SampleBatch]) -> Runner:
+    import stable_baselines3
+
+    model = _sb3_model(args, batches)
+    model.train(gradient_steps=args.warmup + 2, batch_size=args.batch_size)
+    return Runner(f"sb3 {stable_baselines3.__version__}", "buffer",
+                  lambda n: model.train(gradient_steps=n, batch_size=args.batch_size),
+                  torch.device(model.device), {"device": str(model.device)})
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Times every runner in ``args.rounds`` interleaved rounds (fair under varying load)."""
+    torch.set_num_threads(args.threads)
+    batches = synthetic_batches(args.batch_size, POOL)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else ("cpu" if args.device == "auto" else args.device))
+    runners = [r for v in args.variant or ["auto"] for r in ours(v, args, batches)]
+    reference = None if args.no_sb3 else sb3(args, batches)
+    for _ in range(args.rounds):
+        for r in runners:
+            r.time(args.updates)
+        if reference is not None:
+            reference.time(args.sb3_updates)
+    result: dict[str, Any] = {
+        "benchmark": "learner_throughput", "device_name": device_name(device),
+        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "batch_size": args.batch_size, "args": vars(args),
+        "ours": [r.summary() for r in runners],
+    }
+    if reference is not None:
+        result["sb3"] = reference.summary()
+        for r in result["ours"]:
+            r["speedup_vs_sb3"] = r["updates_per_s"] / result["sb3"]["updates_per_s"]
+    return result
+
+
+def table(result: dict) -> str:
+    lines = [f"device: {result['device_name']}  torch {result['torch']}  threads "
+             f"{result['threads']}  batch {result['batch_size']}  (median of rounds)",
+             f"{'learner':<26} {'feed':<8} {'updates/s':>10} {'s/update':>9} {'vs sb3':>7}"]
+    rows = result["ours"] + ([result["sb3"]] if "sb3" in result else [])
+    for m in rows:
+        ratio = f"{m['speedup_vs_sb3']:.2f}x" if "speedup_vs_sb3" in m else (
+            "1.00x" if m is result.get("sb3") else "-")
+        lines.append(f"{m['name']:<26} {m['feed']:<8} {m['updates_per_s']:>10.2f} "
+                     f"{m['s_per_update']:>9.4f} {ratio:>7}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--updates", type=int, default=8, help="timed updates per round")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed updates before timing")
+    parser.add_argument("--sb3-updates", type=int, default=4, help="timed SB3 steps per round")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--variant", action="append", default=[],
+                        help="precision[:compile][:graphs], precision in auto/fp32/bf16; repeatable")
+    parser.add_argument("--no-sb3", action="store_true", help="skip the SB3 reference")
+    parser.add_argument("--json", default="", help="also write the JSON here")
+    args = parser.parse_args(argv)
+    result = run(args)
+    text = json.dumps(result, indent=2)
+    if args.json:
+        with open(args.json, "w") as fh:
+            fh.write(text + "\n")
+    print(text)
+    print(table(result))
+
+
+if __name__ == "__main__":
+    main()
