@@ -60,6 +60,7 @@ class RolloutReport:
     simulator_timeouts: int = 0
     reconnects: int = 0  # resets that rebuilt the connection after a simulator timeout
     tick_seconds: list[float] = field(default_factory=list)  # wall time of each env.step
+    broadcast_versions: list[int] = field(default_factory=list)
     broadcast_latencies: list[float] = field(default_factory=list)
 
 

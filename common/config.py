@@ -316,7 +316,8 @@ class RolloutConfig:
         exploration_noise: std of the Gaussian noise added to the policy's action.
         noise_spread: Ape-X style per-actor noise: actor i of N uses
             exploration_noise ** (1 + noise_spread * i / (N - 1)); 0 gives every actor the same.
-        weight_poll_every: env steps between two checks for a new policy version.
+        weight_poll_every: env steps between two checks for a new policy version (a check reads
+            what a background thread fetched: no remote call, so every step is cheap).
         cpu_threads: torch threads for CPU inference in each actor.
     """
 
@@ -324,7 +325,7 @@ class RolloutConfig:
     learning_starts: int = 2000
     exploration_noise: float = 0.1
     noise_spread: float = 0.0
-    weight_poll_every: int = 10
+    weight_poll_every: int = 1
     cpu_threads: int = 1
 
 

@@ -68,6 +68,7 @@ class RayWeightSource:
         self._latest: PolicySnapshot | None = None
         self._latest_published_at = 0.0
         self._latencies: list[float] = []
+        self._versions: list[int] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="weight-poll", daemon=True)
         self._thread.start()
@@ -97,12 +98,15 @@ class RayWeightSource:
             if latest is None or latest.version <= known_version:
                 return None
             self._latencies.append(max(0.0, time.time() - self._latest_published_at))
+            self._versions.append(latest.version)
         return latest
 
-    def take_latencies(self) -> list[float]:
-        """Broadcast latencies (seconds) recorded since the last call."""
+    def take_broadcasts(self) -> tuple[list[int], list[float]]:
+        """Versions handed to the env loop since the last call, with their broadcast latencies
+        (seconds from publish)."""
         with self._lock:
-            out, self._latencies = self._latencies, []
+            out = (self._versions, self._latencies)
+            self._versions, self._latencies = [], []
         return out
 
     def stop(self) -> None:

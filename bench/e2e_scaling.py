@@ -1,0 +1,131 @@
+"""End-to-end env steps/s against the number of rollout actors, and weight-broadcast latency.
+
+Each point builds the real fleet (deploy.driver.build_fleet: replay shards, weight board,
+learner, rollout actors on local Ray) with the fake CARLA charging a realistic server cost per
+tick (default 50 ms, a CARLA server at 20 FPS), lets every actor reset and load the policy,
+then times all actors running ``--steps`` env steps each while the learner keeps updating and
+publishing (publish_every=1) in the background. Scaling efficiency at N is
+steps/s(N) / (N x steps/s(1)).
+
+Broadcast latency: for each published version, the time from publish until EVERY rollout actor
+runs it (the max over actors of publish -> handed to the env loop), p50 and p99.
+
+    python -m bench.e2e_scaling [--actors 1,2,4,8,16] [--steps 100] [--tick-latency 0.05]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import threading
+import time
+from dataclasses import replace
+
+import numpy as np
+import ray
+
+from common import config as C
+from common.specs import EnvSpec
+from deploy import build
+from deploy.driver import build_fleet
+from deploy.rundir import RunDir
+from replay.client import ray_system_config
+
+
+def bench_config(actors: int, tick_latency_s: float, updates_per_env_step: float) -> C.RunConfig:
+    """Standard 84x84 workload, fake CARLA with a per-tick server cost, learner rate-limited."""
+    base = C.RunConfig()
+    return replace(
+        base, spec=EnvSpec(),
+        env=replace(base.env, fake=replace(base.env.fake, tick_latency_s=tick_latency_s),
+                    max_steps=400),
+        learner=replace(base.learner, device="cpu", publish_every=1, prefetch=2),
+        replay=replace(base.replay, num_shards=min(2, actors), capacity=20_000,
+                       min_size_to_sample=256),
+        rollout=replace(base.rollout, num_actors=actors, learning_starts=0, weight_poll_every=1),
+        train=replace(base.train, env_steps=10**9, updates_per_env_step=updates_per_env_step))
+
+
+def _keep_learner_busy(learner, stop: threading.Event, updates: list[int]) -> None:
+    while not stop.is_set():
+        report = ray.get(learner.run_updates.remote(2, 1.0))
+        updates.append(report.updates)
+
+
+def measure(actors: int, steps: int, tick_latency_s: float, ratio: float) -> dict:
+    cfg = bench_config(actors, tick_latency_s, ratio)
+    build.validate(cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = RunDir.create(tmp, "bench")
+        fleet = build_fleet(cfg, run_dir)
+        try:
+            # Connect, reset, and fill every shard to its minimum size so the learner can run.
+            per_shard = -(-actors // len(fleet.shards))
+            warm = max(steps // 4, -(-cfg.replay.min_size_to_sample // per_shard) + 10)
+            ray.get([a.run_steps.remote(warm, 10**9) for a in fleet.actors])
+            stop, updates = threading.Event(), []
+            thread = threading.Thread(target=_keep_learner_busy, args=(fleet.learner, stop, updates))
+            thread.start()
+            time.sleep(1.0)
+            first_timed_version = ray.get(fleet.board.version.remote()) + 1
+            t0 = time.perf_counter()
+            reports = ray.get([a.run_steps.remote(steps, 10**9) for a in fleet.actors])
+            wall = time.perf_counter() - t0
+            stop.set()
+            thread.join()
+        finally:
+            for handle in [*fleet.actors, fleet.learner, *fleet.shards, fleet.board]:
+                ray.kill(handle, no_restart=True)
+    per_version: dict[int, list[float]] = {}
+    for report in reports:
+        for version, latency in zip(report.broadcast_versions, report.broadcast_latencies):
+            per_version.setdefault(version, []).append(latency)
+    # A version counts once every actor ran it; its latency is the slowest actor's.
+    complete = [max(lats) for v, lats in per_version.items()
+                if len(lats) == actors and v >= first_timed_version]
+    return {"actors": actors, "env_steps": actors * steps, "wall_seconds": wall,
+            "env_steps_per_s": actors * steps / wall, "learner_updates": int(sum(updates)),
+            "versions_seen_by_all": len(complete),
+            "broadcast_p50_ms": float(np.percentile(complete, 50) * 1e3) if complete else None,
+            "broadcast_p99_ms": float(np.percentile(complete, 99) * 1e3) if complete else None}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--actors", default="1,2,4,8,16")
+    p.add_argument("--steps", type=int, default=100, help="timed env steps per actor")
+    p.add_argument("--tick-latency", type=float, default=0.05, help="fake server cost per tick, s")
+    p.add_argument("--updates-per-env-step", type=float, default=0.004,
+                   help="learner updates per env step held by the rate limiter")
+    p.add_argument("--json", default="", help="also write the JSON here")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    counts = [int(x) for x in args.actors.split(",")]
+    spec = EnvSpec()
+    ray.init(num_cpus=max(counts) + 4, include_dashboard=False, logging_level="WARNING",
+             _system_config=ray_system_config(spec, C.ReplayConfig().chunk_length))
+    try:
+        rows = [measure(n, args.steps, args.tick_latency, args.updates_per_env_step) for n in counts]
+    finally:
+        ray.shutdown()
+    base = rows[0]["env_steps_per_s"] / rows[0]["actors"]
+    for row in rows:
+        row["scaling_efficiency"] = row["env_steps_per_s"] / (row["actors"] * base)
+    out = {"benchmark": "e2e_scaling", "tick_latency_s": args.tick_latency,
+           "steps_per_actor": args.steps, "updates_per_env_step": args.updates_per_env_step,
+           "rows": rows}
+    text = json.dumps(out, indent=2)
+    print(text)
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(text)
+    print(f"{'actors':>6} {'steps/s':>9} {'efficiency':>10} {'bcast p50 ms':>12} {'bcast p99 ms':>12}")
+    for r in rows:
+        fmt = lambda v: f"{v:12.1f}" if v is not None else f"{'-':>12}"
+        print(f"{r['actors']:>6} {r['env_steps_per_s']:9.1f} {r['scaling_efficiency']:10.1%} "
+              f"{fmt(r['broadcast_p50_ms'])} {fmt(r['broadcast_p99_ms'])}")
+
+
+if __name__ == "__main__":
+    main()
