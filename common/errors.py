@@ -39,3 +39,7 @@ class RateLimiterError(CarlaTD3Error, ValueError):
 
 class MetricsError(CarlaTD3Error, ValueError):
     """A metric is unknown, used as the wrong kind, or recorded with bad labels or values."""
+
+
+class ShardUnavailable(CarlaTD3Error):
+    """A replay shard did not answer: its process died or is restarting."""

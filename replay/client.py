@@ -15,6 +15,14 @@ drawn in proportion to the shards' last known sizes. Samples come back as Packed
 frames per transition instead of 2F) through Ray's own serialisation (zero-copy numpy), which
 measured faster than msgpack for this direction (bench/replay_throughput.py,
 docs/benchmarks.md "Replay"); ``sample()`` unpacks them into SampleBatch views.
+
+Faults: a call that fails because the shard died or is restarting (replay/handles.py
+SHARD_FAILURES) never raises out of the client. The shard is marked down (replay/health.py:
+logged, counted in ``stats()``), gets no requests and weight 0 in the proportional choice, and
+rejoins once a ``size()`` probe sent after a back-off answers. ``sample()`` takes whichever
+request answers first, so a dead shard's request does not hold up the live shards, and returns
+None for a failed one; priorities for a shard that is down are dropped and counted. The
+writer counts the chunks it loses and never resends them (see ShardWriter).
 """
 from __future__ import annotations
 
@@ -24,13 +32,16 @@ import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import ray
 
 from common.codec import encode_chunk
 from common.errors import ConfigError, WireError
 from common.specs import EnvSpec
 from common.types import SampleBatch, StepChunk
-from replay.shard import KEY_SHARD_SHIFT, InsertAck, PackedBatch, RateLimited, ReplayShard
+from replay.handles import SHARD_FAILURES, LocalShard, first_ready, ready, result
+from replay.health import ShardHealth
+from replay.shard import KEY_SHARD_SHIFT, InsertAck, PackedBatch, RateLimited
+
+__all__ = ["LocalShard", "ReplayClient", "ShardWriter", "ray_system_config"]
 
 log = logging.getLogger(__name__)
 
@@ -47,54 +58,14 @@ def ray_system_config(spec: EnvSpec, chunk_length: int) -> dict[str, int]:
     return {"max_direct_call_object_size": max(100 * 1024, 2 * chunk_length * record + 4096)}
 
 
-class LocalRef:
-    """A completed call on a LocalShard: its value or its exception."""
-
-    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
-        try:
-            self._value, self._error = fn(*args), None
-        except Exception as exc:  # re-raised by result(), as ray.get would
-            self._value, self._error = None, exc
-
-    def result(self) -> Any:
-        if self._error is not None:
-            raise self._error
-        return self._value
-
-
-class _LocalMethod:
-    def __init__(self, fn: Callable[..., Any]) -> None:
-        self._fn = fn
-
-    def remote(self, *args: Any) -> LocalRef:
-        return LocalRef(self._fn, args)
-
-
-class LocalShard:
-    """Gives an in-process ReplayShard the ``handle.method.remote(...)`` convention."""
-
-    def __init__(self, shard: ReplayShard) -> None:
-        self.shard = shard
-
-    def __getattr__(self, name: str) -> _LocalMethod:
-        return _LocalMethod(getattr(self.shard, name))
-
-
-def _get(ref: Any) -> Any:
-    return ref.result() if isinstance(ref, LocalRef) else ray.get(ref)
-
-
-def _ready(refs: list[Any]) -> list[Any]:
-    local = [r for r in refs if isinstance(r, LocalRef)]
-    remote = [r for r in refs if not isinstance(r, LocalRef)]
-    if remote:
-        done, _ = ray.wait(remote, num_returns=len(remote), timeout=0)
-        local += done
-    return local
-
-
 class ShardWriter:
     """One actor's writer to its shard: a window of inserts in flight, resend when refused.
+
+    When the shard dies (a call fails with one of SHARD_FAILURES) the chunk is counted as lost,
+    never resent: the restarted shard restored an older state of the stream, and the seq gap
+    makes it drop the stream's records up to its next ``first`` record. While the shard is
+    down, ``send`` drops chunks at once (counted in ``lost_chunks``) and probes the shard
+    after a back-off without blocking; it resumes sending once the shard answers.
 
     Args:
         handle: the shard handle.
@@ -102,18 +73,22 @@ class ShardWriter:
         window: inserts in flight before ``send`` waits for the oldest ack.
         backoff_s: first wait after a refusal (doubles up to ``max_backoff_s``).
         max_backoff_s: longest wait between resends.
+        shard_index: the shard's index, for logs.
+        down_backoff_s: wait before probing a shard that died (doubles up to 16x).
     """
 
     def __init__(self, handle: Any, spec: EnvSpec, window: int = 2, backoff_s: float = 0.005,
-                 max_backoff_s: float = 0.5) -> None:
+                 max_backoff_s: float = 0.5, shard_index: int = 0, down_backoff_s: float = 0.5) -> None:
         if window < 1:
             raise ConfigError(f"window ({window}) must be >= 1")
         self.handle, self.spec, self.window = handle, spec, window
         self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
-        self._pending: collections.deque[tuple[bytes, Any]] = collections.deque()
+        self.health = ShardHealth(handle, shard_index, "writer", down_backoff_s, 16 * down_backoff_s)
+        self._pending: collections.deque[tuple[bytes, Any, int]] = collections.deque()
         self.stored = 0
         self.duplicates = 0
         self.refusals = 0
+        self.lost_chunks = 0
         self.blocked_seconds = 0.0
 
     def send_chunk(self, chunk: StepChunk) -> None:
@@ -121,36 +96,55 @@ class ShardWriter:
         self.send(encode_chunk(chunk, self.spec))
 
     def send(self, data: bytes) -> None:
-        """Sends an encoded chunk; waits only when ``window`` inserts are in flight."""
-        self._pending.append((data, self.handle.insert.remote(data)))
+        """Sends an encoded chunk; waits only when ``window`` inserts are in flight, and
+        drops it (``lost_chunks``) without waiting while the shard is down."""
+        if not self.health.available():
+            self.lost_chunks += 1
+            return
+        self._pending.append((data, self.handle.insert.remote(data), self.health.epoch))
         while len(self._pending) > self.window:
             self._settle_oldest()
 
     def flush(self) -> None:
-        """Waits until every sent chunk is acknowledged as stored or duplicate."""
+        """Waits until every sent chunk is acknowledged (stored, duplicate) or lost."""
         while self._pending:
             self._settle_oldest()
 
+    def stats(self) -> dict[str, float]:
+        return {"stored": self.stored, "duplicates": self.duplicates, "refusals": self.refusals,
+                "lost_chunks": self.lost_chunks, "blocked_seconds": self.blocked_seconds,
+                "shard_failures": self.health.failures, "shard_rejoins": self.health.rejoins}
+
     def _settle_oldest(self) -> None:
-        ack: InsertAck = _get(self._pending[0][1])
-        if not ack.rate_limited:
-            self._pending.popleft()
-            self.stored += ack.stored
-            self.duplicates += int(ack.duplicate)
+        t0 = time.perf_counter()
+        try:
+            ack: InsertAck = result(self._pending[0][1])
+            if ack.rate_limited:
+                ack = self._resend_refused(ack)
+        except SHARD_FAILURES as exc:
+            _, _, epoch = self._pending.popleft()
+            self.lost_chunks += 1
+            self.health.failed(exc, epoch)
+            self.blocked_seconds += time.perf_counter() - t0
             return
-        t0, delay = time.perf_counter(), self.backoff_s
-        while ack.rate_limited:
-            self.refusals += 1
-            for _, ref in list(self._pending)[1:]:
-                _get(ref)  # later seqs of this stream were refused too: drain, then resend
-            time.sleep(delay)
-            delay = min(2 * delay, self.max_backoff_s)
-            self._pending = collections.deque((d, self.handle.insert.remote(d)) for d, _ in self._pending)
-            ack = _get(self._pending[0][1])
-        self.blocked_seconds += time.perf_counter() - t0
         self._pending.popleft()
         self.stored += ack.stored
         self.duplicates += int(ack.duplicate)
+
+    def _resend_refused(self, ack: InsertAck) -> InsertAck:
+        t0, delay = time.perf_counter(), self.backoff_s
+        while ack.rate_limited:
+            self.refusals += 1
+            for _, ref, _ in list(self._pending)[1:]:
+                result(ref)  # later seqs of this stream were refused too: drain, then resend
+            time.sleep(delay)
+            delay = min(2 * delay, self.max_backoff_s)
+            epoch = self.health.epoch
+            self._pending = collections.deque((d, self.handle.insert.remote(d), epoch)
+                                              for d, _, _ in self._pending)
+            ack = result(self._pending[0][1])
+        self.blocked_seconds += time.perf_counter() - t0
+        return ack
 
 
 class ReplayClient:
@@ -163,25 +157,30 @@ class ReplayClient:
         prefetch: sample requests kept in flight.
         seed: seeds the choice of shard per request.
         size_refresh_every: sample requests between two refreshes of the shard sizes.
+        down_backoff_s: wait before probing a shard that died (doubles up to 16x).
     """
 
     def __init__(self, shards: Sequence[Any], spec: EnvSpec, batch_size: int, prefetch: int = 4,
-                 seed: int = 0, size_refresh_every: int = 16) -> None:
+                 seed: int = 0, size_refresh_every: int = 16, down_backoff_s: float = 0.5) -> None:
         if not shards:
             raise ConfigError(f"num_shards ({len(shards)}) must be >= 1")
         if prefetch < 1:
             raise ConfigError(f"prefetch ({prefetch}) must be >= 1")
         self.shards, self.spec = list(shards), spec
         self.batch_size, self.prefetch = batch_size, prefetch
+        self.health = [ShardHealth(h, i, "learner", down_backoff_s, 16 * down_backoff_s)
+                       for i, h in enumerate(self.shards)]
         self._rng = np.random.default_rng(seed)
         self._sizes = np.zeros(len(self.shards), np.float64)
-        self._size_refs: list[Any] = []
+        self._size_refs: dict[int, tuple[Any, int]] = {}
         self._size_refresh_every = size_refresh_every
         self._requests = 0
-        self._inflight: collections.deque[Any] = collections.deque()
-        self._priority_refs: collections.deque[Any] = collections.deque()
+        self._inflight: list[tuple[int, Any, int]] = []  # (shard, reference, epoch sent in)
+        self._priority_refs: collections.deque[tuple[int, int, Any, int]] = collections.deque()
         self.sample_wait_seconds = 0.0
         self.rate_limited_samples = 0
+        self.failed_samples = 0
+        self.dropped_priority_keys = 0
 
     @property
     def num_shards(self) -> int:
@@ -193,44 +192,85 @@ class ReplayClient:
 
     def writer(self, actor_index: int, window: int = 2) -> ShardWriter:
         """A writer that sends actor ``actor_index``'s chunks to its shard."""
-        return ShardWriter(self.shards[self.shard_for(actor_index)], self.spec, window)
+        index = self.shard_for(actor_index)
+        return ShardWriter(self.shards[index], self.spec, window, shard_index=index)
 
     def sizes(self) -> list[int]:
-        """Asks every shard for its size (blocking) and remembers the answers."""
-        sizes = [_get(h.size.remote()) for h in self.shards]
-        self._sizes[:] = sizes
-        return sizes
+        """Asks every available shard for its size (blocking); a shard that is down counts 0."""
+        for index, handle in enumerate(self.shards):
+            if not self.health[index].available():
+                self._sizes[index] = 0
+                continue
+            epoch = self.health[index].epoch
+            try:
+                self._sizes[index] = result(handle.size.remote())
+            except SHARD_FAILURES as exc:
+                self._failed(index, exc, epoch)
+        return [int(x) for x in self._sizes]
 
-    def _pick_shard(self) -> int:
-        total = self._sizes.sum()
+    def _failed(self, index: int, exc: BaseException, epoch: int) -> None:
+        self.health[index].failed(exc, epoch)
+        if not self.health[index].up:
+            self._sizes[index] = 0
+            self._size_refs.pop(index, None)
+
+    def _pick_shard(self) -> int | None:
+        up = np.array([h.up for h in self.health])
+        if not up.any():
+            return None
+        weights = self._sizes * up
+        total = weights.sum()
         if total <= 0:
-            return int(self._rng.integers(self.num_shards))
-        return int(self._rng.choice(self.num_shards, p=self._sizes / total))
+            return int(self._rng.choice(np.flatnonzero(up)))
+        return int(self._rng.choice(self.num_shards, p=weights / total))
 
     def _refresh_sizes(self) -> None:
         if self._size_refs:
-            ready = _ready([ref for _, ref in self._size_refs])
-            if len(ready) == len(self._size_refs):
-                for index, ref in self._size_refs:
-                    self._sizes[index] = _get(ref)
-                self._size_refs = []
+            done = ready([ref for ref, _ in self._size_refs.values()])
+            for index, (ref, epoch) in list(self._size_refs.items()):
+                if ref in done:
+                    del self._size_refs[index]
+                    try:
+                        self._sizes[index] = result(ref)
+                    except SHARD_FAILURES as exc:
+                        self._failed(index, exc, epoch)
         if not self._size_refs and self._requests % self._size_refresh_every == 0:
-            self._size_refs = [(i, h.size.remote()) for i, h in enumerate(self.shards)]
+            self._size_refs = {i: (h.size.remote(), self.health[i].epoch)
+                               for i, h in enumerate(self.shards) if self.health[i].up}
 
     def _top_up(self) -> None:
+        for index, health in enumerate(self.health):
+            if not health.up and health.available():  # rejoined: its probe gave its size
+                self._sizes[index] = health.last_size
         while len(self._inflight) < self.prefetch:
             self._refresh_sizes()
+            index = self._pick_shard()
+            if index is None:
+                return
             self._requests += 1
-            handle = self.shards[self._pick_shard()]
-            self._inflight.append(handle.sample_packed.remote(self.batch_size))
+            ref = self.shards[index].sample_packed.remote(self.batch_size)
+            self._inflight.append((index, ref, self.health[index].epoch))
 
     def sample(self) -> SampleBatch | None:
-        """The next batch, or None when its shard refused (minimum size or rate limiter)."""
+        """The next batch from whichever request answers first; None when its shard refused
+        (minimum size or rate limiter) or failed, or when no shard is available."""
         self._top_up()
+        if not self._inflight:
+            return None
         t0 = time.perf_counter()
-        reply: PackedBatch | RateLimited = _get(self._inflight.popleft())
+        ref = first_ready([r for _, r, _ in self._inflight])
+        index, ref, epoch = self._inflight.pop(
+            next(k for k, (_, r, _) in enumerate(self._inflight) if r == ref))
+        try:
+            reply: PackedBatch | RateLimited | None = result(ref)
+        except SHARD_FAILURES as exc:
+            self.failed_samples += 1
+            self._failed(index, exc, epoch)
+            reply = None
         self.sample_wait_seconds += time.perf_counter() - t0
         self._top_up()
+        if reply is None:
+            return None
         if isinstance(reply, RateLimited):
             self.rate_limited_samples += 1
             self._sizes[reply.shard_index] = reply.size
@@ -238,7 +278,8 @@ class ReplayClient:
         return reply.unpack()
 
     def update_priorities(self, keys: np.ndarray, td_errors: np.ndarray) -> None:
-        """Sends |TD errors| to the shards that own ``keys`` (shard index in the top bits)."""
+        """Sends |TD errors| to the shards that own ``keys`` (shard index in the top bits);
+        the keys of a shard that is down are dropped (``dropped_priority_keys``)."""
         keys = np.asarray(keys, np.int64)
         td = np.asarray(td_errors, np.float64)
         owner = keys >> KEY_SHARD_SHIFT
@@ -246,12 +287,26 @@ class ReplayClient:
             if not 0 <= index < self.num_shards:
                 raise WireError(f"key shard index ({index}) out of range [0, {self.num_shards})")
             mask = owner == index
-            self._priority_refs.append(
-                self.shards[int(index)].update_priorities.remote(keys[mask], td[mask]))
+            count = int(np.count_nonzero(mask))
+            if not self.health[int(index)].up:
+                self.dropped_priority_keys += count
+                continue
+            ref = self.shards[int(index)].update_priorities.remote(keys[mask], td[mask])
+            self._priority_refs.append((int(index), count, ref, self.health[int(index)].epoch))
         while len(self._priority_refs) > 2 * self.num_shards:
-            _get(self._priority_refs.popleft())
+            index, count, ref, epoch = self._priority_refs.popleft()
+            try:
+                result(ref)
+            except SHARD_FAILURES as exc:
+                self.dropped_priority_keys += count
+                self._failed(index, exc, epoch)
 
     def stats(self) -> dict[str, float]:
         return {"sample_wait_seconds": self.sample_wait_seconds,
                 "rate_limited_samples": self.rate_limited_samples,
-                "sample_requests": self._requests}
+                "sample_requests": self._requests,
+                "failed_samples": self.failed_samples,
+                "dropped_priority_keys": self.dropped_priority_keys,
+                "shard_failures": sum(h.failures for h in self.health),
+                "shard_rejoins": sum(h.rejoins for h in self.health),
+                "shards_unavailable": sum(not h.up for h in self.health)}

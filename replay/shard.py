@@ -280,5 +280,14 @@ class ReplayShard:
         return str(checkpoint.save_shard(self, pathlib.Path(directory)))
 
     def restore(self, directory: str | pathlib.Path) -> None:
-        """Restores exactly what ``save`` wrote. Raises CheckpointError if it is corrupt."""
+        """Restores exactly what ``save`` wrote, except pending refusals: a refused seq is
+        forgotten, since the writers of the shard that saved it saw their inserts fail and
+        moved on (waiting for it would refuse their streams forever); their next chunk is a
+        seq gap, which restarts the stream at its next ``first`` record.
+
+        Raises:
+            CheckpointError: the checkpoint is missing, corrupt or truncated.
+        """
         checkpoint.restore_shard(self, pathlib.Path(directory))
+        for state in self.streams.values():
+            state.refused_seq = -1
