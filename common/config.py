@@ -6,18 +6,14 @@ test checks that every field is read somewhere outside this module.
 """
 from __future__ import annotations
 
-import dataclasses
 import enum
-import json
-import types
-import typing
 from dataclasses import dataclass, field
-from typing import Any, Mapping, TypeVar
 
+from common.config_io import dumps, from_dict, loads, to_dict, with_overrides
 from common.errors import ConfigError
 from common.specs import EnvSpec
 
-T = TypeVar("T")
+__all__ = ["dumps", "from_dict", "loads", "to_dict", "with_overrides"]  # re-exported: C.from_dict(...)
 
 
 class EncoderTopology(str, enum.Enum):
@@ -412,138 +408,3 @@ class RunConfig:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
-
-
-# --------------------------------------------------------------------------------------------
-# Building configs from data, with unknown keys rejected.
-
-
-def _coerce(tp: Any, value: Any, path: str) -> Any:
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{path}: expected a mapping for {tp.__name__}, got {value!r}")
-        return from_dict(tp, value, path)
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        try:
-            return tp(value)
-        except ValueError:
-            choices = [m.value for m in tp]
-            raise ConfigError(f"{path}: {value!r} is not one of {choices}") from None
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        last_error: ConfigError | None = None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(arg, value, path)
-            except ConfigError as exc:
-                last_error = exc
-        raise last_error or ConfigError(f"{path}: bad value {value!r}")
-    if origin is tuple:
-        if isinstance(value, str):
-            value = [v for v in value.split(",") if v]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path}: expected a list, got {value!r}")
-        (item_tp, *_rest) = typing.get_args(tp)
-        return tuple(_coerce(item_tp, v, f"{path}[{i}]") for i, v in enumerate(value))
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
-            return value.lower() in ("true", "1", "yes")
-        raise ConfigError(f"{path}: expected a boolean, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{path}: expected an integer, got {value!r}")
-        try:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{path}: expected an integer, got {value!r}") from None
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{path}: expected a number, got {value!r}")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{path}: expected a number, got {value!r}") from None
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{path}: expected a string, got {value!r}")
-        return value
-    return value
-
-
-def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
-    """Builds a config dataclass from a nested mapping; unknown keys are an error.
-
-    Raises:
-        ConfigError: naming the full dotted path of the unknown key or bad value.
-    """
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        where = path or cls.__name__
-        raise ConfigError(f"unknown config key(s) {unknown} in {where}; known: {sorted(names)}")
-    kwargs = {k: _coerce(hints[k], v, f"{path}.{k}" if path else k) for k, v in data.items()}
-    try:
-        return cls(**kwargs)
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{path or cls.__name__}: {exc}") from exc
-
-
-def to_dict(cfg: Any) -> Any:
-    """The inverse of from_dict: plain JSON-serialisable data."""
-    if dataclasses.is_dataclass(cfg):
-        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
-    if isinstance(cfg, enum.Enum):
-        return cfg.value
-    if isinstance(cfg, tuple):
-        return [to_dict(v) for v in cfg]
-    return cfg
-
-
-def with_overrides(cfg: T, overrides: Mapping[str, Any]) -> T:
-    """Returns ``cfg`` with dotted-path overrides applied, e.g. {"replay.num_shards": "4"}.
-
-    Raises:
-        ConfigError: for an unknown path or a value of the wrong type.
-    """
-    data = to_dict(cfg)
-    for dotted, value in overrides.items():
-        node = data
-        parts = dotted.split(".")
-        for depth, part in enumerate(parts):
-            if not isinstance(node, dict) or part not in node:
-                known = sorted(node) if isinstance(node, dict) else []
-                prefix = ".".join(parts[: depth + 1])
-                raise ConfigError(f"unknown config key {prefix!r} (in override {dotted!r}); known here: {known}")
-            if depth == len(parts) - 1:
-                node[part] = value
-            else:
-                node = node[part]
-    return from_dict(type(cfg), data)
-
-
-def dumps(cfg: Any) -> str:
-    return json.dumps(to_dict(cfg), indent=2, sort_keys=True)
-
-
-def loads(cls: type[T], text: str) -> T:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"config is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"config must be a JSON object, got {type(data).__name__}")
-    return from_dict(cls, data)
