@@ -47,15 +47,17 @@ def load_policy(cfg: C.RunConfig, checkpoint: Path) -> CpuPolicy:
 
 def run_episodes(env: Any, act: Callable[[dict], np.ndarray], episodes: int, seed: int) -> dict[str, Any]:
     """Runs ``episodes`` episodes with seeds seed, seed+1, ...; aggregates the env's info."""
-    results = []
+    results, lengths = [], []
     for k in range(episodes):
         obs, info = env.reset(seed=seed + k)
-        ret, done = 0.0, False
+        ret, done, length = 0.0, False, 0
         while not done:
             obs, reward, terminated, truncated, info = env.step(act(obs))
             ret += reward
+            length += 1
             done = terminated or truncated
         results.append((ret, info))
+        lengths.append(length)
     distance_km = sum(i["distance_m"] for _, i in results) / 1000.0
     collisions = sum(int(i["collisions"]) for _, i in results)
     return {
@@ -63,6 +65,7 @@ def run_episodes(env: Any, act: Callable[[dict], np.ndarray], episodes: int, see
         "success_rate": float(np.mean([bool(i["success"]) for _, i in results])),
         "mean_return": float(np.mean([r for r, _ in results])),
         "route_completion": float(np.mean([i["route_completion"] for _, i in results])),
+        "mean_episode_length": float(np.mean(lengths)),
         "collisions_per_km": collisions / distance_km if distance_km > 0 else float("nan"),
         "distance_km": distance_km,
         "termination_reasons": sorted({i["termination_reason"] for _, i in results}),

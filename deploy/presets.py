@@ -4,6 +4,7 @@
 - local: the default `carla-td3 train`: fake CARLA, local Ray, a few actors and shards, sized to
   show learning progress within minutes on a CPU and to use a GPU when there is one.
 - cluster: a multi-GPU box with real CARLA servers (see docs/deployment.md).
+- learn: the learning benchmark (bench/learning.py): small enough for a 2-core CPU learner.
 """
 from __future__ import annotations
 
@@ -58,7 +59,34 @@ def cluster() -> C.RunConfig:
                       progress_every_s=10.0))
 
 
-PRESETS: dict[str, Callable[[], C.RunConfig]] = {"smoke": smoke, "local": local, "cluster": cluster}
+def learn() -> C.RunConfig:
+    """The learning benchmark's configuration (bench/learning.py, docs/learning.md).
+
+    Sized so that a CPU learner on two shared cores keeps up: 48x48 frames, a 64-feature
+    encoder and 128-128 heads, batch 64, half an update per env step held by the rate
+    limiter, 100 m routes. A GPU box runs the same configuration faster, with more actors.
+    """
+    base = C.RunConfig()
+    return replace(
+        base,
+        spec=EnvSpec(frames=4, image_size=48, num_waypoints=10),
+        env=replace(base.env, route_length_m=100.0, max_steps=400,
+                    camera=replace(base.env.camera, width=64, height=48)),
+        learner=replace(base.learner, publish_every=20, checkpoint_every=0, prefetch=2,
+                        td3=replace(base.learner.td3, batch_size=64),
+                        network=replace(base.learner.network, encoder_features=64,
+                                        hidden_sizes=(128, 128))),
+        replay=replace(base.replay, num_shards=1, capacity=100_000, min_size_to_sample=1_000,
+                       chunk_length=16),
+        rollout=replace(base.rollout, num_actors=2, learning_starts=3_000,
+                        exploration_noise=0.2),
+        train=replace(base.train, env_steps=60_000, updates_per_env_step=0.5,
+                      actor_steps_per_call=25, learner_updates_per_call=10,
+                      progress_every_s=10.0))
+
+
+PRESETS: dict[str, Callable[[], C.RunConfig]] = {"smoke": smoke, "local": local, "cluster": cluster,
+                                                 "learn": learn}
 
 
 def preset(name: str) -> C.RunConfig:

@@ -1,0 +1,206 @@
+"""Learning benchmark (issue 8): does TD3 with separate encoders learn to drive, and where does
+the shared-encoder ablation end up? Arms: separate, shared, random, scripted.
+
+Trained arms go through the real system (deploy.launch: Ray, rollout actors, replay, learner on
+the fake town) and are evaluated at env-step milestones on held-out routes with fixed episode
+seeds (bench/learning_arms.py). Results accumulate in one JSON file, so arms and seeds can run
+in separate invocations (or on separate machines) and a rerun continues unfinished runs; each
+invocation rewrites the table, the PNG plots and docs/learning.md from everything measured so
+far. Prints one JSON object (this invocation's points), then the table.
+
+    .venv/bin/python -m bench.learning --arms random,scripted --seeds 0,1,2
+    nice -n 10 .venv/bin/python -m bench.learning --arms separate,shared --seeds 0 \\
+        --milestones 5000,10000,20000,30000
+    # a GPU box: the learner takes the GPU by itself; give it more rollout actors
+    python -m bench.learning --arms separate,shared --seeds 0,1,2 --actors 8 \\
+        --milestones 20000,50000,100000,200000
+    .venv/bin/python -m bench.learning --report-only   # redraw plots and docs from the JSON
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shlex
+import sys
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from bench.learning_arms import arm_config, eval_env, run_baseline, run_trained
+from bench.learning_doc import render_markdown, write_plots
+from bench.learning_report import (ARMS, BASELINE_ARMS, TRAINED_ARMS, LearningPoint, aggregate,
+                                   load_results, merge_points, save_results, text_table)
+from common import config as C
+from common.errors import CarlaTD3Error, ConfigError
+from deploy.rundir import RunDir
+
+log = logging.getLogger("bench.learning")
+
+FULL_COMMAND = ("python -m bench.learning --arms separate,shared,random,scripted --seeds 0,1,2 "
+                "--milestones 5000,10000,20000,40000,60000")
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bench.learning", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arms", default=",".join(ARMS), help=f"comma list of {list(ARMS)}")
+    p.add_argument("--seeds", default="0,1,2", help="comma list of seeds")
+    p.add_argument("--milestones", default="5000,10000,20000",
+                   help="env-step milestones at which trained arms are evaluated")
+    p.add_argument("--episodes", type=int, default=10, help="evaluation episodes per point")
+    p.add_argument("--eval-seed", type=int, default=10_000, help="first evaluation episode seed")
+    p.add_argument("--preset", default="learn")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override applied to every arm (repeatable)")
+    p.add_argument("--actors", type=int, help="rollout actors (rollout.num_actors)")
+    p.add_argument("--runs", type=Path, default=Path("/tmp/learning-runs"),
+                   help="where the training run directories go (continued if present)")
+    p.add_argument("--results", type=Path, default=Path("docs/learning/results.json"))
+    p.add_argument("--plots", type=Path, default=Path("docs/learning"), help="PNG directory")
+    p.add_argument("--doc", type=Path, default=Path("docs/learning.md"),
+                   help="markdown written from the results")
+    p.add_argument("--notes", type=Path, default=Path("docs/learning/notes.md"),
+                   help="hand-written notes included in the doc if the file exists")
+    p.add_argument("--video", type=Path,
+                   help="record the first evaluation episode of the separate arm's latest "
+                        "checkpoint (first of --seeds) to this MP4")
+    p.add_argument("--report-only", action="store_true", help="run nothing; redraw from --results")
+    return p
+
+
+def overrides_of(args: argparse.Namespace) -> dict[str, str]:
+    """--set pairs and --actors as dotted config overrides."""
+    out: dict[str, str] = {}
+    for text in args.overrides:
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {text!r} must look like KEY=VALUE")
+        out[key.strip()] = value.strip()
+    if args.actors is not None:
+        out["rollout.num_actors"] = str(args.actors)
+    return out
+
+
+def machine_description() -> str:
+    """The learner's device as a person would name it: the GPU, or the CPU model and cores."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"GPU {torch.cuda.get_device_name(0)}, {os.cpu_count()} CPU cores"
+    model = platform.processor() or "CPU"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            model = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"CPU only ({model}, {os.cpu_count()} cores)"
+
+
+def run_arms(args: argparse.Namespace, overrides: dict[str, str],
+             points: list[LearningPoint], save: Any) -> list[LearningPoint]:
+    """Baselines first (cheap), then each seed's trained arms in turn; returns new points."""
+    arms, seeds = _csv(args.arms), [int(s) for s in _csv(args.seeds)]
+    unknown = sorted(set(arms) - set(ARMS))
+    if unknown:
+        raise ConfigError(f"--arms {unknown} unknown; choose from {list(ARMS)}")
+    milestones = [int(m) for m in _csv(args.milestones)]
+    new: list[LearningPoint] = []
+
+    def keep(point: LearningPoint) -> None:
+        new.append(point)
+        save(merge_points(points, new))
+
+    for arm in (a for a in BASELINE_ARMS if a in arms):
+        for seed in seeds:
+            keep(run_baseline(arm, seed, arm_config(args.preset, overrides, arm, seed),
+                              args.episodes, args.eval_seed))
+    for seed in seeds:
+        for arm in (a for a in TRAINED_ARMS if a in arms):
+            run_trained(arm, seed, arm_config(args.preset, overrides, arm, seed), milestones,
+                        args.runs, args.episodes, args.eval_seed, on_point=keep)
+    return new
+
+
+def record_video(args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    """The separate arm's latest checkpoint driving the first evaluation episode, as an MP4."""
+    from actors.video import record_episode
+    from deploy import evaluate
+
+    run_dir, checkpoint = evaluate.resolve_checkpoint(args.runs / f"separate-seed{seed}")
+    cfg, _ = run_dir.read_config()
+    policy = evaluate.load_policy(cfg, checkpoint)
+    env = eval_env(cfg, args.eval_seed)
+    try:
+        summary = record_episode(env, policy.act, str(args.video), seed=args.eval_seed)
+    finally:
+        env.close()
+    env_steps = int(RunDir.read_counters(checkpoint)["env_steps"])
+    caption = (f"separate-encoder TD3, seed {seed}, checkpoint at {env_steps:,} env steps, held-out "
+               f"episode seed {args.eval_seed}: {summary.frames} steps, return "
+               f"{summary.episode_return:.1f}, ended by {summary.termination_reason or 'none'}"
+               f" ({'success' if summary.success else 'no success'})")
+    return {"video": str(args.video), "video_caption": caption}
+
+
+def update_meta(meta: dict[str, Any], args: argparse.Namespace, overrides: dict[str, str]) -> dict[str, Any]:
+    """The results file's meta with this invocation's command and settings added."""
+    command = "python -m bench.learning " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    commands = list(meta.get("commands", []))
+    if not args.report_only and command not in commands:
+        commands.append(command)
+    machines = list(meta.get("machines", []))
+    if not args.report_only and machine_description() not in machines:
+        machines.append(machine_description())
+    cfg = arm_config(args.preset, overrides, "separate", 0)
+    last = max([int(m) for m in _csv(args.milestones)], default=cfg.train.env_steps)
+    cfg = replace(cfg, train=replace(cfg.train, env_steps=last))
+    return {**meta, "commands": commands, "machines": machines, "machine": "; ".join(machines),
+            "device": "; ".join(machines), "preset": args.preset,
+            "overrides": meta.get("overrides", overrides) if args.report_only else overrides,
+            "config": meta.get("config", C.to_dict(cfg)) if args.report_only else C.to_dict(cfg),
+            "episodes": args.episodes, "eval_seed": args.eval_seed,
+            "results": str(args.results), "full_command": FULL_COMMAND}
+
+
+def write_outputs(args: argparse.Namespace, points: list[LearningPoint], meta: dict[str, Any]) -> None:
+    aggregates = aggregate(points)
+    plots = write_plots(aggregates, args.plots)
+    notes = args.notes.read_text() if args.notes.exists() else ""
+    video = Path(meta["video"]) if meta.get("video") and Path(meta["video"]).exists() else None
+    args.doc.parent.mkdir(parents=True, exist_ok=True)
+    args.doc.write_text(render_markdown(aggregates, meta, plots, args.doc, notes, video))
+    print(text_table(aggregates))
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=os.environ.get("CARLA_TD3_LOG", "INFO"), format="%(message)s")
+    args = _parser().parse_args(argv)
+    try:
+        overrides = overrides_of(args)
+        points, meta = load_results(args.results)
+        meta = update_meta(meta, args, overrides)
+        new: list[LearningPoint] = []
+        if not args.report_only:
+            new = run_arms(args, overrides, points,
+                           lambda merged: save_results(args.results, merged, meta))
+            points = merge_points(points, new)
+        if args.video is not None:
+            meta.update(record_video(args, int(_csv(args.seeds)[0])))
+        save_results(args.results, points, meta)
+        print(json.dumps([asdict(p) for p in new], indent=1))
+        write_outputs(args, points, meta)
+    except CarlaTD3Error as exc:
+        print(f"bench.learning: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

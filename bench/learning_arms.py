@@ -1,0 +1,151 @@
+"""The arms of the learning benchmark, run through the real system.
+
+Trained arms (separate, shared) train with ``deploy.launch.train`` in Ray mode on the fake town
+up to the first env-step milestone, are evaluated from the checkpoint the run leaves, then
+continue with ``deploy.launch.resume`` to the next milestone, and so on (resume carries the
+learner, the replay contents and the counters, so the segments are one run). A run directory
+that already exists is continued, so an interrupted benchmark picks up where it stopped.
+Baseline arms (random, scripted) are evaluated on the same held-out routes with the same
+episode seeds, with no training.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from actors.carla_env import make_env
+from actors.scripted import PurePursuitDriver
+from bench.learning_report import BASELINE_ARMS, TRAINED_ARMS, LearningPoint, point_from_eval
+from common import config as C
+from common.errors import ConfigError
+from deploy import build, evaluate, launch
+from deploy.presets import preset
+from deploy.rundir import RunDir
+
+log = logging.getLogger(__name__)
+
+Act = Callable[[dict], np.ndarray]
+
+
+def arm_config(preset_name: str, overrides: dict[str, Any], arm: str, seed: int) -> C.RunConfig:
+    """The preset with ``overrides``, the arm's encoder topology and the seed applied.
+
+    Raises:
+        ConfigError: for an unknown arm or override.
+    """
+    if arm not in TRAINED_ARMS + BASELINE_ARMS:
+        raise ConfigError(f"arm ({arm!r}) must be one of {list(TRAINED_ARMS + BASELINE_ARMS)}")
+    cfg = C.with_overrides(preset(preset_name), {**overrides, "seed": seed})
+    if arm in TRAINED_ARMS:
+        topology = C.EncoderTopology(arm)
+        cfg = replace(cfg, learner=replace(cfg.learner, network=replace(cfg.learner.network,
+                                                                        topology=topology)))
+    return cfg
+
+
+def eval_env(cfg: C.RunConfig, seed: int) -> Any:
+    """The env ``deploy.evaluate.evaluate_checkpoint`` evaluates on: rollout actor 0's
+    settings with the held-out route split."""
+    env_cfg = replace(build.actor_env_config(cfg, 0), route_split=C.RouteSplit.EVAL)
+    return make_env(env_cfg, cfg.spec, seed=seed)
+
+
+def random_policy(spec_action_dim: int, seed: int) -> Act:
+    """Uniform random actions in [-1, 1], reproducible from ``seed``."""
+    rng = np.random.default_rng(seed)
+    return lambda obs: rng.uniform(-1.0, 1.0, spec_action_dim).astype(np.float32)
+
+
+def baseline_act(arm: str, cfg: C.RunConfig, seed: int) -> Act:
+    if arm == "random":
+        return random_policy(cfg.spec.action_dim, seed)
+    if arm == "scripted":
+        return PurePursuitDriver(cfg.spec)
+    raise ConfigError(f"baseline arm ({arm!r}) must be one of {list(BASELINE_ARMS)}")
+
+
+def run_baseline(arm: str, seed: int, cfg: C.RunConfig, episodes: int, eval_seed: int) -> LearningPoint:
+    """Evaluates the random or scripted controller; one point at milestone 0."""
+    env = eval_env(cfg, eval_seed)
+    try:
+        result = evaluate.run_episodes(env, baseline_act(arm, cfg, seed), episodes, eval_seed)
+    finally:
+        env.close()
+    log.info("event=baseline_eval arm=%s seed=%d success_rate=%.2f route_completion=%.3f "
+             "mean_return=%.2f", arm, seed, result["success_rate"], result["route_completion"],
+             result["mean_return"])
+    return point_from_eval(arm, seed, 0, {}, result, "-")
+
+
+def check_milestones(milestones: Sequence[int], learning_starts: int) -> list[int]:
+    """Sorted, distinct milestones, each beyond ``learning_starts``.
+
+    Raises:
+        ConfigError: naming the first bad milestone.
+    """
+    ordered = sorted(set(int(m) for m in milestones))
+    if not ordered:
+        raise ConfigError("milestones ([]) must name at least one env-step count")
+    if ordered[0] <= learning_starts:
+        raise ConfigError(f"milestone ({ordered[0]}) must exceed rollout.learning_starts "
+                          f"({learning_starts}): before that the policy never acts")
+    return ordered
+
+
+def _train_to(cfg: C.RunConfig, run_path: Path, steps: int) -> dict[str, Any]:
+    """Trains a new run at ``run_path`` or continues it, until ``steps`` env steps."""
+    if (run_path / "config.json").exists():
+        return launch.resume(run_path, steps=steps, dashboard=False)
+    cfg = replace(cfg, train=replace(cfg.train, env_steps=steps))
+    return launch.train(cfg, run_path.parent, name=run_path.name, dashboard=False,
+                        options={"preset": "learning-bench"})
+
+
+def _done_steps(run_path: Path) -> int:
+    if not (run_path / "config.json").exists():
+        return 0
+    latest = RunDir(run_path).latest_checkpoint()
+    return 0 if latest is None else int(RunDir.read_counters(latest)["env_steps"])
+
+
+def run_trained(arm: str, seed: int, cfg: C.RunConfig, milestones: Sequence[int], runs_root: Path,
+                episodes: int, eval_seed: int,
+                on_point: Callable[[LearningPoint], None] = lambda p: None) -> list[LearningPoint]:
+    """Trains ``arm`` in segments up to each milestone and evaluates after each segment.
+
+    Args:
+        arm: "separate" or "shared".
+        seed: the run's master seed.
+        cfg: the arm's config (see ``arm_config``); train.env_steps is set per segment.
+        milestones: env-step targets; milestones a continued run already passed are skipped.
+        runs_root: where the run directory ``<arm>-seed<seed>`` lives.
+        episodes: evaluation episodes per milestone.
+        eval_seed: first evaluation episode seed.
+        on_point: called with each point as soon as it is measured (to save progress).
+
+    Returns:
+        The points measured by this call.
+    """
+    run_path = Path(runs_root) / f"{arm}-seed{seed}"
+    points = []
+    for milestone in check_milestones(milestones, cfg.rollout.learning_starts):
+        if _done_steps(run_path) >= milestone:
+            log.info("event=milestone_skipped arm=%s seed=%d milestone=%d reason=already_trained",
+                     arm, seed, milestone)
+            continue
+        out = _train_to(cfg, run_path, milestone)
+        device = str(out.get("learner_device", "cpu"))
+        result = evaluate.evaluate_checkpoint(run_path, episodes=episodes, seed=eval_seed)
+        counters = RunDir.read_counters(Path(result["checkpoint"]))
+        point = point_from_eval(arm, seed, milestone, counters, result, device)
+        log.info("event=milestone_eval arm=%s seed=%d env_steps=%d updates=%d wall_s=%.0f "
+                 "success_rate=%.2f route_completion=%.3f mean_return=%.2f", arm, seed,
+                 point.env_steps, point.updates, point.wall_seconds, point.success_rate,
+                 point.route_completion, point.mean_return)
+        points.append(point)
+        on_point(point)
+    return points

@@ -1,0 +1,230 @@
+"""Results of the learning benchmark: the point record, the JSON file, aggregation, the table.
+
+A point is one evaluation of one arm and seed: the deterministic policy (or the random or
+scripted controller) on the same held-out routes with the same episode seeds as every other
+arm. Trained arms have one point per env-step milestone; the random and scripted arms, which
+do not train, have one point each at milestone 0.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from common.errors import ConfigError
+
+TRAINED_ARMS = ("separate", "shared")
+BASELINE_ARMS = ("random", "scripted")
+ARMS = TRAINED_ARMS + BASELINE_ARMS
+METRICS = ("success_rate", "route_completion", "mean_return", "mean_episode_length")
+
+
+@dataclass(frozen=True)
+class LearningPoint:
+    """One evaluation of one arm and seed.
+
+    Attributes:
+        arm: separate, shared, random or scripted.
+        seed: the arm's seed (the training run's master seed, or the random policy's seed).
+        milestone: the env-step target this point was evaluated at (0 for the baselines).
+        env_steps: env steps the run had taken when its checkpoint was written.
+        updates: learner updates at that checkpoint.
+        wall_seconds: training wall time up to the checkpoint (Ray start and evaluations
+            excluded).
+        success_rate: fraction of evaluation episodes that completed the route without a
+            collision or leaving the lane.
+        route_completion: mean fraction of the route driven.
+        mean_return: mean undiscounted episode return.
+        mean_episode_length: mean env steps per evaluation episode.
+        collisions_per_km: collisions per km driven over the evaluation episodes.
+        episodes: evaluation episodes behind the point.
+        device: the learner's device ("cpu", "gpu", or "-" for the baselines).
+    """
+
+    arm: str
+    seed: int
+    milestone: int
+    env_steps: int
+    updates: int
+    wall_seconds: float
+    success_rate: float
+    route_completion: float
+    mean_return: float
+    mean_episode_length: float
+    collisions_per_km: float
+    episodes: int
+    device: str
+
+    def __post_init__(self) -> None:
+        if self.arm not in ARMS:
+            raise ConfigError(f"arm ({self.arm!r}) must be one of {list(ARMS)}")
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        return (self.arm, self.seed, self.milestone)
+
+
+def point_from_eval(arm: str, seed: int, milestone: int, counters: dict[str, Any],
+                    evaluation: dict[str, Any], device: str) -> LearningPoint:
+    """A point from a run's counters (env_steps, updates, wall_seconds) and an evaluation
+    dict as ``deploy.evaluate.run_episodes`` returns it."""
+    return LearningPoint(
+        arm=arm, seed=int(seed), milestone=int(milestone),
+        env_steps=int(counters.get("env_steps", 0)), updates=int(counters.get("updates", 0)),
+        wall_seconds=float(counters.get("wall_seconds", 0.0)),
+        success_rate=float(evaluation["success_rate"]),
+        route_completion=float(evaluation["route_completion"]),
+        mean_return=float(evaluation["mean_return"]),
+        mean_episode_length=float(evaluation["mean_episode_length"]),
+        collisions_per_km=float(evaluation["collisions_per_km"]),
+        episodes=int(evaluation["episodes"]), device=device)
+
+
+# -- the results file ---------------------------------------------------------------------
+
+
+def _finite_or_none(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def save_results(path: Path, points: Sequence[LearningPoint], meta: dict[str, Any]) -> None:
+    """Writes ``{"meta": ..., "points": [...]}`` sorted by arm, seed, milestone (NaN -> null)."""
+    rows = [{k: _finite_or_none(v) for k, v in asdict(p).items()}
+            for p in sorted(points, key=lambda p: (ARMS.index(p.arm), p.seed, p.milestone))]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"meta": meta, "points": rows}, indent=1, sort_keys=True) + "\n")
+
+
+def load_results(path: Path) -> tuple[list[LearningPoint], dict[str, Any]]:
+    """Reads a results file; a missing file is no points and empty meta.
+
+    Raises:
+        ConfigError: if a point has unknown or missing fields.
+    """
+    if not path.exists():
+        return [], {}
+    data = json.loads(path.read_text())
+    names = {f.name for f in fields(LearningPoint)}
+    points = []
+    for row in data.get("points", []):
+        if set(row) != names:
+            raise ConfigError(f"{path}: point fields {sorted(row)} != expected {sorted(names)}")
+        row = {k: (float("nan") if v is None else v) for k, v in row.items()}
+        points.append(LearningPoint(**row))
+    return points, dict(data.get("meta", {}))
+
+
+def merge_points(old: Iterable[LearningPoint], new: Iterable[LearningPoint]) -> list[LearningPoint]:
+    """``old`` with every (arm, seed, milestone) that ``new`` has replaced by the new point."""
+    merged = {p.key: p for p in old}
+    merged.update({p.key: p for p in new})
+    return list(merged.values())
+
+
+# -- aggregation --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """Mean and population std over seeds of one arm at one milestone.
+
+    Attributes:
+        arm: the arm.
+        milestone: the env-step milestone.
+        seeds: seeds behind the figures.
+        env_steps: mean env steps at the checkpoints.
+        wall_seconds: mean training wall time.
+        mean: metric name -> mean over seeds.
+        std: metric name -> std over seeds (0 for one seed).
+        low: metric name -> minimum over seeds.
+        high: metric name -> maximum over seeds.
+    """
+
+    arm: str
+    milestone: int
+    seeds: int
+    env_steps: float
+    wall_seconds: float
+    mean: dict[str, float]
+    std: dict[str, float]
+    low: dict[str, float]
+    high: dict[str, float]
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _std(values: Sequence[float]) -> float:
+    m = _mean(values)
+    return math.sqrt(sum((v - m) ** 2 for v in values) / len(values))
+
+
+def aggregate(points: Iterable[LearningPoint]) -> list[Aggregate]:
+    """One Aggregate per (arm, milestone), ordered by arm then milestone."""
+    groups: dict[tuple[str, int], list[LearningPoint]] = {}
+    for p in points:
+        groups.setdefault((p.arm, p.milestone), []).append(p)
+    out = []
+    for (arm, milestone), group in sorted(groups.items(), key=lambda kv: (ARMS.index(kv[0][0]), kv[0][1])):
+        values = {m: [float(getattr(p, m)) for p in group] for m in METRICS}
+        out.append(Aggregate(
+            arm=arm, milestone=milestone, seeds=len(group),
+            env_steps=_mean([p.env_steps for p in group]),
+            wall_seconds=_mean([p.wall_seconds for p in group]),
+            mean={m: _mean(v) for m, v in values.items()},
+            std={m: _std(v) for m, v in values.items()},
+            low={m: min(v) for m, v in values.items()},
+            high={m: max(v) for m, v in values.items()}))
+    return out
+
+
+def first_reaching(aggregates: Iterable[Aggregate], arm: str, metric: str,
+                   threshold: float) -> Aggregate | None:
+    """The earliest milestone at which ``arm``'s mean ``metric`` is >= ``threshold``."""
+    hits = [a for a in aggregates if a.arm == arm and a.mean[metric] >= threshold]
+    return min(hits, key=lambda a: a.milestone) if hits else None
+
+
+def final(aggregates: Iterable[Aggregate], arm: str) -> Aggregate | None:
+    """``arm``'s aggregate at its last milestone."""
+    own = [a for a in aggregates if a.arm == arm]
+    return max(own, key=lambda a: a.milestone) if own else None
+
+
+# -- the table ----------------------------------------------------------------------------
+
+TABLE_HEADER = ("arm", "env steps", "seeds", "success rate", "route completion", "return",
+                "episode length", "train wall s")
+
+
+def _pm(a: Aggregate, metric: str, digits: int) -> str:
+    return f"{a.mean[metric]:.{digits}f} ± {a.std[metric]:.{digits}f}"
+
+
+def table_rows(aggregates: Iterable[Aggregate]) -> list[tuple[str, ...]]:
+    """Rows of the results table, one per (arm, milestone); baselines show "-" for steps."""
+    rows = []
+    for a in aggregates:
+        trained = a.arm in TRAINED_ARMS
+        rows.append((a.arm, f"{a.milestone:,}" if trained else "-", str(a.seeds),
+                     _pm(a, "success_rate", 2), _pm(a, "route_completion", 2),
+                     _pm(a, "mean_return", 1), _pm(a, "mean_episode_length", 0),
+                     f"{a.wall_seconds:,.0f}" if trained else "-"))
+    return rows
+
+
+def markdown_table(aggregates: Iterable[Aggregate]) -> str:
+    """The results table in GitHub markdown."""
+    lines = ["| " + " | ".join(TABLE_HEADER) + " |", "|" + "---|" * len(TABLE_HEADER)]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(aggregates)]
+    return "\n".join(lines)
+
+
+def text_table(aggregates: Iterable[Aggregate]) -> str:
+    """The results table in aligned plain text, for the terminal."""
+    rows = [TABLE_HEADER, *table_rows(aggregates)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(TABLE_HEADER))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)

@@ -1,0 +1,173 @@
+"""The learning benchmark's parts: points, aggregation, table, plots, doc, arm set-up."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from bench import learning_arms as arms
+from bench import learning_doc as doc
+from bench import learning_report as rep
+from common import config as C
+from common.errors import ConfigError
+from deploy import build
+from deploy.presets import PRESETS, preset
+
+
+def point(arm: str = "separate", seed: int = 0, milestone: int = 5000, success: float = 0.5,
+          completion: float = 0.6, ret: float = 10.0, length: float = 200.0,
+          collisions: float = 0.0) -> rep.LearningPoint:
+    trained = arm in rep.TRAINED_ARMS
+    return rep.LearningPoint(arm=arm, seed=seed, milestone=milestone if trained else 0,
+                             env_steps=milestone + 25 * seed if trained else 0,
+                             updates=milestone // 2 if trained else 0,
+                             wall_seconds=milestone / 50 if trained else 0.0,
+                             success_rate=success, route_completion=completion, mean_return=ret,
+                             mean_episode_length=length, collisions_per_km=collisions, episodes=10,
+                             device="cpu" if trained else "-")
+
+
+def synthetic() -> list[rep.LearningPoint]:
+    pts = [point("random", s, success=0.0, completion=0.02 + 0.01 * s, ret=-16.0 - s, length=400)
+           for s in range(3)]
+    pts += [point("scripted", s, success=1.0, completion=1.0, ret=270.0, length=320) for s in range(3)]
+    for s in range(3):
+        pts += [point("separate", s, 5000, success=0.2, completion=0.3 + 0.1 * s),
+                point("separate", s, 10000, success=0.8 + 0.1 * (s == 0), completion=0.9)]
+        pts += [point("shared", s, 5000, success=0.0, completion=0.1),
+                point("shared", s, 10000, success=0.1 * s, completion=0.2)]
+    return pts
+
+
+def test_aggregate_means_std_and_order() -> None:
+    aggs = rep.aggregate(synthetic())
+    assert [(a.arm, a.milestone) for a in aggs] == [
+        ("separate", 5000), ("separate", 10000), ("shared", 5000), ("shared", 10000),
+        ("random", 0), ("scripted", 0)]
+    sep5 = aggs[0]
+    assert sep5.seeds == 3
+    assert sep5.mean["route_completion"] == pytest.approx(0.4)
+    assert sep5.std["route_completion"] == pytest.approx(math.sqrt(2 / 3) * 0.1)
+    assert (sep5.low["route_completion"], sep5.high["route_completion"]) == pytest.approx((0.3, 0.5))
+    assert sep5.env_steps == pytest.approx(5025.0)
+    assert aggs[1].mean["success_rate"] == pytest.approx(0.8 + 0.1 / 3)
+
+
+@pytest.mark.parametrize("threshold, expected", [(0.8, 10000), (0.2, 5000), (0.95, None)])
+def test_first_reaching(threshold: float, expected: int | None) -> None:
+    hit = rep.first_reaching(rep.aggregate(synthetic()), "separate", "success_rate", threshold)
+    assert (hit.milestone if hit else None) == expected
+
+
+def test_final_is_last_milestone_and_none_for_missing_arm() -> None:
+    aggs = rep.aggregate([p for p in synthetic() if p.arm != "shared"])
+    assert rep.final(aggs, "separate").milestone == 10000
+    assert rep.final(aggs, "shared") is None
+
+
+def test_merge_replaces_same_key_keeps_others() -> None:
+    old = [point(seed=0, success=0.1), point(seed=1, success=0.2)]
+    merged = rep.merge_points(old, [point(seed=0, success=0.9)])
+    assert sorted((p.seed, p.success_rate) for p in merged) == [(0, 0.9), (1, 0.2)]
+
+
+def test_results_round_trip_with_nan(tmp_path: Path) -> None:
+    path = tmp_path / "r" / "results.json"
+    pts = [point(collisions=float("nan")), point("random", 1)]
+    rep.save_results(path, pts, {"episodes": 10})
+    loaded, meta = rep.load_results(path)
+    assert meta == {"episodes": 10}
+    assert [p.arm for p in loaded] == ["separate", "random"]
+    assert math.isnan(loaded[0].collisions_per_km) and loaded[1] == pts[1]
+    assert "NaN" not in path.read_text()
+
+
+def test_load_rejects_unknown_fields_and_missing_file_is_empty(tmp_path: Path) -> None:
+    assert rep.load_results(tmp_path / "none.json") == ([], {})
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"points": [{"arm": "random", "speed": 1}]}')
+    with pytest.raises(ConfigError, match="point fields"):
+        rep.load_results(bad)
+
+
+def test_point_rejects_unknown_arm() -> None:
+    with pytest.raises(ConfigError, match="'ppo'"):
+        point("ppo")
+
+
+def test_tables_show_mean_pm_std_and_dash_for_baselines() -> None:
+    md = rep.markdown_table(rep.aggregate(synthetic()))
+    lines = md.splitlines()
+    assert lines[0].startswith("| arm | env steps |") and len(lines) == 2 + 6
+    assert "| separate | 10,000 | 3 | 0.83 ± 0.05 | 0.90 ± 0.00 |" in md
+    assert "| random | - | 3 | 0.00 ± 0.00 |" in md
+    text = rep.text_table(rep.aggregate(synthetic()))
+    assert text.splitlines()[0].split()[:3] == ["arm", "env", "steps"]
+
+
+def test_write_plots_makes_pngs(tmp_path: Path) -> None:
+    paths = doc.write_plots(rep.aggregate(synthetic()), tmp_path / "plots")
+    assert [p.name for p in paths] == [f"{m}.png" for m, _ in doc.PLOTTED]
+    for p in paths:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
+
+
+def test_markdown_reports_goal_met_and_links_plots(tmp_path: Path) -> None:
+    aggs = rep.aggregate(synthetic())
+    plots = [tmp_path / "learning" / "success_rate.png"]
+    text = doc.render_markdown(aggs, {"device": "CPU", "commands": ["python -m bench.learning"]},
+                               plots, tmp_path / "learning.md", notes="hand notes")
+    assert "**Met**: separate-encoder TD3 completes 83% of held-out routes" in text
+    assert "at 10,025 env steps" in text
+    assert "![success_rate](learning/success_rate.png)" in text
+    assert "hand notes" in text and "python -m bench.learning" in text
+    assert "(3 or more each: met)" in text
+
+
+def test_markdown_reports_goal_not_met_and_few_seeds(tmp_path: Path) -> None:
+    pts = [p for p in synthetic() if p.seed == 0 and not (p.arm == "separate" and p.milestone == 10000)]
+    text = doc.render_markdown(rep.aggregate(pts), {}, [], tmp_path / "learning.md")
+    assert "**Not met yet**: the 80% goal" in text and "ends at 20% success" in text
+    assert "(above every random seed)" in text
+    assert "**Fewer than 3 seeds**" in text
+
+
+def test_check_milestones_sorts_and_rejects() -> None:
+    assert arms.check_milestones([20000, 5000, 5000], 3000) == [5000, 20000]
+    with pytest.raises(ConfigError, match=r"milestone \(3000\) must exceed"):
+        arms.check_milestones([3000], 3000)
+    with pytest.raises(ConfigError, match="at least one"):
+        arms.check_milestones([], 0)
+
+
+@pytest.mark.parametrize("arm, topology", [("separate", C.EncoderTopology.SEPARATE),
+                                           ("shared", C.EncoderTopology.SHARED)])
+def test_arm_config_sets_topology_seed_and_overrides(arm: str, topology: C.EncoderTopology) -> None:
+    cfg = arms.arm_config("learn", {"rollout.num_actors": "3"}, arm, 7)
+    assert cfg.learner.network.topology is topology
+    assert cfg.seed == 7 and cfg.rollout.num_actors == 3
+    with pytest.raises(ConfigError, match="'a2c'"):
+        arms.arm_config("learn", {}, "a2c", 0)
+
+
+def test_learn_preset_is_registered_and_valid() -> None:
+    assert PRESETS["learn"] is not None
+    cfg = preset("learn")
+    build.validate(cfg)
+    assert build.replay_config(cfg).samples_per_insert == cfg.train.updates_per_env_step * cfg.learner.td3.batch_size
+
+
+def test_random_policy_is_reproducible_and_in_range() -> None:
+    a, b = arms.random_policy(2, 3), arms.random_policy(2, 3)
+    acts = [a({}) for _ in range(5)]
+    assert all(((x >= -1) & (x <= 1)).all() and x.dtype.name == "float32" for x in acts)
+    assert all((x == b({})).all() for x in acts)
+
+
+def test_baselines_on_held_out_routes_smoke() -> None:
+    cfg = arms.arm_config("smoke", {"env.max_steps": "60"}, "random", 0)
+    rnd = arms.run_baseline("random", 0, cfg, episodes=1, eval_seed=10_000)
+    scripted = arms.run_baseline("scripted", 0, cfg, episodes=1, eval_seed=10_000)
+    assert rnd.milestone == 0 and rnd.episodes == 1 and 1 <= rnd.mean_episode_length <= 60
+    assert scripted.route_completion > rnd.route_completion
