@@ -7,6 +7,7 @@ blocks a component: it reacts to whichever finishes first, counts, checkpoints a
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,7 +118,10 @@ class Driver:
                 self._report(fleet)
                 next_report = time.monotonic() + cfg.train.progress_every_s
             if counters.updates >= self._next_checkpoint:
-                self.checkpoint()
+                try:
+                    self.checkpoint()
+                except ray.exceptions.RayError as exc:  # a shard is restarting: next interval
+                    log.warning("event=checkpoint_skipped error=%s", type(exc).__name__)
                 self._next_checkpoint = self._round_up(counters.updates)
         for ref, (kind, i) in pending.items():  # let the calls in flight finish and count them
             self._on_actor(ref, i) if kind == "actor" else self._on_learner(ref)
@@ -150,8 +154,11 @@ class Driver:
             self.progress.last_learner_stats = report.stats
 
     def _report(self, fleet: Fleet) -> None:
-        sizes = ray.get([s.size.remote() for s in fleet.shards], timeout=30)
-        self.progress.replay_size = int(sum(sizes))
+        try:
+            sizes = ray.get([s.size.remote() for s in fleet.shards], timeout=30)
+            self.progress.replay_size = int(sum(sizes))
+        except ray.exceptions.RayError as exc:  # a shard is restarting: keep the last size
+            log.warning("event=replay_size_unavailable error=%s", type(exc).__name__)
         row = self.progress.row(self.counters)
         self.run_dir.append_metrics(row)
         log.info("progress %s", Progress.line(row))
@@ -160,8 +167,12 @@ class Driver:
         """Learner state, every shard and the counters, committed atomically."""
         fleet = self.fleet
         tmp = self.run_dir.new_checkpoint_dir(self.counters.updates)
-        updates = ray.get(fleet.learner.save.remote(str(learner_checkpoint(tmp))))
-        ray.get([s.save.remote(str(shard_checkpoint(tmp, i))) for i, s in enumerate(fleet.shards)])
+        try:
+            updates = ray.get(fleet.learner.save.remote(str(learner_checkpoint(tmp))))
+            ray.get([s.save.remote(str(shard_checkpoint(tmp, i))) for i, s in enumerate(fleet.shards)])
+        except ray.exceptions.RayError:
+            shutil.rmtree(tmp, ignore_errors=True)  # never commit a checkpoint missing a shard
+            raise
         self.counters.updates = max(self.counters.updates, updates)
         path = self.run_dir.commit_checkpoint(tmp, updates, self.counters.to_json())
         log.info("event=checkpoint path=%s updates=%d env_steps=%d", path, updates, self.counters.env_steps)
