@@ -103,8 +103,9 @@ class LearnerConfig:
         prefetch: sample requests kept in flight.
         compile: torch.compile the critic and policy loss computations (forward and
             backward); worth it on CUDA, compile time dominates short CPU runs.
-        precision: "auto" (bf16 autocast on CUDA, fp32 on CPU, where bf16 is much slower),
-            "fp32" or "bf16". Losses, targets and optimizer state are fp32 in every case.
+        precision: "auto" (bf16 autocast on CUDA and on CPUs with AMX; fp32 on other CPUs,
+            where bf16 is much slower), "fp32" or "bf16". Losses, targets and optimizer state
+            are fp32 in every case.
         cuda_graphs: capture the update in CUDA graphs and replay them (CUDA only; learning
             rates are fixed at capture).
     """

@@ -12,8 +12,9 @@ SMALL_SPEC = EnvSpec(frames=2, image_size=36, num_waypoints=1)
 
 
 def small_config(topology: EncoderTopology = EncoderTopology.SEPARATE, **td3: float) -> LearnerConfig:
-    """A CPU learner config with tiny networks (fast enough for unit tests)."""
-    return LearnerConfig(device="cpu", td3=TD3Config(**{"batch_size": 16, **td3}),
+    """A CPU fp32 learner config with tiny networks (fast, and the same numbers on every CPU)."""
+    return LearnerConfig(device="cpu", precision="fp32",
+                         td3=TD3Config(**{"batch_size": 16, **td3}),
                          network=NetworkConfig(encoder_features=32, hidden_sizes=(32, 32),
                                                topology=topology))
 

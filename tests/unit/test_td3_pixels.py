@@ -42,7 +42,7 @@ def _take(replay: SampleBatch, index: np.ndarray) -> SampleBatch:
 def test_policy_reads_the_best_steer_from_the_image():
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    cfg = LearnerConfig(device="cpu",
+    cfg = LearnerConfig(device="cpu", precision="fp32",
                         td3=TD3Config(batch_size=64, encoder_lr=1e-3, head_lr=1e-3),
                         network=NetworkConfig(encoder_features=64, hidden_sizes=(64, 64)))
     learner = TD3Learner(SPEC, cfg, seed=0)
