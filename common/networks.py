@@ -33,7 +33,7 @@ def mlp(in_dim: int, hidden: Sequence[int], out_dim: int) -> nn.Sequential:
     """Linear layers of widths ``hidden`` with ReLU between them, then a linear output."""
     layers: list[nn.Module] = []
     for width in hidden:
-        layers += [nn.Linear(in_dim, width), nn.ReLU()]
+        layers += [nn.Linear(in_dim, width), nn.ReLU(inplace=True)]
         in_dim = width
     layers.append(nn.Linear(in_dim, out_dim))
     return nn.Sequential(*layers)
@@ -62,9 +62,9 @@ class ImageEncoder(nn.Module):
         super().__init__()
         size = _conv_out(_conv_out(_conv_out(spec.image_size, 8, 4), 4, 2), 3, 1)
         self.cnn = nn.Sequential(
-            nn.Conv2d(spec.frames, 32, 8, stride=4), nn.ReLU(),
-            nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
-            nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
+            nn.Conv2d(spec.frames, 32, 8, stride=4), nn.ReLU(inplace=True),
+            nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(inplace=True),
+            nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(inplace=True),
             nn.Flatten(),
             nn.Linear(64 * size * size, features), nn.LayerNorm(features), nn.Tanh(),
         )
