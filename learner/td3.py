@@ -265,6 +265,7 @@ class TD3Learner:
                            "critic": self.critic_opt.state_dict()},
             "updates": self._updates,
             "rng": self.generator.get_state(),
+            "rng_device": self.device.type,
             "snapshots": {k: list(v) for k, v in self._snapshots.items()},
             "last_policy": self._last_policy,
         }
@@ -281,7 +282,11 @@ class TD3Learner:
                 group["lr"] = configured["lr"]  # the config in force wins over the saved lr
                 group["capturable"] = self.device.type == "cuda"
         self._updates = int(data["updates"])
-        self.generator.set_state(data["rng"].cpu())
+        if data["rng_device"] == self.device.type:
+            self.generator.set_state(data["rng"].cpu())
+        else:  # a CPU and a CUDA generator state do not convert; only the noise stream differs
+            log.warning("rng_not_restored saved_device=%s device=%s", data["rng_device"],
+                        self.device.type)
         with torch.no_grad():
             for key, saved in data["snapshots"].items():
                 torch._foreach_copy_(self._snapshots[key], [t.to(self.device) for t in saved])

@@ -145,3 +145,17 @@ def test_lr_from_the_config_wins_on_resume(tmp_path):
     learner.load(tmp_path / "ckpt.pt")
     assert [g["lr"] for g in learner.critic_opt.param_groups] == [1e-4, 1e-2]
     assert NetworkConfig() != small_config().network  # the header compares the real config
+
+
+def test_checkpoint_from_another_device_type_loads_without_its_rng(tmp_path, caplog):
+    source = TD3Learner(SMALL_SPEC, small_config(), seed=0)
+    _run(source, 0, 2)
+    data = source.state_dict()
+    data["rng"], data["rng_device"] = torch.zeros(16, dtype=torch.uint8), "cuda"  # CUDA-sized
+    state.save(tmp_path / "ckpt.pt", SMALL_SPEC, small_config().network, data)
+    target = TD3Learner(SMALL_SPEC, small_config(), seed=1)
+    target.load(tmp_path / "ckpt.pt")
+    assert "rng_not_restored saved_device=cuda device=cpu" in caplog.text
+    assert target.updates == 2
+    for a, b in zip(source.nets.critic_target.parameters(), target.nets.critic_target.parameters()):
+        assert torch.equal(a, b)
