@@ -35,6 +35,7 @@ def critic_loss(q1: torch.Tensor, q2: torch.Tensor, target: torch.Tensor,
     """
     d1 = q1 - target
     d2 = q2 - target
+    # Deviation: per-sample importance weights of prioritized replay (ones when uniform).
     loss = (weight * (d1.square() + d2.square())).mean()
     return loss, (0.5 * (d1.abs() + d2.abs())).detach()
 

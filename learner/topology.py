@@ -80,6 +80,9 @@ class SharedNetworks(Networks):
 
 
 def _groups(encoder: nn.Module | None, head: list[nn.Module], td3: TD3Config) -> ParamGroups:
+    # Deviation: the paper's networks have no encoder; here each CNN gets its own Adam
+    # learning rate (encoder_lr), lower than the heads' (head_lr), as pixel-based TD3 and SAC
+    # variants (DrQ, SAC-AE) do.
     groups: ParamGroups = []
     if encoder is not None:
         groups.append({"name": "encoder", "params": list(encoder.parameters()), "lr": td3.encoder_lr})
