@@ -94,7 +94,7 @@ def test_every_shard_down_gives_none_without_calls_until_the_back_off_passes():
 def test_priorities_for_a_dead_shard_are_dropped_and_counted():
     client, handles, _ = _filled_client(sampler=SamplerKind.PRIORITIZED)
     batch = client.sample()
-    keys = np.concatenate([batch.key, (np.arange(5, dtype=np.int64) | (0 << KEY_SHARD_SHIFT))])
+    keys = np.concatenate([batch.key, np.arange(5, dtype=np.int64)])  # plus 5 keys of shard 0
     handles[0].down = True
     client.sizes()  # learns that shard 0 is down
     client.update_priorities(keys, np.ones(keys.size))
