@@ -123,8 +123,29 @@ class Driver:
                 except ray.exceptions.RayError as exc:  # a shard is restarting: next interval
                     log.warning("event=checkpoint_skipped error=%s", type(exc).__name__)
                 self._next_checkpoint = self._round_up(counters.updates)
-        for ref, (kind, i) in pending.items():  # let the calls in flight finish and count them
-            self._on_actor(ref, i) if kind == "actor" else self._on_learner(ref)
+        self._drain(fleet, pending)
+
+    def _drain(self, fleet: Fleet, pending: dict[Any, tuple[str, int]],
+               timeout_s: float | None = None) -> None:
+        """Lets the calls in flight finish and counts them (actor steps, learner updates, actor
+        closes). The learner keeps sampling while any other call is in flight: with a rate
+        limiter, an actor's inserts (its last steps, the flush in ``close``) wait for samples."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while pending:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                log.warning("event=drain_timeout calls_left=%d", len(pending))
+                return
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=left)
+            for ref in ready:
+                kind, i = pending.pop(ref)
+                if kind == "actor":
+                    self._on_actor(ref, i)
+                elif kind == "learner":
+                    self._on_learner(ref)
+                    if any(k != "learner" for k, _ in pending.values()):
+                        pending[self._learner_call(fleet)] = ("learner", 0)
+                # a finished "close" has nothing to count
 
     def _learner_call(self, fleet: Fleet) -> Any:
         return fleet.learner.run_updates.remote(self.cfg.train.learner_updates_per_call, 2.0)
@@ -179,8 +200,9 @@ class Driver:
         return path
 
     def _shutdown(self, fleet: Fleet) -> None:
-        closes = [a.close.remote() for a in fleet.actors]
-        ray.wait(closes, num_returns=len(closes), timeout=60)
+        closes = {a.close.remote(): ("close", i) for i, a in enumerate(fleet.actors)}
+        closes[self._learner_call(fleet)] = ("learner", 0)
+        self._drain(fleet, closes, timeout_s=60)
         try:
             self.checkpoint()
         except Exception as exc:
