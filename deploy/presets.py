@@ -70,7 +70,7 @@ def learn() -> C.RunConfig:
     return replace(
         base,
         spec=EnvSpec(frames=4, image_size=48, num_waypoints=10),
-        env=replace(base.env, route_length_m=100.0, max_steps=400,
+        env=replace(base.env, route_length_m=100.0, max_steps=500,
                     camera=replace(base.env.camera, width=64, height=48)),
         learner=replace(base.learner, publish_every=20, checkpoint_every=0, prefetch=2,
                         td3=replace(base.learner.td3, batch_size=64),
