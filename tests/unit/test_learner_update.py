@@ -147,3 +147,15 @@ def test_amx_detection_reads_cpu_flags(tmp_path):
     assert learner_device.cpu_has_amx_bf16(str(with_amx))
     assert not learner_device.cpu_has_amx_bf16(str(without))
     assert not learner_device.cpu_has_amx_bf16(str(tmp_path / "missing"))
+
+
+def test_truncated_transitions_bootstrap_and_terminated_ones_do_not():
+    batch = random_batch(SMALL_SPEC, 16, seed=0)
+    stats = {}
+    for name, change in [("base", {}), ("truncated", {"truncated": np.ones(16, np.float32)}),
+                         ("terminated", {"terminated": np.ones(16, np.float32)})]:
+        learner = TD3Learner(SMALL_SPEC, small_config(), seed=0)
+        stats[name] = learner.update(batch._replace(**change))
+    np.testing.assert_array_equal(stats["truncated"].td_error, stats["base"].td_error)
+    assert stats["terminated"].target_q_mean == pytest.approx(float(batch.reward.mean()), rel=1e-5)
+    assert stats["base"].target_q_mean != pytest.approx(stats["terminated"].target_q_mean)
