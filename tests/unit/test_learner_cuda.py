@@ -1,0 +1,69 @@
+"""The CUDA path: eager vs CUDA graphs, checkpoints, snapshots for CPU actors (GPU only)."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from common.config import EncoderTopology
+from common.networks import PolicyNet, load_policy_state
+from learner.td3 import TD3Learner
+from tests.unit.learner_fixtures import SMALL_SPEC, random_batch, small_config
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+# TF32 products and cuDNN's autotuned algorithms differ in the last bits between two learners.
+ATOL = 2e-3
+
+
+def _max_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
+    return max((x - y).abs().max().item() for x, y in zip(a.parameters(), b.parameters()))
+
+
+@pytest.mark.parametrize("topology", list(EncoderTopology))
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cuda_graphs_match_eager_updates_and_survive_a_reload(tmp_path, topology, precision):
+    base = dataclasses.replace(small_config(topology), device="cuda", precision=precision)
+    eager = TD3Learner(SMALL_SPEC, base, seed=0)
+    graphed = TD3Learner(SMALL_SPEC, dataclasses.replace(base, cuda_graphs=True), seed=0)
+    for i in range(14):  # past the warm-up of both kinds of update, so both graphs replay
+        batch = random_batch(SMALL_SPEC, 16, seed=i)
+        stats_eager, stats_graph = eager.update(batch), graphed.update(batch)
+    assert stats_graph.policy_updated and graphed.updates == 14
+    np.testing.assert_allclose(stats_graph.td_error, stats_eager.td_error, atol=ATOL)
+    for name, module in graphed.nets.modules().items():
+        assert _max_diff(module, eager.nets.modules()[name]) < ATOL, name
+    graphed.save(tmp_path / "ckpt.pt")
+    eager.load(tmp_path / "ckpt.pt")
+    graphed.load(tmp_path / "ckpt.pt")  # replaces optimizer state: graphs are captured again
+    for i in range(14, 20):
+        batch = random_batch(SMALL_SPEC, 16, seed=i)
+        eager.update(batch), graphed.update(batch)
+    assert _max_diff(graphed.nets.critic, eager.nets.critic) < ATOL
+
+
+def test_policy_state_from_cuda_loads_into_a_cpu_actor():
+    cfg = dataclasses.replace(small_config(), device="cuda")
+    learner = TD3Learner(SMALL_SPEC, cfg, seed=0)
+    for i in range(4):
+        learner.update(random_batch(SMALL_SPEC, 16, seed=i))
+    actor = PolicyNet.from_config(SMALL_SPEC, cfg.network)
+    load_policy_state(actor, learner.policy_state())
+    batch = random_batch(SMALL_SPEC, 8, seed=99)
+    with torch.no_grad():
+        on_cpu = actor(torch.from_numpy(batch.obs_image), torch.from_numpy(batch.obs_vector))
+        on_gpu = learner.nets.policy(torch.from_numpy(batch.obs_image).cuda(),
+                                     torch.from_numpy(batch.obs_vector).cuda()).cpu()
+    torch.testing.assert_close(on_cpu, on_gpu, atol=1e-3, rtol=1e-3)
+
+
+def test_cuda_checkpoint_loads_into_a_cpu_learner(tmp_path):
+    cfg = dataclasses.replace(small_config(), device="cuda")
+    learner = TD3Learner(SMALL_SPEC, cfg, seed=0)
+    for i in range(3):
+        learner.update(random_batch(SMALL_SPEC, 16, seed=i))
+    learner.save(tmp_path / "ckpt.pt")
+    cpu = TD3Learner(SMALL_SPEC, small_config(), seed=1)
+    cpu.load(tmp_path / "ckpt.pt")
+    assert cpu.updates == 3 and _max_diff(cpu.nets.critic, learner.nets.critic.cpu()) == 0.0
+    stats = cpu.update(random_batch(SMALL_SPEC, 16, seed=3))
+    assert np.isfinite(stats.critic_loss)
