@@ -1,0 +1,25 @@
+"""One tiny end-to-end call of the learning benchmark's arm runner: real Ray, fake CARLA, the
+smoke preset with the rate limiter on (as the learn preset has it), one milestone, then a rerun
+that finds the milestone already trained."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench import learning_arms as arms
+
+
+@pytest.mark.timeout(240)
+def test_run_trained_one_milestone_then_skip(tmp_path: Path) -> None:
+    cfg = arms.arm_config("smoke", {"train.updates_per_env_step": "0.5", "env.max_steps": "60",
+                                    "metrics.backend": "none", "rollout.num_actors": "1",
+                                    "replay.num_shards": "1"}, "separate", 0)
+    points = arms.run_trained("separate", 0, cfg, [300], tmp_path, episodes=1, eval_seed=10_000)
+    assert len(points) == 1
+    p = points[0]
+    assert (p.arm, p.seed, p.milestone, p.device, p.episodes) == ("separate", 0, 300, "cpu", 1)
+    assert p.env_steps >= 300 and p.updates > 0 and p.wall_seconds > 0
+    assert 1 <= p.mean_episode_length <= 60
+    assert (tmp_path / "separate-seed0" / "summary.json").exists()
+    assert arms.run_trained("separate", 0, cfg, [300], tmp_path, episodes=1, eval_seed=10_000) == []
