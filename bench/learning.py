@@ -193,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
             points = merge_points(points, new)
         if args.video is not None:
             meta.update(record_video(args, int(_csv(args.seeds)[0])))
-        save_results(args.results, points, meta)
+        if new or args.video is not None:
+            save_results(args.results, points, meta)
         print(json.dumps([asdict(p) for p in new], indent=1))
         write_outputs(args, points, meta)
     except CarlaTD3Error as exc:

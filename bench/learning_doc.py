@@ -49,6 +49,9 @@ def plot_metric(aggregates: Sequence[Aggregate], metric: str, ylabel: str, path:
         ax.axhline(a.mean[metric], color=COLOURS[arm], linestyle="--", label=LABELS[arm])
         if a.high[metric] > a.low[metric]:
             ax.axhspan(a.low[metric], a.high[metric], color=COLOURS[arm], alpha=0.1)
+    if metric == "success_rate":
+        ax.axhline(GOAL_SUCCESS, color="black", linestyle=":", linewidth=1,
+                   label=f"goal ({GOAL_SUCCESS:.0%})")
     ax.set_xlim(0, x_max * 1.02)
     ax.set_xlabel("env steps")
     ax.set_ylabel(ylabel)
