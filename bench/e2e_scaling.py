@@ -40,7 +40,9 @@ def bench_config(actors: int, tick_latency_s: float, updates_per_env_step: float
         base, spec=EnvSpec(),
         env=replace(base.env, fake=replace(base.env.fake, tick_latency_s=tick_latency_s),
                     max_steps=400),
-        learner=replace(base.learner, device="cpu", publish_every=1, prefetch=2),
+        # One learner thread: on 2 cores, two OpenMP threads spin at barriers whenever an actor
+        # holds the other core, and the learner would take the actors' CPU.
+        learner=replace(base.learner, device="cpu", publish_every=1, prefetch=2, cpu_threads=1),
         replay=replace(base.replay, num_shards=min(2, actors), capacity=20_000,
                        min_size_to_sample=256),
         rollout=replace(base.rollout, num_actors=actors, learning_starts=0, weight_poll_every=1),

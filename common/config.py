@@ -108,6 +108,8 @@ class LearnerConfig:
             are fp32 in every case.
         cuda_graphs: capture the update in CUDA graphs and replay them (CUDA only; learning
             rates are fixed at capture).
+        cpu_threads: torch threads of a CPU learner; 0 uses every core of the machine (Ray
+            would otherwise give a zero-CPU actor one thread).
     """
 
     device: str = "auto"
@@ -119,6 +121,7 @@ class LearnerConfig:
     compile: bool = False
     precision: str = "auto"
     cuda_graphs: bool = False
+    cpu_threads: int = 0
 
 
 @dataclass(frozen=True)

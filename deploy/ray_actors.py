@@ -125,6 +125,7 @@ class LearnerActor:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         self._board = board
         self.metrics = metrics or NullSink()
+        torch.set_num_threads(cfg.learner.cpu_threads or os.cpu_count() or 1)
         self.learner = TD3Learner(cfg.spec, cfg.learner, seed)
         latest = RunDir(run_dir).latest_checkpoint()
         if latest is not None:
