@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup train test bench
+.PHONY: setup train test bench-setup
 $(BIN)/carla-td3: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
@@ -21,6 +21,7 @@ train: setup
 test: setup
 	$(BIN)/python -m pytest -q tests $(ARGS)
 
-bench: setup
+# The benchmarks' extra (Stable-Baselines3 as the learner reference, matplotlib for plots);
+# then run any of them, e.g. .venv/bin/python -m bench.learner_throughput (docs/benchmarks.md).
+bench-setup: setup
 	$(BIN)/pip install --quiet -e '.[test,bench]'
-	$(BIN)/python -m bench.run_all $(ARGS)
