@@ -91,7 +91,8 @@ class RolloutActor:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         torch.set_num_threads(max(1, cfg.rollout.cpu_threads))
         self.metrics = metrics or NullSink()
-        self.shard_writer = ShardWriter(shard, cfg.spec, INSERT_WINDOW)
+        self.shard_writer = ShardWriter(shard, cfg.spec, INSERT_WINDOW,
+                                        shard_index=index % cfg.replay.num_shards)
         self.weights = RayWeightSource(board)
         self.worker = build.make_worker(cfg, index, self.shard_writer.send_chunk, self.weights, seed)
         if _restarted():  # Ray restarted this actor: the env above is a new connection
