@@ -47,9 +47,11 @@ def _init_ray(cfg: C.RunConfig, ray_address: str | None, dashboard: bool) -> boo
         ray.init(address=ray_address, logging_level=logging.WARNING)
         return True
     port = _metrics_export_port(cfg.metrics)
-    ray.init(num_cpus=max(os.cpu_count() or 1, 2), include_dashboard=dashboard,
-             logging_level=logging.WARNING, _metrics_export_port=port,
-             _system_config=ray_system_config(cfg.spec, cfg.replay.chunk_length))
+    context = ray.init(num_cpus=max(os.cpu_count() or 1, 2), include_dashboard=dashboard,
+                       logging_level=logging.WARNING, _metrics_export_port=port,
+                       _system_config=ray_system_config(cfg.spec, cfg.replay.chunk_length))
+    if dashboard and context.dashboard_url:
+        log.info("event=ray_dashboard url=http://%s", context.dashboard_url)
     if port is not None:
         log.info("event=metrics_endpoint backend=ray url=http://127.0.0.1:%d/metrics", port)
     return True
