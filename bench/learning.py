@@ -39,6 +39,7 @@ from deploy.rundir import RunDir
 
 log = logging.getLogger("bench.learning")
 
+VIDEO_MAX_BYTES = 2_000_000
 FULL_COMMAND = ("python -m bench.learning --arms separate,shared,random,scripted --seeds 0,1,2 "
                 "--milestones 5000,10000,20000,40000,60000")
 
@@ -128,6 +129,30 @@ def run_arms(args: argparse.Namespace, overrides: dict[str, str],
     return new
 
 
+def shrink_video(path: Path, max_bytes: int = VIDEO_MAX_BYTES) -> float:
+    """Re-encodes the MP4 at ``path`` at smaller frame sizes until it fits ``max_bytes``;
+    returns the final scale (1.0: untouched)."""
+    import cv2
+
+    scale = 1.0
+    while path.stat().st_size > max_bytes and scale > 0.3:
+        scale *= 0.8
+        src = cv2.VideoCapture(str(path))
+        fps = src.get(cv2.CAP_PROP_FPS) or 20.0
+        w = int(src.get(cv2.CAP_PROP_FRAME_WIDTH) * 0.8) // 2 * 2
+        h = int(src.get(cv2.CAP_PROP_FRAME_HEIGHT) * 0.8) // 2 * 2
+        tmp = path.with_name(f".{path.stem}.tmp.mp4")
+        out = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+        ok, frame = src.read()
+        while ok:
+            out.write(cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA))
+            ok, frame = src.read()
+        src.release()
+        out.release()
+        os.replace(tmp, path)
+    return scale
+
+
 def record_video(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     """The separate arm's latest checkpoint driving the first evaluation episode, as an MP4."""
     from actors.video import record_episode
@@ -141,6 +166,7 @@ def record_video(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         summary = record_episode(env, policy.act, str(args.video), seed=args.eval_seed)
     finally:
         env.close()
+    shrink_video(args.video)
     env_steps = int(RunDir.read_counters(checkpoint)["env_steps"])
     caption = (f"separate-encoder TD3, seed {seed}, checkpoint at {env_steps:,} env steps, held-out "
                f"episode seed {args.eval_seed}: {summary.frames} steps, return "
