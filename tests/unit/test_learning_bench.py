@@ -171,3 +171,23 @@ def test_baselines_on_held_out_routes_smoke() -> None:
     scripted = arms.run_baseline("scripted", 0, cfg, episodes=1, eval_seed=10_000)
     assert rnd.milestone == 0 and rnd.episodes == 1 and 1 <= rnd.mean_episode_length <= 60
     assert scripted.route_completion > rnd.route_completion
+
+
+def test_shrink_video_reencodes_smaller_until_it_fits(tmp_path: Path) -> None:
+    import cv2
+    import numpy as np
+
+    from bench.learning import shrink_video
+
+    path = tmp_path / "v.mp4"
+    out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 20.0, (320, 240))
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        out.write(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8))
+    out.release()
+    size = path.stat().st_size
+    assert shrink_video(path, max_bytes=size * 10) == 1.0 and path.stat().st_size == size
+    scale = shrink_video(path, max_bytes=size // 2)
+    assert scale < 1.0 and path.stat().st_size <= size // 2
+    cap = cv2.VideoCapture(str(path))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 10 and cap.get(cv2.CAP_PROP_FRAME_WIDTH) < 320
