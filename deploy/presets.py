@@ -38,10 +38,12 @@ def local() -> C.RunConfig:
     base = C.RunConfig()
     return replace(
         base,
-        replay=replace(base.replay, num_shards=2, capacity=100_000, min_size_to_sample=2_000),
+        replay=replace(base.replay, num_shards=2, capacity=100_000, min_size_to_sample=1_000),
         rollout=replace(base.rollout, num_actors=2, learning_starts=2_000,
                         exploration_noise=0.2),
-        train=replace(base.train, env_steps=50_000, updates_per_env_step=0.0))
+        # The rate limiter keeps the learner in step with the actors (one update per 10 env
+        # steps), so a CPU run learns instead of filling the replay ahead of a slow learner.
+        train=replace(base.train, env_steps=50_000, updates_per_env_step=0.1))
 
 
 def cluster() -> C.RunConfig:

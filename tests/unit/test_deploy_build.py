@@ -59,7 +59,8 @@ def test_rate_limiter_derives_from_updates_per_env_step():
     replay = build.replay_config(cfg)
     assert replay.samples_per_insert == 0.5 * cfg.learner.td3.batch_size
     assert replay.error_buffer >= 2 * cfg.learner.td3.batch_size
-    assert build.replay_config(presets.local()).samples_per_insert == 0.0
+    free = C.with_overrides(presets.local(), {"train.updates_per_env_step": 0})
+    assert build.replay_config(free).samples_per_insert == 0.0
 
 
 @pytest.mark.parametrize("name", sorted(presets.PRESETS))
