@@ -7,6 +7,7 @@ on CPU the numpy arrays are used in place (``torch.from_numpy``, no copy).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 from typing import Callable, ContextManager, NamedTuple
 
 import numpy as np
@@ -55,12 +56,45 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+# glibc mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+
+
+def keep_freed_memory(libc_name: str = "libc.so.6") -> bool:
+    """Makes glibc malloc keep freed blocks of up to 32 MiB in the heap for reuse.
+
+    A CPU update allocates and frees the same tensors of up to 29 MB (a float image batch)
+    every step. By default glibc serves blocks that large with fresh ``mmap`` pages or trims
+    them off the heap top when freed, so every update page-faults its activations in again;
+    measured on 2 cores at batch 256 that was about 10% of an update (0.168 against 0.151 s).
+    This is the same fix as preloading tcmalloc or jemalloc, which PyTorch's CPU performance
+    guide recommends, without a preload. The process keeps up to 1 GiB of freed heap.
+
+    Returns:
+        Whether the settings were applied (False where the C library is not glibc).
+    """
+    try:
+        libc = ctypes.CDLL(libc_name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return all(mallopt(param, value) == 1 for param, value in (
+        (_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 1 << 30), (_M_TOP_PAD, 256 << 20)))
+
+
 def configure_backends(device: torch.device) -> None:
-    """Per-process backend settings for a CUDA learner: cuDNN picks the fastest convolution
-    algorithm for the fixed batch shape, and fp32 matrix products may use TF32 tensor cores."""
+    """Per-process backend settings, chosen once for the learner's device.
+
+    CUDA: cuDNN picks the fastest convolution algorithm for the fixed batch shape, and fp32
+    matrix products may use TF32 tensor cores. CPU: freed activation memory is kept for reuse
+    (``keep_freed_memory``).
+    """
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.set_float32_matmul_precision("high")
+    else:
+        keep_freed_memory()
 
 
 def cpu_has_amx_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:

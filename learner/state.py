@@ -20,7 +20,7 @@ from common.errors import CheckpointError
 from common.specs import EnvSpec
 
 FORMAT = "carla-td3-learner"
-VERSION = 1
+VERSION = 2  # 2: the encoder flattens conv features in (H, W, C) order (FlattenHWC)
 
 
 def _header(spec: EnvSpec, network: NetworkConfig) -> dict[str, Any]:

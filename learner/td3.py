@@ -167,17 +167,19 @@ class TD3Learner:
             next_q1, next_q2 = nets.critic_target.q_values(target_features, next_action)
         y = losses.td_target(b.reward, b.terminated, next_q1.float(), next_q2.float(), td3.gamma)
         with self._autocast():
-            q1, q2 = nets.critic.q_values(nets.critic.encoder.encode(px.obs, b.vector), b.action)
+            features = nets.critic.encoder.encode(px.obs, b.vector)
+            q1, q2 = nets.critic.q_values(features, b.action)
         loss, td = losses.critic_loss(q1.float(), q2.float(), y, b.weight)
-        return loss, td, q1.detach().float().mean(), q2.detach().float().mean(), y.mean()
+        return (loss, td, q1.detach().float().mean(), q2.detach().float().mean(), y.mean(),
+                features.detach())
 
-    def _policy_forward(self, b: DeviceBatch, px: Pixels) -> torch.Tensor:
+    def _policy_forward(self, b: DeviceBatch, px: Pixels,
+                        critic_features: torch.Tensor) -> torch.Tensor:
         nets = self.nets
         with self._autocast():
-            with torch.no_grad():
-                # The critic scores the policy's action with its OWN encoder's features,
-                # computed without gradient into the critic encoder (SB3 q1_forward).
-                critic_features = nets.critic.encoder.encode(px.obs, b.vector)
+            # The critic scores the policy's action with its OWN encoder's features of this
+            # batch, as the critic step computed them (detached: no gradient into the critic
+            # encoder), so the policy step runs no critic convolution (DrQ-v2 does the same).
             action = nets.policy.act(nets.policy_features(px.obs, b.vector, critic_features))
             # Q1 head with detached weights: the policy loss leaves no gradient on the critic.
             q1_params = {k: v.detach() for k, v in nets.critic.q1.named_parameters()}
@@ -186,16 +188,16 @@ class TD3Learner:
         return losses.policy_loss(q1.float())
 
     def _critic_step(self, b: DeviceBatch, px: Pixels, noise: torch.Tensor) -> list[torch.Tensor]:
-        loss, td, q1_mean, q2_mean, y_mean = self._critic_terms(b, px, noise)
+        loss, td, q1_mean, q2_mean, y_mean, features = self._critic_terms(b, px, noise)
         self.critic_opt.zero_grad(set_to_none=True)
         loss.backward()
         encoder_grad = losses.grad_norm(_encoder_params(self.nets.critic_groups), self.device)
         self._clip(self._critic_params)
         self.critic_opt.step()
-        return [loss.detach(), q1_mean, q2_mean, y_mean, encoder_grad, td]
+        return [loss.detach(), q1_mean, q2_mean, y_mean, encoder_grad, td, features]
 
-    def _policy_step(self, b: DeviceBatch, px: Pixels) -> None:
-        loss = self._policy_terms(b, px)
+    def _policy_step(self, b: DeviceBatch, px: Pixels, critic_features: torch.Tensor) -> None:
+        loss = self._policy_terms(b, px, critic_features)
         self.policy_opt.zero_grad(set_to_none=True)
         loss.backward()
         encoder_grad = losses.grad_norm(_encoder_params(self.nets.policy_groups), self.device)
@@ -227,9 +229,10 @@ class TD3Learner:
         capture it (``learner.graphs``).
         """
         px = prepare_pixels(b)
-        critic_loss, q1_mean, q2_mean, y_mean, critic_grad, td = self._critic_step(b, px, noise)
+        critic_loss, q1_mean, q2_mean, y_mean, critic_grad, td, features = \
+            self._critic_step(b, px, noise)
         if policy:
-            self._policy_step(b, px)
+            self._policy_step(b, px, features)
         changes = [losses.weight_change(self._encoders[k], self._snapshots[k])
                    for k in ("critic", "policy")]
         scalars = torch.stack([critic_loss, self._last_policy[0], q1_mean, q2_mean, y_mean,

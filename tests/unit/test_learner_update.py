@@ -159,3 +159,11 @@ def test_truncated_transitions_bootstrap_and_terminated_ones_do_not():
     np.testing.assert_array_equal(stats["truncated"].td_error, stats["base"].td_error)
     assert stats["terminated"].target_q_mean == pytest.approx(float(batch.reward.mean()), rel=1e-5)
     assert stats["base"].target_q_mean != pytest.approx(stats["terminated"].target_q_mean)
+
+
+def test_keep_freed_memory_applies_on_glibc_and_declines_elsewhere():
+    import platform
+    from learner.device import keep_freed_memory
+    if platform.libc_ver()[0] == "glibc":
+        assert keep_freed_memory() is True
+    assert keep_freed_memory("libno-such-libc.so.6") is False

@@ -5,7 +5,7 @@ import torch
 
 from common.config import NetworkConfig
 from common.errors import SpecError
-from common.networks import ImageEncoder, PolicyNet, QNet, load_policy_state, to_channels_last
+from common.networks import FlattenHWC, ImageEncoder, PolicyNet, QNet, load_policy_state, to_channels_last
 from common.specs import EnvSpec
 
 SPEC = EnvSpec(frames=4, image_size=84, num_waypoints=10)
@@ -55,6 +55,16 @@ def test_channels_last_weights_compute_the_same_values():
     to_channels_last(net)
     assert net.encoder.cnn[0].weight.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(net(image, vector), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_flatten_is_hwc_ordered_and_a_view_of_channels_last_features():
+    x = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).reshape(2, 3, 2, 2)
+    flat = FlattenHWC()(x)
+    assert torch.equal(flat, x.permute(0, 2, 3, 1).reshape(2, -1))
+    assert flat[0, :3].tolist() == [x[0, 0, 0, 0], x[0, 1, 0, 0], x[0, 2, 0, 0]]  # channels innermost
+    cl = x.contiguous(memory_format=torch.channels_last)
+    assert FlattenHWC()(cl).data_ptr() == cl.data_ptr()  # no copy for a channels-last tensor
+    assert torch.equal(FlattenHWC()(cl), flat)
 
 
 def test_q1_value_is_the_first_twin_head():
