@@ -3,7 +3,7 @@
 The reward is ``sum(weight_c * term_c)`` over five components, each weight taken from
 common.config.RewardConfig. Every term is bounded so that, with the default weights, an
 ordinary step earns roughly [-1, 1]; only terminal events (collision, leaving the road, reaching
-the goal) go beyond that.
+the goal) and a lane invasion go beyond that.
 
 * efficiency in [-1, 1]: speed along the route ``v * cos(heading_error)`` over the target speed,
   rising to 1 at the target, falling linearly to 0 at twice the target and to -1 beyond; driving
