@@ -124,23 +124,23 @@ class CameraRenderer:
             return
         corners, normals = _box_geometry(boxes)
         cam = (corners - position) @ rotation  # [N, 8, 3] in the camera frame
+        visible = ~self._outside_frustum(cam)
+        if not visible.any():
+            return
+        boxes, distance, corners, normals, cam = (
+            a[visible] for a in (boxes, distance, corners, normals, cam))
         depth = np.maximum(cam[..., 0], NEAR_M)
         u = self.width / 2.0 + self.focal * cam[..., 1] / depth
         v = self.height / 2.0 - self.focal * cam[..., 2] / depth
-        in_front = cam[..., 0] >= NEAR_M
-        outside = ((u < 0).all(1) | (u > self.width).all(1) | (v < 0).all(1) | (v > self.height).all(1))
-        visible = in_front.any(1) & ~(in_front.all(1) & outside)
         pixels = np.round(np.clip(np.stack([u, v], -1), -1e5, 1e5) * 16.0).astype(np.int32)
+        face_in_front = (cam[..., 0] >= NEAR_M)[:, _FACE_INDEX].all(axis=2)  # [N, 5]
         face_centres = corners[:, _FACE_INDEX].mean(axis=2)  # [N, 5, 3]
         facing = np.einsum("nfk,nfk->nf", normals, position - face_centres) > 0.0
         for b in np.argsort(-distance):
-            if not visible[b]:
-                continue
             colours = self._face_colours[int(boxes[b, 7]) % len(BOX_COLOURS)]
-            for f, face in enumerate(_FACES):
-                if not facing[b, f]:
-                    continue
-                if in_front[b, face].all():
+            for f in np.flatnonzero(facing[b]):
+                face = _FACES[f]
+                if face_in_front[b, f]:
                     polygon = pixels[b, face]
                 else:
                     clipped = _clip_near(cam[b, face])
@@ -148,6 +148,16 @@ class CameraRenderer:
                         continue
                     polygon = self._project(clipped)
                 cv2.fillConvexPoly(image, polygon, colours[f], cv2.LINE_8, 4)
+
+    def _outside_frustum(self, cam: np.ndarray) -> np.ndarray:
+        """[N] True for boxes whose 8 camera-frame corners all lie outside one plane of the
+        view frustum (near, left, right, top, bottom), so they cannot cover a pixel. The side
+        planes pass through the camera centre, so the test also holds for corners behind it."""
+        x, y, z = cam[..., 0], cam[..., 1], cam[..., 2]
+        half_w, half_h = self.width / 2.0 * x, self.height / 2.0 * x
+        fy, fz = self.focal * y, self.focal * z
+        return ((x < NEAR_M).all(1) | (fy > half_w).all(1) | (fy < -half_w).all(1)
+                | (fz > half_h).all(1) | (fz < -half_h).all(1))
 
     def _project(self, points: np.ndarray) -> np.ndarray:
         u = self.width / 2.0 + self.focal * points[:, 1] / points[:, 0]
