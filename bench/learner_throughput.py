@@ -3,9 +3,11 @@
 Workload: 4x84x84 uint8 image stacks + 23-dim vectors, 2-dim actions, separate encoders,
 NatureCNN 512 features, MLP 256-256 heads, policy delay 2. Each variant of this learner,
 "precision[:compile][:graphs]" (e.g. ``fp32``, ``bf16:compile``, ``bf16:graphs``), is timed
-fed numpy batches through ``update`` (validation and host-to-device copy included) and fed
+fed numpy batches through ``update`` (validation and host-to-device copy included; batches
+laid out as the replay returns them, both image stacks views of one F + 1 frame block), fed
 batches that already sit on the device (``update_on_device``, what a device-resident replay
-cache gives). The reference is SB3 ``TD3("MultiInputPolicy", share_features_extractor=False)``
+cache gives), and on CUDA "pipeline": numpy batches with update N+1 launched before N's stats
+are read, as ``learner.loop.LearnerLoop`` runs them. The reference is SB3 ``TD3("MultiInputPolicy", share_features_extractor=False)``
 trained with ``model.train(gradient_steps, 256)`` from a filled replay buffer, same device and
 threads. All contenders are timed in interleaved rounds and the median round is reported, so
 a load change on a shared machine hits them alike. Prints one JSON object, then a table.
@@ -32,7 +34,7 @@ from common.types import SampleBatch
 from learner.td3 import TD3Learner
 
 SPEC = EnvSpec()
-POOL = 8  # distinct batches cycled through (bounds memory; each holds 2 x 7 MB of images)
+POOL = 8  # distinct batches cycled through (bounds memory; each holds 9 MB of images)
 
 
 def device_name(device: torch.device) -> str:
@@ -49,16 +51,19 @@ def device_name(device: torch.device) -> str:
 
 
 def synthetic_batches(batch_size: int, count: int, seed: int = 0) -> list[SampleBatch]:
+    """Random batches laid out as the replay returns them: the obs and next-obs image stacks
+    are overlapping views of one [B, F + 1, H, W] block (``replay.shard.PackedBatch``)."""
     rng = np.random.default_rng(seed)
-    image = (batch_size, SPEC.frames, SPEC.image_size, SPEC.image_size)
+    frames = (batch_size, SPEC.frames + 1, SPEC.image_size, SPEC.image_size)
 
     def one() -> SampleBatch:
+        block = rng.integers(0, 256, frames, dtype=np.uint8)
         return SampleBatch(
-            rng.integers(0, 256, image, dtype=np.uint8),
+            block[:, :-1],
             rng.standard_normal((batch_size, SPEC.vector_dim), dtype=np.float32),
             rng.uniform(-1, 1, (batch_size, SPEC.action_dim)).astype(np.float32),
             rng.standard_normal(batch_size, dtype=np.float32),
-            rng.integers(0, 256, image, dtype=np.uint8),
+            block[:, 1:],
             rng.standard_normal((batch_size, SPEC.vector_dim), dtype=np.float32),
             (rng.random(batch_size) < 0.02).astype(np.float32),
             np.zeros(batch_size, np.float32), np.zeros(batch_size, np.int64),
@@ -120,12 +125,24 @@ def ours(variant: str, args: argparse.Namespace, batches: list[SampleBatch]) -> 
         for _ in range(n):
             learner.update_on_device(on_device[next(counter) % len(on_device)])
 
+    def pipelined(n: int) -> None:  # as LearnerLoop runs it: N+1 launched before N is read
+        pending = None
+        for _ in range(n):
+            launched = learner.launch(batches[next(counter) % len(batches)])
+            if pending is not None:
+                pending.result()
+            pending = launched
+        pending.result()
+
     warmup = max(args.warmup, 10 if cfg.cuda_graphs else 0)  # graphs are captured by then
     host(warmup)
     info = {"device": str(learner.device), "precision": precision, "compile": cfg.compile,
             "cuda_graphs": cfg.cuda_graphs, "first_two_updates_s": first}
-    return [Runner(f"ours {variant}", "host", host, learner.device, info),
-            Runner(f"ours {variant}", "device", device, learner.device, info)]
+    runners = [Runner(f"ours {variant}", "host", host, learner.device, info),
+               Runner(f"ours {variant}", "device", device, learner.device, info)]
+    if learner.device.type == "cuda":  # on CPU launching is updating: nothing to overlap
+        runners.append(Runner(f"ours {variant}", "pipeline", pipelined, learner.device, info))
+    return runners
 
 
 def _sb3_model(args: argparse.Namespace, batches: list[SampleBatch]) -> Any:

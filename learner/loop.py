@@ -86,34 +86,68 @@ class LearnerLoop:
 
     def run_updates(self, n: int, max_seconds: float = float("inf")) -> LearnerReport:
         """Runs up to ``n`` updates, returning early after ``max_seconds`` (e.g. while the
-        replay is below its minimum size or the rate limiter holds the learner back)."""
+        replay is below its minimum size or the rate limiter holds the learner back).
+
+        With a learner that can ``launch`` (TD3Learner), update N+1 is queued before N's
+        stats are read, so on a GPU the next batch is sampled and copied while the previous
+        update runs; priorities and stats then follow one update behind, and every update
+        launched is finished before this returns.
+        """
         report = LearnerReport()
         lags: list[float] = []
+        pending: tuple[Any, SampleBatch] | None = None
+        launch = getattr(self.learner, "launch", None)
         start = wait_from = time.perf_counter()
         while report.updates < n and time.perf_counter() - start < max_seconds:
             t0 = time.perf_counter()
             batch = self._sample()
             report.sample_wait_seconds += time.perf_counter() - t0
             if batch is None:
+                if pending is not None:  # idle: finish what is in flight first
+                    self._finish(pending, report)
+                    pending = None
                 time.sleep(self._idle_sleep_s)
                 continue
             report.batch_waits.append(time.perf_counter() - wait_from)
             t1 = time.perf_counter()
-            stats = self.learner.update(batch)
+            launched = launch(batch) if launch is not None else _Done(self.learner.update(batch))
             report.update_seconds += time.perf_counter() - t1
-            if self._update_priorities is not None and getattr(stats, "td_error", None) is not None:
-                self._update_priorities(batch.key, np.asarray(stats.td_error))
+            if pending is not None:
+                self._finish(pending, report)
+            pending = (launched, batch)
             report.updates += 1
             report.samples += batch.size
             lags.append(policy_lag(self.version, batch))
-            report.stats = _scalar_stats(stats)
             if self.learner.updates % self.publish_every == 0:
                 report.publish_times.append(self.publish())
                 report.publish_seconds += report.publish_times[-1]
                 report.publishes += 1
             wait_from = time.perf_counter()
+        if pending is not None:
+            self._finish(pending, report)
         finite = [x for x in lags if np.isfinite(x)]
         report.policy_lag = float(np.mean(finite)) if finite else float("nan")
         report.total_updates = int(self.learner.updates)
         report.policy_version = self.version
         return report
+
+    def _finish(self, pending: tuple[Any, SampleBatch], report: LearnerReport) -> None:
+        """Waits for a launched update's stats; sends its priorities and records its stats."""
+        launched, batch = pending
+        t0 = time.perf_counter()
+        stats = launched.result()
+        report.update_seconds += time.perf_counter() - t0
+        td_error = stats.get("td_error") if isinstance(stats, dict) else getattr(stats, "td_error", None)
+        if self._update_priorities is not None and td_error is not None:
+            self._update_priorities(batch.key, np.asarray(td_error))
+        report.stats = _scalar_stats(stats)
+
+
+class _Done:
+    """A finished update's stats behind the ``result()`` of a launched one."""
+
+    def __init__(self, stats: Any) -> None:
+        self._stats = stats
+
+    def result(self) -> Any:
+        return self._stats

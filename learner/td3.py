@@ -58,6 +58,38 @@ class UpdateStats:
     td_error: np.ndarray
 
 
+class PendingUpdate:
+    """A launched update; ``result()`` waits for it and returns its ``UpdateStats``.
+
+    On CUDA the packed stats are copied into a pinned host buffer without blocking, and the
+    wait is on an event recorded after that copy: the one host synchronisation of an update.
+    """
+
+    def __init__(self, updates: int, policy_updated: bool, packed: torch.Tensor,
+                 host: torch.Tensor | None) -> None:
+        self.updates, self.policy_updated = updates, policy_updated
+        self._stats: UpdateStats | None = None
+        self._event: torch.cuda.Event | None = None
+        if host is None:
+            self._host = packed
+        else:
+            host.copy_(packed, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+            self._host = host
+
+    def result(self) -> UpdateStats:
+        if self._stats is None:
+            if self._event is not None:
+                self._event.synchronize()
+            packed = self._host.numpy()
+            values = dict(zip(_SCALARS, (float(v) for v in packed[: len(_SCALARS)])))
+            self._stats = UpdateStats(updates=self.updates, policy_updated=self.policy_updated,
+                                      td_error=packed[len(_SCALARS):].copy(), **values)
+            self._host = None
+        return self._stats
+
+
 class Pixels(NamedTuple):
     """A batch's images, converted once per update and shared by every encoder that reads
     them (``ImageEncoder.prepare``)."""
@@ -136,6 +168,8 @@ class TD3Learner:
         self.generator = torch.Generator(self.device)
         self.generator.manual_seed(seed)
         self._updates = 0
+        self._stats_slots: list[PendingUpdate | None] = [None, None]
+        self._stats_buffers: list[torch.Tensor | None] = [None, None]
         self._encoders = {"critic": list(self.nets.critic.encoder.parameters()),
                           "policy": list(self.nets.policy.encoder.parameters())}
         self._snapshots = {k: [p.detach().clone() for p in v] for k, v in self._encoders.items()}
@@ -214,13 +248,56 @@ class TD3Learner:
         Raises:
             SpecError: if the batch does not match the spec.
         """
-        return self.update_on_device(self.to_device(batch))
+        return self.launch(batch).result()
+
+    def launch(self, batch: SampleBatch) -> "PendingUpdate":
+        """Queues one update from a numpy batch and returns at once (on CUDA, before the GPU
+        has run it); ``result()`` of the returned handle waits for its stats.
+
+        A loop that launches update N+1 before reading N's stats keeps the GPU busy while the
+        host reads stats, samples and copies the next batch (``learner.loop.LearnerLoop``).
+        The stats of the two latest launches are buffered; launching a third reads the oldest.
+
+        Raises:
+            SpecError: if the batch does not match the spec.
+        """
+        pending = self._launch(self.to_device(batch))
+        self._to_device.release()  # the copy of a later batch may reuse its buffers after this
+        return pending
 
     def to_device(self, batch: SampleBatch) -> DeviceBatch:
         """Validates ``batch`` and copies it to the learner's device (pinned, non-blocking on
-        CUDA: the copy may still be in flight when this returns; the next update orders it)."""
+        CUDA: the copy may still be in flight when this returns; the update waits for it)."""
         validate_batch(self.spec, batch)
         return self._to_device(batch)
+
+    def update_on_device(self, b: DeviceBatch) -> UpdateStats:
+        """``update`` from a batch already on the learner's device (e.g. from a device-resident
+        replay cache); the caller guarantees the spec's shapes and dtypes."""
+        return self._launch(b).result()
+
+    def _launch(self, b: DeviceBatch) -> "PendingUpdate":
+        self._updates += 1
+        policy_updated = self._updates % self.td3.policy_delay == 0
+        # Drawn outside the step so that a captured CUDA graph replays with fresh noise.
+        noise = torch.randn(b.action.shape, generator=self.generator, device=self.device)
+        packed = self._run(b, noise * self.td3.policy_noise, policy_updated)
+        slot = self._updates % len(self._stats_slots)
+        previous = self._stats_slots[slot]
+        if previous is not None:
+            previous.result()  # its host buffer is about to be reused
+        pending = PendingUpdate(self._updates, policy_updated, packed, self._stats_host(slot, packed))
+        self._stats_slots[slot] = pending
+        return pending
+
+    def _stats_host(self, slot: int, packed: torch.Tensor) -> torch.Tensor | None:
+        if self.device.type != "cuda":
+            return None
+        buf = self._stats_buffers[slot]
+        if buf is None or buf.shape != packed.shape:
+            buf = torch.empty(packed.shape, dtype=packed.dtype, pin_memory=True)
+            self._stats_buffers[slot] = buf
+        return buf
 
     def _step(self, b: DeviceBatch, noise: torch.Tensor, policy: bool) -> torch.Tensor:
         """One update on device tensors; returns the packed stats (scalars, then |TD error|).
@@ -238,19 +315,6 @@ class TD3Learner:
         scalars = torch.stack([critic_loss, self._last_policy[0], q1_mean, q2_mean, y_mean,
                                critic_grad, self._last_policy[1], *changes])
         return torch.cat([scalars.float(), td.float()])
-
-    def update_on_device(self, b: DeviceBatch) -> UpdateStats:
-        """``update`` from a batch already on the learner's device (e.g. from a device-resident
-        replay cache); the caller guarantees the spec's shapes and dtypes."""
-        self._updates += 1
-        policy_updated = self._updates % self.td3.policy_delay == 0
-        # Drawn outside the step so that a captured CUDA graph replays with fresh noise.
-        noise = torch.randn(b.action.shape, generator=self.generator, device=self.device)
-        packed = self._run(b, noise * self.td3.policy_noise, policy_updated)
-        packed = packed.cpu().numpy()  # the one host sync of an update
-        values = dict(zip(_SCALARS, (float(v) for v in packed[: len(_SCALARS)])))
-        return UpdateStats(updates=self._updates, policy_updated=policy_updated,
-                           td_error=packed[len(_SCALARS):].copy(), **values)
 
     # ---------------------------------------------------------------- weights and state
 

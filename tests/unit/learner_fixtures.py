@@ -41,3 +41,13 @@ def random_batch(spec: EnvSpec, size: int, seed: int) -> SampleBatch:
 def params_of(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Detached copies of a module's parameters by name."""
     return {k: v.detach().clone() for k, v in module.named_parameters()}
+
+
+def packed_batch(spec: EnvSpec, size: int, seed: int) -> SampleBatch:
+    """``random_batch`` laid out as a replay shard returns it: obs and next-obs images are
+    read-only overlapping views of one [B, F + 1, H, W] block (``PackedBatch.unpack``)."""
+    batch = random_batch(spec, size, seed)
+    frames = np.random.default_rng(seed + 10_000).integers(
+        0, 256, (size, spec.frames + 1, spec.image_size, spec.image_size), dtype=np.uint8)
+    frames.flags.writeable = False
+    return batch._replace(obs_image=frames[:, :-1], next_image=frames[:, 1:])

@@ -67,3 +67,24 @@ def test_cuda_checkpoint_loads_into_a_cpu_learner(tmp_path):
     assert cpu.updates == 3 and _max_diff(cpu.nets.critic, learner.nets.critic.cpu()) == 0.0
     stats = cpu.update(random_batch(SMALL_SPEC, 16, seed=3))
     assert np.isfinite(stats.critic_loss)
+
+
+@pytest.mark.parametrize("graphs", [False, True])
+def test_pipelined_packed_batches_match_synchronous_separate_ones(graphs):
+    from tests.unit.learner_fixtures import packed_batch
+    cfg = dataclasses.replace(small_config(), device="cuda", cuda_graphs=graphs)
+    sync, piped = TD3Learner(SMALL_SPEC, cfg, seed=0), TD3Learner(SMALL_SPEC, cfg, seed=0)
+    batches = [packed_batch(SMALL_SPEC, 16, seed=i) for i in range(14)]
+    expected = [sync.update(b._replace(obs_image=b.obs_image.copy(), next_image=b.next_image.copy()))
+                for b in batches]
+    got, pending = [], None
+    for b in batches:  # as LearnerLoop runs it: N+1 launched (and its batch copied) before N is read
+        launched = piped.launch(b)
+        if pending is not None:
+            got.append(pending.result())
+        pending = launched
+    got.append(pending.result())
+    for e, g in zip(expected, got):
+        assert g.updates == e.updates
+        np.testing.assert_allclose(g.td_error, e.td_error, atol=ATOL)
+    assert _max_diff(piped.nets.critic, sync.nets.critic) < ATOL
