@@ -227,7 +227,7 @@ class CudaTransfer:
         staged = {}
         for name, value in arrays.items():
             pinned, on_device = slot.buffers(name, value, self.device)
-            np.copyto(pinned.numpy(), value, casting="no")
+            pinned.copy_(_from_numpy(value))  # torch splits a large copy over its threads
             staged[name] = (pinned, on_device)
         with torch.cuda.stream(self._stream):
             if slot.consumed is not None:

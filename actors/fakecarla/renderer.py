@@ -58,6 +58,8 @@ class CameraRenderer:
         v = (np.arange(height, dtype=np.float32) + 0.5 - height / 2.0) / self.focal
         self._ray_u, self._ray_v = np.meshgrid(u, -v)
         self._ray_norm = np.sqrt(1.0 + self._ray_u ** 2 + self._ray_v ** 2)
+        self._mask_key: tuple[float, ...] | None = None
+        self._mask: tuple[np.ndarray, np.ndarray] = (np.zeros(0, bool), np.zeros(0, np.uint32))
         self._palette = PALETTE.view(np.uint32).ravel()
         self._sky = SKY.view(np.uint32)[0]
         self._haze = HAZE.view(np.uint32)[0]
@@ -82,8 +84,8 @@ class CameraRenderer:
         """Ground pixels via the image-to-raster homography of the z = 0 plane."""
         rotation, (cx, cy, cz) = camera_matrix[:3, :3], camera_matrix[:3, 3]
         r = self._raster
-        sky = np.full((self.height, self.width), self._sky, np.uint32)
         if cz <= 0.0:
+            sky = np.full((self.height, self.width), self._sky, np.uint32)
             return sky.view(np.uint8).reshape(self.height, self.width, 4)
         # Ground point = C - cz * d / dz with d = R A (u, v, 1); in raster pixels (centres at
         # integers) that is a homography of (u, v, 1) whose third row is res * dz.
@@ -96,12 +98,25 @@ class CameraRenderer:
         classes = cv2.warpPerspective(r.levels[level], homography, (self.width, self.height),
                                       flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
                                       borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-        ground = self._palette[classes]
-        dz = rz[0] + rz[1] * self._ray_u + rz[2] * self._ray_v
-        # A ray meets the ground within MAX_GROUND_M iff its downward slope is steep enough.
-        near_enough = -dz * MAX_GROUND_M > cz * self._ray_norm
-        image = np.where(dz < 0.0, np.where(near_enough, ground, self._haze), sky)
+        ground_mask, background = self._masks(rz, cz)
+        image = np.where(ground_mask, self._palette[classes], background)
         return image.view(np.uint8).reshape(self.height, self.width, 4)
+
+    def _masks(self, rz: np.ndarray, cz: float) -> tuple[np.ndarray, np.ndarray]:
+        """Pixels whose ray meets the ground within MAX_GROUND_M, and the sky/haze elsewhere.
+
+        They depend only on the camera's height and the z row of its rotation (pitch and
+        roll), which stay the same while a vehicle drives on flat ground, so the last pair is
+        kept and reused."""
+        key = (float(rz[0]), float(rz[1]), float(rz[2]), float(cz))
+        if self._mask_key != key:
+            dz = rz[0] + rz[1] * self._ray_u + rz[2] * self._ray_v
+            # A ray meets the ground within MAX_GROUND_M iff its downward slope is steep enough.
+            near_enough = -dz * MAX_GROUND_M > cz * self._ray_norm
+            ground = (dz < 0.0) & near_enough
+            background = np.where(dz < 0.0, self._haze, self._sky).astype(np.uint32)
+            self._mask_key, self._mask = key, (ground, background)
+        return self._mask
 
     def _level(self, forward_z: float, height: float) -> int:
         """The coarsest raster level whose cells are no smaller than a pixel's ground footprint
