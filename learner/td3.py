@@ -174,9 +174,12 @@ class TD3Learner:
                           "policy": list(self.nets.policy.encoder.parameters())}
         self._snapshots = {k: [p.detach().clone() for p in v] for k, v in self._encoders.items()}
         self._last_policy = torch.zeros(2, device=self.device)  # loss, encoder grad norm
+        self._target_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        self._target_terms = self._target_forward
         self._critic_terms = self._critic_forward
         self._policy_terms = self._policy_forward
         if cfg.compile:
+            self._target_terms = torch.compile(self._target_forward, dynamic=False)
             self._critic_terms = torch.compile(self._critic_forward, dynamic=False)
             self._policy_terms = torch.compile(self._policy_forward, dynamic=False)
         self._run = executor_for(self._step, self.device, cfg.cuda_graphs)
@@ -191,7 +194,8 @@ class TD3Learner:
 
     # ---------------------------------------------------------------- the step, in pieces
 
-    def _critic_forward(self, b: DeviceBatch, px: Pixels, noise: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def _target_forward(self, b: DeviceBatch, px: Pixels, noise: torch.Tensor) -> torch.Tensor:
+        """The TD target y: target policy (smoothed) and target critic on the next obs."""
         nets, td3 = self.nets, self.td3
         with torch.no_grad(), self._autocast():
             target_features = nets.critic_target.encoder.encode(px.next, b.next_vector)
@@ -199,13 +203,39 @@ class TD3Learner:
             next_action = losses.smoothed_target_action(
                 nets.policy_target.act(policy_features).float(), noise, td3.noise_clip)
             next_q1, next_q2 = nets.critic_target.q_values(target_features, next_action)
-        y = losses.td_target(b.reward, b.terminated, next_q1.float(), next_q2.float(), td3.gamma)
+            return losses.td_target(b.reward, b.terminated, next_q1.float(), next_q2.float(),
+                                    td3.gamma)
+
+    def _critic_forward(self, b: DeviceBatch, px: Pixels) -> tuple[torch.Tensor, ...]:
+        """The online critic's Q values of the batch, and its encoder features."""
+        nets = self.nets
         with self._autocast():
             features = nets.critic.encoder.encode(px.obs, b.vector)
             q1, q2 = nets.critic.q_values(features, b.action)
-        loss, td = losses.critic_loss(q1.float(), q2.float(), y, b.weight)
-        return (loss, td, q1.detach().float().mean(), q2.detach().float().mean(), y.mean(),
-                features.detach())
+        return q1.float(), q2.float(), features
+
+    def _td_target(self, b: DeviceBatch, px: Pixels, noise: torch.Tensor) -> torch.Tensor:
+        """y, computed on a second CUDA stream when there is one: the target networks' passes
+        do not depend on the online critic's, so the GPU runs both at once (the small kernels
+        of batch 256 leave most of it idle otherwise). The caller joins the stream before
+        using y (``_join``)."""
+        if self._target_stream is None:
+            return self._target_terms(b, px, noise)
+        main = torch.cuda.current_stream(self.device)
+        self._target_stream.wait_stream(main)
+        with torch.cuda.stream(self._target_stream):
+            y = self._target_terms(b, px, noise)
+        # Tensors allocated on one stream and used on another must tell the allocator.
+        y.record_stream(main)
+        px.next.record_stream(self._target_stream)
+        for t in b:
+            t.record_stream(self._target_stream)
+        noise.record_stream(self._target_stream)
+        return y
+
+    def _join(self) -> None:
+        if self._target_stream is not None:
+            torch.cuda.current_stream(self.device).wait_stream(self._target_stream)
 
     def _policy_forward(self, b: DeviceBatch, px: Pixels,
                         critic_features: torch.Tensor) -> torch.Tensor:
@@ -222,13 +252,18 @@ class TD3Learner:
         return losses.policy_loss(q1.float())
 
     def _critic_step(self, b: DeviceBatch, px: Pixels, noise: torch.Tensor) -> list[torch.Tensor]:
-        loss, td, q1_mean, q2_mean, y_mean, features = self._critic_terms(b, px, noise)
+        y = self._td_target(b, px, noise)  # on the target stream (CUDA) ...
+        q1, q2, features = self._critic_terms(b, px)  # ... while this runs on the main one
+        self._join()
+        loss, td = losses.critic_loss(q1, q2, y, b.weight)
         self.critic_opt.zero_grad(set_to_none=True)
         loss.backward()
         encoder_grad = losses.grad_norm(_encoder_params(self.nets.critic_groups), self.device)
         self._clip(self._critic_params)
         self.critic_opt.step()
-        return [loss.detach(), q1_mean, q2_mean, y_mean, encoder_grad, td, features]
+        # The policy step scores actions with these features of the same batch, detached.
+        return [loss.detach(), q1.detach().mean(), q2.detach().mean(), y.mean(), encoder_grad,
+                td, features.detach()]
 
     def _policy_step(self, b: DeviceBatch, px: Pixels, critic_features: torch.Tensor) -> None:
         loss = self._policy_terms(b, px, critic_features)
