@@ -10,7 +10,7 @@ steps/s(N) / (N x steps/s(1)).
 Broadcast latency: for each published version, the time from publish until EVERY rollout actor
 runs it (the max over actors of publish -> handed to the env loop), p50 and p99.
 
-    python -m bench.e2e_scaling [--actors 1,2,4,8,16] [--steps 100] [--tick-latency 0.05]
+    python -m bench.e2e_scaling [--actors 1,2,4,8,16] [--steps 300] [--tick-latency 0.05]
 """
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ from deploy.rundir import RunDir
 from replay.client import ray_system_config
 
 
-def bench_config(actors: int, tick_latency_s: float, updates_per_env_step: float) -> C.RunConfig:
+def bench_config(actors: int, tick_latency_s: float, updates_per_env_step: float,
+                 batch_size: int = 128) -> C.RunConfig:
     """Standard 84x84 workload, fake CARLA with a per-tick server cost, learner rate-limited."""
     base = C.RunConfig()
     return replace(
@@ -42,7 +43,8 @@ def bench_config(actors: int, tick_latency_s: float, updates_per_env_step: float
                     max_steps=400),
         # One learner thread: on 2 cores, two OpenMP threads spin at barriers whenever an actor
         # holds the other core, and the learner would take the actors' CPU.
-        learner=replace(base.learner, device="cpu", publish_every=1, prefetch=2, cpu_threads=1),
+        learner=replace(base.learner, device="cpu", publish_every=1, prefetch=2, cpu_threads=1,
+                        td3=replace(base.learner.td3, batch_size=batch_size)),
         replay=replace(base.replay, num_shards=min(2, actors), capacity=20_000,
                        min_size_to_sample=256),
         rollout=replace(base.rollout, num_actors=actors, learning_starts=0, weight_poll_every=1),
@@ -55,8 +57,8 @@ def _keep_learner_busy(learner, stop: threading.Event, updates: list[int]) -> No
         updates.append(report.updates)
 
 
-def measure(actors: int, steps: int, tick_latency_s: float, ratio: float) -> dict:
-    cfg = bench_config(actors, tick_latency_s, ratio)
+def measure(actors: int, steps: int, tick_latency_s: float, ratio: float, batch_size: int) -> dict:
+    cfg = bench_config(actors, tick_latency_s, ratio, batch_size)
     build.validate(cfg)
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = RunDir.create(tmp, "bench")
@@ -96,10 +98,13 @@ def measure(actors: int, steps: int, tick_latency_s: float, ratio: float) -> dic
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--actors", default="1,2,4,8,16")
-    p.add_argument("--steps", type=int, default=100, help="timed env steps per actor")
+    p.add_argument("--steps", type=int, default=300, help="timed env steps per actor")
     p.add_argument("--tick-latency", type=float, default=0.05, help="fake server cost per tick, s")
-    p.add_argument("--updates-per-env-step", type=float, default=0.004,
+    # A batch of 128 at 0.008 updates per env step costs the learner about what 256 at 0.004
+    # did, and publishes twice as many versions: enough for a p99 over a few dozen of them.
+    p.add_argument("--updates-per-env-step", type=float, default=0.008,
                    help="learner updates per env step held by the rate limiter")
+    p.add_argument("--batch-size", type=int, default=128, help="learner batch size")
     p.add_argument("--json", default="", help="also write the JSON here")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -108,7 +113,8 @@ def main(argv: list[str] | None = None) -> None:
     ray.init(num_cpus=max(counts) + 4, include_dashboard=False, logging_level="WARNING",
              _system_config=ray_system_config(spec, C.ReplayConfig().chunk_length))
     try:
-        rows = [measure(n, args.steps, args.tick_latency, args.updates_per_env_step) for n in counts]
+        rows = [measure(n, args.steps, args.tick_latency, args.updates_per_env_step, args.batch_size)
+                for n in counts]
     finally:
         ray.shutdown()
     base = rows[0]["env_steps_per_s"] / rows[0]["actors"]
@@ -116,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
         row["scaling_efficiency"] = row["env_steps_per_s"] / (row["actors"] * base)
     out = {"benchmark": "e2e_scaling", "tick_latency_s": args.tick_latency,
            "steps_per_actor": args.steps, "updates_per_env_step": args.updates_per_env_step,
+           "batch_size": args.batch_size,
            "rows": rows}
     text = json.dumps(out, indent=2)
     print(text)

@@ -73,7 +73,28 @@ def _parser() -> argparse.ArgumentParser:
                    help="record the first evaluation episode of the separate arm's latest "
                         "checkpoint (first of --seeds) to this MP4")
     p.add_argument("--report-only", action="store_true", help="run nothing; redraw from --results")
+    p.add_argument("--merge", type=Path, nargs="+", default=[], metavar="RESULTS",
+                   help="run nothing; fold these results files (e.g. from seeds run in "
+                        "parallel with their own --results) into --results, then redraw")
     return p
+
+
+def merge_files(paths: list[Path], points: list[LearningPoint],
+                meta: dict[str, Any]) -> tuple[list[LearningPoint], dict[str, Any]]:
+    """Points and commands of other results files folded into ``points`` and ``meta``
+    (a point of the same arm, seed and env steps is replaced by the later file's)."""
+    meta = dict(meta)
+    for path in paths:
+        if not path.exists():
+            raise ConfigError(f"--merge {path}: no such results file")
+        more, other = load_results(path)
+        points = merge_points(points, more)
+        for key in ("commands", "machines"):
+            meta[key] = list(dict.fromkeys([*meta.get(key, []), *other.get(key, [])]))
+        for key in ("config", "overrides", "preset", "episodes", "eval_seed"):
+            meta.setdefault(key, other.get(key))
+    meta["machine"] = meta["device"] = "; ".join(meta.get("machines", []))
+    return points, meta
 
 
 def overrides_of(args: argparse.Namespace) -> dict[str, str]:
@@ -211,6 +232,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         overrides = overrides_of(args)
         points, meta = load_results(args.results)
+        if args.merge:
+            points, meta = merge_files(args.merge, points, meta)
+            save_results(args.results, points, meta)
+            write_outputs(args, points, meta)
+            return 0
         meta = update_meta(meta, args, overrides)
         new: list[LearningPoint] = []
         if not args.report_only:

@@ -191,3 +191,21 @@ def test_shrink_video_reencodes_smaller_until_it_fits(tmp_path: Path) -> None:
     assert scale < 1.0 and path.stat().st_size <= size // 2
     cap = cv2.VideoCapture(str(path))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 10 and cap.get(cv2.CAP_PROP_FRAME_WIDTH) < 320
+
+
+def test_merge_files_folds_parallel_results_and_commands(tmp_path: Path) -> None:
+    from bench.learning import main, merge_files
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    rep.save_results(a, [point(seed=0, success=0.1)], {"commands": ["run a"], "machines": ["m1"],
+                                                        "episodes": 10})
+    rep.save_results(b, [point(seed=0, success=0.9), point(seed=1)],
+                     {"commands": ["run b", "run a"], "machines": ["m1"]})
+    points, meta = merge_files([a, b], [], {})
+    assert sorted((p.seed, p.success_rate) for p in points) == [(0, 0.9), (1, 0.5)]
+    assert meta["commands"] == ["run a", "run b"] and meta["machine"] == "m1"
+    with pytest.raises(ConfigError, match="no such results file"):
+        merge_files([tmp_path / "missing.json"], [], {})
+    out = tmp_path / "merged.json"
+    assert main(["--merge", str(a), str(b), "--results", str(out), "--plots", str(tmp_path),
+                 "--doc", str(tmp_path / "doc.md"), "--notes", str(tmp_path / "none.md")]) == 0
+    assert len(rep.load_results(out)[0]) == 2 and (tmp_path / "doc.md").exists()
