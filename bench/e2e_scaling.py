@@ -51,6 +51,29 @@ def bench_config(actors: int, tick_latency_s: float, updates_per_env_step: float
         train=replace(base.train, env_steps=10**9, updates_per_env_step=updates_per_env_step))
 
 
+_ROLES = {"ray::RolloutActor": "actors", "ray::LearnerActor": "learner",
+          "ray::RestoringShard": "replay shards", "ray::WeightBoard": "weight board"}
+
+
+def _cpu_by_role() -> dict[str, float]:
+    """CPU seconds used so far by this machine's processes, grouped by fleet role (the rest of
+    Ray's processes under "ray", everything else under "other")."""
+    import psutil
+
+    out: dict[str, float] = {}
+    for proc in psutil.process_iter(["cmdline", "name"]):
+        try:
+            times = proc.cpu_times()
+            cmd = " ".join(proc.info["cmdline"] or []) or proc.info["name"] or ""
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        role = next((r for k, r in _ROLES.items() if cmd.startswith(k)), None)
+        if role is None:
+            role = "ray" if ("ray" in cmd or "raylet" in cmd or "gcs_server" in cmd) else "other"
+        out[role] = out.get(role, 0.0) + times.user + times.system
+    return out
+
+
 def _keep_learner_busy(learner, stop: threading.Event, updates: list[int]) -> None:
     while not stop.is_set():
         report = ray.get(learner.run_updates.remote(2, 1.0))
@@ -73,26 +96,39 @@ def measure(actors: int, steps: int, tick_latency_s: float, ratio: float, batch_
             thread.start()
             time.sleep(1.0)
             first_timed_version = ray.get(fleet.board.version.remote()) + 1
-            t0 = time.perf_counter()
+            cpu0, t0 = _cpu_by_role(), time.perf_counter()
             reports = ray.get([a.run_steps.remote(steps, 10**9) for a in fleet.actors])
             wall = time.perf_counter() - t0
+            cpu1 = _cpu_by_role()
             stop.set()
             thread.join()
         finally:
             for handle in [*fleet.actors, fleet.learner, *fleet.shards, fleet.board]:
                 ray.kill(handle, no_restart=True)
-    per_version: dict[int, list[float]] = {}
+    per_version: dict[int, list[tuple[float, float]]] = {}
     for report in reports:
-        for version, latency in zip(report.broadcast_versions, report.broadcast_latencies):
-            per_version.setdefault(version, []).append(latency)
+        for version, latency, fetch in zip(report.broadcast_versions, report.broadcast_latencies,
+                                           report.broadcast_fetch_latencies):
+            per_version.setdefault(version, []).append((latency, fetch))
     # A version counts once every actor ran it; its latency is the slowest actor's.
-    complete = [max(lats) for v, lats in per_version.items()
-                if len(lats) == actors and v >= first_timed_version]
+    timed = [lats for v, lats in per_version.items()
+             if len(lats) == actors and v >= first_timed_version]
+    complete = [max(lat for lat, _ in lats) for lats in timed]
+    fetched = [max(fetch for _, fetch in lats) for lats in timed]
+    # Cores each role kept busy during the timed window (2.0 = both cores of the CI machine).
+    cores = {role: round((cpu1.get(role, 0.0) - cpu0.get(role, 0.0)) / wall, 3)
+             for role in cpu1 if cpu1.get(role, 0.0) - cpu0.get(role, 0.0) > 0.0}
+    actor_ms = 1e3 * cores.get("actors", 0.0) * wall / (actors * steps)
     return {"actors": actors, "env_steps": actors * steps, "wall_seconds": wall,
+            "cores_busy": cores, "actor_cpu_ms_per_step": actor_ms,
             "env_steps_per_s": actors * steps / wall, "learner_updates": int(sum(updates)),
             "versions_seen_by_all": len(complete),
             "broadcast_p50_ms": float(np.percentile(complete, 50) * 1e3) if complete else None,
-            "broadcast_p99_ms": float(np.percentile(complete, 99) * 1e3) if complete else None}
+            "broadcast_p99_ms": float(np.percentile(complete, 99) * 1e3) if complete else None,
+            # publish -> the slowest actor's poll thread has the snapshot (the rest of the
+            # latency is that actor's env loop finishing its current step)
+            "fetch_p50_ms": float(np.percentile(fetched, 50) * 1e3) if fetched else None,
+            "fetch_p99_ms": float(np.percentile(fetched, 99) * 1e3) if fetched else None}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -129,11 +165,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         with open(args.json, "w") as f:
             f.write(text)
-    print(f"{'actors':>6} {'steps/s':>9} {'efficiency':>10} {'bcast p50 ms':>12} {'bcast p99 ms':>12}")
+    print(f"{'actors':>6} {'steps/s':>9} {'efficiency':>10} {'bcast p50 ms':>12} {'bcast p99 ms':>12}"
+          f" {'fetch p50 ms':>12} {'fetch p99 ms':>12}")
     for r in rows:
         fmt = lambda v: f"{v:12.1f}" if v is not None else f"{'-':>12}"
         print(f"{r['actors']:>6} {r['env_steps_per_s']:9.1f} {r['scaling_efficiency']:10.1%} "
-              f"{fmt(r['broadcast_p50_ms'])} {fmt(r['broadcast_p99_ms'])}")
+              f"{fmt(r['broadcast_p50_ms'])} {fmt(r['broadcast_p99_ms'])} "
+              f"{fmt(r['fetch_p50_ms'])} {fmt(r['fetch_p99_ms'])}")
 
 
 if __name__ == "__main__":

@@ -67,7 +67,9 @@ class RayWeightSource:
         self._lock = threading.Lock()
         self._latest: PolicySnapshot | None = None
         self._latest_published_at = 0.0
+        self._latest_fetched_at = 0.0
         self._latencies: list[float] = []
+        self._fetch_latencies: list[float] = []
         self._versions: list[int] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="weight-poll", daemon=True)
@@ -85,6 +87,7 @@ class RayWeightSource:
                 with self._lock:
                     self._latest = PolicySnapshot(version, state)
                     self._latest_published_at = published_at
+                    self._latest_fetched_at = time.time()
                 known = version
             except Exception as exc:  # the board or the object's owner died: retry later
                 log.warning("event=weight_poll_failed error=%r", exc)
@@ -98,15 +101,18 @@ class RayWeightSource:
             if latest is None or latest.version <= known_version:
                 return None
             self._latencies.append(max(0.0, time.time() - self._latest_published_at))
+            self._fetch_latencies.append(
+                max(0.0, self._latest_fetched_at - self._latest_published_at))
             self._versions.append(latest.version)
         return latest
 
-    def take_broadcasts(self) -> tuple[list[int], list[float]]:
+    def take_broadcasts(self) -> tuple[list[int], list[float], list[float]]:
         """Versions handed to the env loop since the last call, with their broadcast latencies
-        (seconds from publish)."""
+        (seconds from publish until handed over) and the part of it until the poll thread had
+        fetched the snapshot (the rest is the env loop reaching its next step)."""
         with self._lock:
-            out = (self._versions, self._latencies)
-            self._versions, self._latencies = [], []
+            out = (self._versions, self._latencies, self._fetch_latencies)
+            self._versions, self._latencies, self._fetch_latencies = [], [], []
         return out
 
     def stop(self) -> None:

@@ -92,3 +92,15 @@ def test_loop_overlaps_one_update_and_finishes_every_launch():
     assert learner.read == [1, 2, 3, 4, 5]  # every launched update finished, in order
     assert sent == [(0, 1.0), (1, 2.0), (2, 3.0), (4, 4.0), (5, 5.0)]  # keys match their update
     assert report.stats["critic_loss"] == 5.0 and published == [2, 4]
+
+
+def test_idle_pauses_double_up_to_the_cap_and_reset_after_a_batch(monkeypatch):
+    import learner.loop as loop_module
+    sleeps: list[float] = []
+    monkeypatch.setattr(loop_module.time, "sleep", sleeps.append)
+    replies = iter([None] * 7 + [random_batch(SMALL_SPEC, 2, seed=0)] + [None] * 2
+                   + [random_batch(SMALL_SPEC, 2, seed=1)])
+    loop = LearnerLoop(_RecordingLearner(), lambda: next(replies), lambda s: None,
+                       publish_every=100, idle_sleep_s=0.002, max_idle_sleep_s=0.05)
+    assert loop.run_updates(2).updates == 2
+    assert sleeps == pytest.approx([0.002, 0.004, 0.008, 0.016, 0.032, 0.05, 0.05, 0.002, 0.004])
