@@ -10,7 +10,7 @@ steps/s(N) / (N x steps/s(1)).
 Broadcast latency: for each published version, the time from publish until EVERY rollout actor
 runs it (the max over actors of publish -> handed to the env loop), p50 and p99.
 
-    python -m bench.e2e_scaling [--actors 1,2,4,8,16] [--steps 300] [--tick-latency 0.05]
+    python -m bench.e2e_scaling [--actors 1,2,4,8,16] [--steps 500] [--tick-latency 0.05]
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from replay.client import ray_system_config
 
 
 def bench_config(actors: int, tick_latency_s: float, updates_per_env_step: float,
-                 batch_size: int = 128) -> C.RunConfig:
+                 batch_size: int = 256) -> C.RunConfig:
     """Standard 84x84 workload, fake CARLA with a per-tick server cost, learner rate-limited."""
     base = C.RunConfig()
     return replace(
@@ -134,13 +134,12 @@ def measure(actors: int, steps: int, tick_latency_s: float, ratio: float, batch_
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--actors", default="1,2,4,8,16")
-    p.add_argument("--steps", type=int, default=300, help="timed env steps per actor")
+    # 500 steps: at 16 actors about 35 s and 30 to 40 published versions, enough for a p99.
+    p.add_argument("--steps", type=int, default=500, help="timed env steps per actor")
     p.add_argument("--tick-latency", type=float, default=0.05, help="fake server cost per tick, s")
-    # A batch of 128 at 0.008 updates per env step costs the learner about what 256 at 0.004
-    # did, and publishes twice as many versions: enough for a p99 over a few dozen of them.
-    p.add_argument("--updates-per-env-step", type=float, default=0.008,
+    p.add_argument("--updates-per-env-step", type=float, default=0.004,
                    help="learner updates per env step held by the rate limiter")
-    p.add_argument("--batch-size", type=int, default=128, help="learner batch size")
+    p.add_argument("--batch-size", type=int, default=256, help="learner batch size")
     p.add_argument("--json", default="", help="also write the JSON here")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
