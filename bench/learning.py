@@ -234,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         points, meta = load_results(args.results)
         if args.merge:
             points, meta = merge_files(args.merge, points, meta)
+            if args.video is not None:
+                meta.update(record_video(args, int(_csv(args.seeds)[0])))
             save_results(args.results, points, meta)
             write_outputs(args, points, meta)
             return 0
