@@ -94,6 +94,7 @@ def merge_files(paths: list[Path], points: list[LearningPoint],
         for key in ("config", "overrides", "preset", "episodes", "eval_seed"):
             meta.setdefault(key, other.get(key))
     meta["machine"] = meta["device"] = "; ".join(meta.get("machines", []))
+    meta["full_command"] = FULL_COMMAND
     return points, meta
 
 
@@ -234,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
         points, meta = load_results(args.results)
         if args.merge:
             points, meta = merge_files(args.merge, points, meta)
+            meta["results"] = str(args.results)
+            command = "python -m bench.learning " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+            meta["commands"] = [*meta.get("commands", []), command]
             if args.video is not None:
                 meta.update(record_video(args, int(_csv(args.seeds)[0])))
             save_results(args.results, points, meta)
