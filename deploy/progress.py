@@ -92,7 +92,7 @@ class Progress:
             "route_completion": round(_mean(counters.recent_completion), 3) if counters.recent_completion else "",
         }
         for key, stat in (("critic_loss", "critic_loss"), ("policy_loss", "policy_loss"),
-                          ("mean_q", "q1_mean")):  # UpdateStats (learner/td3.py) names
+                          ("mean_q", "q1_mean")):  # UpdateStats (learner/stats.py) names
             if stat in self.last_learner_stats:
                 row[key] = round(self.last_learner_stats[stat], 5)
         self._last_t, self._last_steps, self._last_updates = now, counters.env_steps, counters.updates
