@@ -187,7 +187,8 @@ class CarlaEnv:
         self._destroy_episode()
         transform, route = choose_route(self._session.map, self._carla, self._spawn_points,
                                         episode_seed, self.cfg.route_split,
-                                        self.cfg.route_length_m)
+                                        self.cfg.route_length_m,
+                                        extend_m=self.spec.lookahead_m)
         ego = self._session.spawn_ego(transform)
         self._episode = _Episode(ego, route, episode_seed, self.cfg, self.spec)
         self._rig = SensorRig(self._session.world, self._carla, ego, self._cameras,

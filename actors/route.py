@@ -5,6 +5,12 @@ above). A ``Route`` is a dense centre-line polyline (one point per ``ROUTE_STEP_
 env projects the vehicle onto for progress, lateral deviation and heading error, and samples
 ahead of the vehicle for the observation waypoints.
 
+The polyline runs ``extend_m`` past the goal where the road allows (``plan_route``), so the
+observation waypoints near the goal show the road ahead like anywhere else on the route. When
+they were clamped to the route's end, the last 50 m of every route had its far waypoints
+collapsed onto one point, a state seen nowhere else, and learned policies stopped there: an
+evaluation video showed a car standing still at 91% of its route until the step limit.
+
 Held-out routes: spawn points are put in a stable order (the server's order, or road, lane and
 ``s`` for derived ones) and every ``EVAL_EVERY``-th one belongs to the "eval" split, all others
 to "train", so the two splits never start from the same spawn point. ``choose_route(seed,
@@ -56,15 +62,18 @@ def wrap_angle(angle: float) -> float:
 
 
 class Route:
-    """A centre-line polyline with cumulative distance, direction and lane half-width."""
+    """A centre-line polyline with cumulative distance, direction and lane half-width, and the
+    goal: the distance along it that completes the route (the polyline may run on past it)."""
 
-    def __init__(self, xy: np.ndarray, half_width: np.ndarray) -> None:
+    def __init__(self, xy: np.ndarray, half_width: np.ndarray,
+                 goal_m: float | None = None) -> None:
         """Args:
             xy: float [N, 2] centre-line points, N >= 2, consecutive points distinct.
             half_width: float [N] half lane width at each point.
+            goal_m: distance along the polyline that completes the route; None: its end.
 
         Raises:
-            SimulatorError: for fewer than two points.
+            SimulatorError: for fewer than two points, or a goal outside (0, polyline length].
         """
         if len(xy) < 2:
             raise SimulatorError(f"a route needs >= 2 points, got {len(xy)}")
@@ -74,9 +83,19 @@ class Route:
         self.seg_len = np.maximum(np.hypot(seg[:, 0], seg[:, 1]), 1e-9)
         self.seg_dir = seg / self.seg_len[:, None]
         self.s = np.concatenate([[0.0], np.cumsum(self.seg_len)])
+        end = float(self.s[-1])
+        self.goal_m = end if goal_m is None else float(goal_m)
+        if not 0.0 < self.goal_m <= end + 1e-6:
+            raise SimulatorError(f"route goal {goal_m} m outside (0, {end:.1f}] m")
 
     @property
     def length(self) -> float:
+        """Distance from the start to the goal, metres."""
+        return self.goal_m
+
+    @property
+    def polyline_length(self) -> float:
+        """Distance from the start to the polyline's end (the goal or past it), metres."""
         return float(self.s[-1])
 
     def project(self, x: float, y: float, hint: int | None = None) -> Projection:
@@ -102,8 +121,8 @@ class Route:
         )
 
     def points_at(self, s_values: np.ndarray) -> np.ndarray:
-        """Route points at distances ``s_values`` (clamped to the route, so the end repeats)."""
-        s = np.clip(np.asarray(s_values, np.float64), 0.0, self.length)
+        """Polyline points at distances ``s_values`` (clamped to it, so its end repeats)."""
+        s = np.clip(np.asarray(s_values, np.float64), 0.0, self.polyline_length)
         return np.stack([np.interp(s, self.s, self.xy[:, 0]),
                          np.interp(s, self.s, self.xy[:, 1])], axis=1)
 
@@ -163,15 +182,19 @@ def split_indices(count: int, split: RouteSplit) -> list[int]:
     return chosen
 
 
-def plan_route(start_waypoint: Any, length_m: float, rng: np.random.Generator) -> Route:
-    """Follows the lane from ``start_waypoint`` for ``length_m``, branching at random.
+def plan_route(start_waypoint: Any, length_m: float, rng: np.random.Generator,
+               extend_m: float = 0.0) -> Route:
+    """Follows the lane from ``start_waypoint`` for ``length_m`` plus ``extend_m``, branching at
+    random; the goal is at ``length_m``.
 
-    At every fork (``waypoint.next`` returning several), one branch is drawn from ``rng``.
-    The route stops early at a dead end.
+    At every fork (``waypoint.next`` returning several), one branch is drawn from ``rng``, so
+    the first ``length_m`` do not depend on ``extend_m``. The polyline stops early at a dead
+    end, and the goal with it when the dead end comes before ``length_m``.
     """
     points = [start_waypoint]
     travelled = 0.0
-    while travelled < length_m:
+    goal_m: float | None = None
+    while travelled < length_m + extend_m:
         options = points[-1].next(ROUTE_STEP_M)
         if not options:
             break
@@ -182,13 +205,16 @@ def plan_route(start_waypoint: Any, length_m: float, rng: np.random.Generator) -
             break
         travelled += step
         points.append(nxt)
+        if goal_m is None and travelled >= length_m:
+            goal_m = travelled
     xy = np.array([[w.transform.location.x, w.transform.location.y] for w in points])
     half = np.array([0.5 * w.lane_width for w in points])
-    return Route(xy, half)
+    return Route(xy, half, goal_m)
 
 
 def choose_route(carla_map: Any, carla_module: Any, points: Sequence[Any], seed: int,
-                 split: RouteSplit, length_m: float, attempts: int = 20) -> tuple[Any, Route]:
+                 split: RouteSplit, length_m: float, attempts: int = 20,
+                 extend_m: float = 0.0) -> tuple[Any, Route]:
     """Maps (seed, split) to a spawn transform and a route of at least 90% of ``length_m``.
 
     Args:
@@ -199,6 +225,7 @@ def choose_route(carla_map: Any, carla_module: Any, points: Sequence[Any], seed:
         split: which half of the spawn points to draw from.
         length_m: wanted route length.
         attempts: spawn points tried before giving up on dead ends.
+        extend_m: road planned past the goal for the observation waypoints.
 
     Returns:
         The spawn transform and the route that starts there.
@@ -215,7 +242,7 @@ def choose_route(carla_map: Any, carla_module: Any, points: Sequence[Any], seed:
                                        lane_type=carla_module.LaneType.Driving)
         if start is None:
             continue
-        route = plan_route(start, length_m, rng)
+        route = plan_route(start, length_m, rng, extend_m)
         if route.length >= MIN_ROUTE_FRACTION * length_m:
             return transform, route
         if best is None or route.length > best[1].length:

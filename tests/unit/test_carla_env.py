@@ -79,6 +79,13 @@ def test_seeds_pick_different_routes_and_eval_is_held_out():
     assert not starts[RouteSplit.TRAIN] & starts[RouteSplit.EVAL]
 
 
+def test_route_runs_past_the_goal_for_the_observation_waypoints(env):
+    env.reset(seed=3)
+    route = env.route
+    assert route.length == pytest.approx(env.cfg.route_length_m, abs=1.01)
+    assert route.polyline_length >= route.length + env.spec.lookahead_m - 1.01
+
+
 def test_driving_forward_earns_progress(env):
     env.reset(seed=2)
     for _ in range(40):

@@ -107,6 +107,32 @@ def test_points_at_clamps_to_the_route_end(straight):
     assert route.completion(2 * route.length) == 1.0 and route.completion(-3.0) == 0.0
 
 
+def test_extended_route_keeps_the_goal_and_shows_road_past_it(town):
+    """The polyline runs on past the goal, so the observation waypoints near the goal are
+    spread like anywhere else instead of collapsing onto the route's last point."""
+    points = R.spawn_points(town, carla)
+    for seed in range(6):
+        _, plain = R.choose_route(town, carla, points, seed, RouteSplit.EVAL, 100.0)
+        _, ext = R.choose_route(town, carla, points, seed, RouteSplit.EVAL, 100.0, extend_m=50.0)
+        assert ext.length == pytest.approx(plain.length)  # same goal, same held-out route
+        n = len(plain.xy)
+        assert np.array_equal(ext.xy[:n], plain.xy)
+        assert ext.polyline_length >= ext.length + 49.0
+        near_goal = ext.length - 5.0
+        ahead = ext.points_at(near_goal + 5.0 * np.arange(1, 11))
+        gaps = np.hypot(*np.diff(ahead, axis=0).T)
+        assert gaps.min() > 4.0, f"seed {seed}: waypoints collapse near the goal: {gaps}"
+        assert not ext.is_completed(ext.length - 3.0) and ext.is_completed(ext.length - 1.0)
+        assert ext.completion(ext.polyline_length) == 1.0
+        assert ext.completion(ext.length / 2) == pytest.approx(0.5)
+
+
+def test_route_goal_must_lie_on_the_polyline():
+    xy = np.array([[0.0, 0.0], [10.0, 0.0]])
+    with pytest.raises(SimulatorError, match="route goal 12.0 m outside"):
+        R.Route(xy, np.full(2, 1.75), goal_m=12.0)
+
+
 @pytest.mark.parametrize("name,yaw_deg,world,expected", [
     ("ahead_east", 0.0, (10.0, 0.0), (10.0, 0.0)),
     ("right_when_facing_east", 0.0, (0.0, 3.0), (0.0, 3.0)),
