@@ -7,7 +7,9 @@ the goal) and a lane invasion go beyond that.
 
 * efficiency in [-1, 1]: speed along the route ``v * cos(heading_error)`` over the target speed,
   rising to 1 at the target, falling linearly to 0 at twice the target and to -1 beyond; driving
-  backwards along the route is negative.
+  backwards along the route is negative. Below a quarter of the target speed it also pays
+  ``standstill_penalty``, in full at a standstill and falling linearly to 0 at that speed, so
+  that standing still costs something instead of earning exactly 0.
 * lane_keeping in [-1, 1]: ``1 - lateral error / half lane width - heading error /
   HEADING_ERROR_SCALE_RAD`` (each error capped at 1), multiplied by a speed gate that is 0 at
   standstill and 1 from a quarter of the target speed on, so standing still earns nothing.
@@ -99,8 +101,9 @@ def _clip(x: float, low: float, high: float) -> float:
 def efficiency(m: StepMeasurements, cfg: RewardConfig) -> float:
     """Speed along the route towards the target speed, in [-1, 1] (see the module docstring)."""
     ratio = m.speed_mps * math.cos(m.heading_error_rad) / cfg.target_speed_mps
+    slow = _clip(1.0 - m.speed_mps / (SPEED_GATE_FRACTION * cfg.target_speed_mps), 0.0, 1.0)
     if ratio <= 1.0:
-        return _clip(ratio, -1.0, 1.0)
+        return _clip(ratio - cfg.standstill_penalty * slow, -1.0, 1.0)
     return _clip(2.0 - ratio, -1.0, 1.0)
 
 

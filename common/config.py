@@ -168,6 +168,10 @@ class RewardConfig:
         safety: weight of collision by speed, lane invasion, off road (penalties below).
         progress: weight of distance along the route (term in [-1, 1]) plus bonuses below.
         target_speed_mps: speed the efficiency term rewards most.
+        standstill_penalty: what the efficiency term loses at a standstill (in full, falling
+            to 0 at a quarter of the target speed). 0.1 (0.05 a step at the default weight,
+            as in the original design): at 0, standing still earned exactly 0 and learned
+            policies stopped mid-route until the step limit (docs/learning.md).
         collision_penalty: safety penalty of a collision at the target speed (half of it at
             standstill, 1.5 times it at twice the target speed).
         lane_invasion_penalty: safety penalty of a step that crosses a lane marking or ends
@@ -185,6 +189,7 @@ class RewardConfig:
     safety: float = 1.0
     progress: float = 0.2
     target_speed_mps: float = 8.0
+    standstill_penalty: float = 0.1
     collision_penalty: float = 10.0
     lane_invasion_penalty: float = 3.0
     off_road_penalty: float = 10.0
@@ -194,6 +199,9 @@ class RewardConfig:
     def __post_init__(self) -> None:
         if self.target_speed_mps <= 0:
             raise ConfigError(f"reward.target_speed_mps ({self.target_speed_mps}) must be > 0")
+        if not 0.0 <= self.standstill_penalty <= 1.0:
+            raise ConfigError(f"reward.standstill_penalty ({self.standstill_penalty}) must be "
+                              f"in [0, 1] (the efficiency term is bounded to [-1, 1])")
         for name in ("collision_penalty", "lane_invasion_penalty", "off_road_penalty",
                      "waypoint_bonus", "goal_bonus"):
             if getattr(self, name) < 0:

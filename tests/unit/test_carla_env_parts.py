@@ -152,6 +152,7 @@ def test_driver_brakes_when_too_fast_for_a_bend():
     ("env.sensor_timeout_s", 0.0, r"sensor_timeout_s \(0.0\) must be > 0"),
     ("env.reward.target_speed_mps", 0.0, r"target_speed_mps \(0.0\) must be > 0"),
     ("env.reward.goal_bonus", -1.0, r"goal_bonus \(-1.0\) must be >= 0"),
+    ("env.reward.standstill_penalty", 1.5, r"standstill_penalty \(1.5\) must be in \[0, 1\]"),
     ("env.camera.fov", 200.0, r"fov \(200.0\) must be in \(0, 180\)"),
     ("env.camera.width", 0, r"camera size \(0x120\)"),
     ("env.route_split", "test", r"'test' is not one of \['train', 'eval'\]"),

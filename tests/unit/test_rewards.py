@@ -21,7 +21,10 @@ def step(**kw) -> R.StepMeasurements:
 
 @pytest.mark.parametrize("name,m,expected", [
     ("at_target_speed", step(), 1.0),
-    ("standstill", step(speed_mps=0.0), 0.0),
+    ("standstill", step(speed_mps=0.0), -CFG.standstill_penalty),
+    ("crawling", step(speed_mps=CFG.target_speed_mps / 8),
+     0.125 - CFG.standstill_penalty / 2),
+    ("quarter_target", step(speed_mps=CFG.target_speed_mps / 4), 0.25),
     ("half_target", step(speed_mps=CFG.target_speed_mps / 2), 0.5),
     ("twice_target", step(speed_mps=2 * CFG.target_speed_mps), 0.0),
     ("far_too_fast", step(speed_mps=4 * CFG.target_speed_mps), -1.0),
@@ -118,7 +121,14 @@ def test_driving_well_beats_standing_still_and_crashing():
     good = R.reward_terms(step(), CFG).total
     idle = R.reward_terms(step(speed_mps=0.0, progress_m=0.0), CFG).total
     crash = R.reward_terms(step(collided=True, collision_speed_mps=8.0), CFG).total
-    assert good > 0.9 and abs(idle) < 1e-9 and crash < -5.0
+    assert good > 0.9 and crash < -5.0
+    assert idle == pytest.approx(-CFG.efficiency * CFG.standstill_penalty)
+
+
+def test_efficiency_rises_with_speed_through_the_standstill_ramp():
+    speeds = [0.0, 0.5, 1.0, 1.5, 2.0, 4.0, 8.0]
+    values = [R.efficiency(step(speed_mps=v), CFG) for v in speeds]
+    assert all(a < b for a, b in zip(values, values[1:])), values
 
 
 @pytest.mark.parametrize("name,m,reason", [
