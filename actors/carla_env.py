@@ -294,6 +294,7 @@ class _Episode:
             "reward_terms": terms._asdict(),
             "speed_mps": 0.0 if m is None else m.speed_mps,
             "lateral_m": 0.0 if m is None else m.lateral_m,
+            "half_lane_width_m": 0.0 if m is None else m.half_lane_width_m,
             "heading_error_rad": 0.0 if m is None else m.heading_error_rad,
             "episode_seed": self.seed,
             "step": self.step,

@@ -1,6 +1,9 @@
 """Per-episode breakdown of a policy on the learning benchmark's held-out episodes: why each
-episode ended, its collisions and lane invasions, steps and return. Explains a gap between
-route completion and success (success also needs zero collisions and zero lane invasions).
+episode ended, its collisions and lane invasions, steps and return, the largest distance of the
+vehicle's centre from the route's centre line, and whether the centre ever left its lane.
+Explains a gap between route completion and success (success also needs zero collisions and
+zero lane invasions, where an invasion is any corner of the vehicle's box crossing a marking,
+as CARLA's lane-invasion sensor reports it).
 
     .venv/bin/python -m bench.learning_diagnose /tmp/learning-runs/separate-seed0 --episodes 10
     .venv/bin/python -m bench.learning_diagnose --scripted --preset learn --episodes 10
@@ -29,14 +32,20 @@ def episode_rows(env: Any, act: Callable[[dict], np.ndarray], episodes: int,
     for k in range(episodes):
         obs, info = env.reset(seed=seed + k)
         ret, steps, done = 0.0, 0, False
+        max_lateral, centre_left_lane = 0.0, False
         while not done:
             obs, reward, terminated, truncated, info = env.step(act(obs))
             ret, steps, done = ret + reward, steps + 1, terminated or truncated
+            lateral = abs(float(info["lateral_m"]))
+            max_lateral = max(max_lateral, lateral)
+            centre_left_lane = centre_left_lane or lateral > float(info["half_lane_width_m"])
         rows.append({"episode_seed": seed + k, "termination_reason": info["termination_reason"],
                      "success": bool(info["success"]),
                      "route_completion": round(float(info["route_completion"]), 3),
                      "collisions": int(info["collisions"]),
-                     "lane_invasions": int(info["lane_invasions"]), "steps": steps,
+                     "lane_invasions": int(info["lane_invasions"]),
+                     "max_lateral_m": round(max_lateral, 3), "centre_left_lane": centre_left_lane,
+                     "steps": steps,
                      "return": round(ret, 2)})
     return rows
 
@@ -47,6 +56,7 @@ def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "termination_reasons": dict(Counter(r["termination_reason"] for r in rows)),
             "episodes_with_lane_invasion": sum(r["lane_invasions"] > 0 for r in rows),
             "episodes_with_collision": sum(r["collisions"] > 0 for r in rows),
+            "episodes_whose_centre_left_the_lane": sum(r["centre_left_lane"] for r in rows),
             "mean_lane_invasions": float(np.mean([r["lane_invasions"] for r in rows]))}
 
 

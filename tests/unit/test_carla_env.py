@@ -15,7 +15,8 @@ from common.specs import EnvSpec
 
 SPEC = EnvSpec()
 INFO_KEYS = {"termination_reason", "route_completion", "distance_m", "collisions", "success",
-             "reward_terms", "lane_invasions", "speed_mps", "lateral_m", "heading_error_rad",
+             "reward_terms", "lane_invasions", "speed_mps", "lateral_m", "half_lane_width_m",
+             "heading_error_rad",
              "episode_seed", "step"}
 THROTTLE = np.array([0.0, 0.6], np.float32)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bench import learning_arms as arms
@@ -209,3 +210,21 @@ def test_merge_files_folds_parallel_results_and_commands(tmp_path: Path) -> None
     assert main(["--merge", str(a), str(b), "--results", str(out), "--plots", str(tmp_path),
                  "--doc", str(tmp_path / "doc.md"), "--notes", str(tmp_path / "none.md")]) == 0
     assert len(rep.load_results(out)[0]) == 2 and (tmp_path / "doc.md").exists()
+
+
+def test_diagnose_rows_report_lateral_error_and_lane_departure() -> None:
+    from bench import learning_diagnose as diag
+
+    cfg = arms.arm_config("learn", {}, "scripted", 0)
+    env = arms.eval_env(cfg, 10_000)
+    try:
+        rows = diag.episode_rows(env, arms.baseline_act("scripted", cfg, 0), 1, 10_000)
+        # A policy that steers off to one side leaves its lane: the centre crosses the edge.
+        drift = diag.episode_rows(env, lambda obs: np.array([0.5, 0.5], np.float32), 1, 10_000)
+    finally:
+        env.close()
+    good, bad = rows[0], drift[0]
+    assert good["success"] and 0.0 < good["max_lateral_m"] < 1.0 and not good["centre_left_lane"]
+    assert bad["centre_left_lane"] and bad["max_lateral_m"] > 1.5
+    summary = diag.totals(rows + drift)
+    assert summary["episodes_whose_centre_left_the_lane"] == 1
