@@ -98,18 +98,22 @@ def _clip(x: float, low: float, high: float) -> float:
     return max(low, min(high, x))
 
 
+def _speed_gate(m: StepMeasurements, cfg: RewardConfig) -> float:
+    """0 at a standstill, rising linearly to 1 at SPEED_GATE_FRACTION of the target speed."""
+    return _clip(m.speed_mps / (SPEED_GATE_FRACTION * cfg.target_speed_mps), 0.0, 1.0)
+
+
 def efficiency(m: StepMeasurements, cfg: RewardConfig) -> float:
     """Speed along the route towards the target speed, in [-1, 1] (see the module docstring)."""
     ratio = m.speed_mps * math.cos(m.heading_error_rad) / cfg.target_speed_mps
-    slow = _clip(1.0 - m.speed_mps / (SPEED_GATE_FRACTION * cfg.target_speed_mps), 0.0, 1.0)
     if ratio <= 1.0:
-        return _clip(ratio - cfg.standstill_penalty * slow, -1.0, 1.0)
+        return _clip(ratio - cfg.standstill_penalty * (1.0 - _speed_gate(m, cfg)), -1.0, 1.0)
     return _clip(2.0 - ratio, -1.0, 1.0)
 
 
 def lane_keeping(m: StepMeasurements, cfg: RewardConfig) -> float:
     """Lateral and heading error, gated by speed, in [-1, 1]."""
-    gate = _clip(m.speed_mps / (SPEED_GATE_FRACTION * cfg.target_speed_mps), 0.0, 1.0)
+    gate = _speed_gate(m, cfg)
     lateral = min(abs(m.lateral_m) / max(m.half_lane_width_m, 1e-3), 1.0)
     heading = min(abs(m.heading_error_rad) / HEADING_ERROR_SCALE_RAD, 1.0)
     return gate * (1.0 - lateral - heading)
