@@ -2,8 +2,8 @@
 
 A TD3 update at batch 256 launches a few hundred small kernels; on a fast GPU launching them
 from Python takes longer than running them. ``CudaGraphStep`` captures the two kinds of
-update (critic only; critic + policy + targets) once each and then replays them, so an update
-costs a handful of copies into static input buffers and one graph launch.
+update (critic only; critic + policy + targets) and then replays them, so an update costs one
+graph launch.
 
 The step function must keep all state in tensors it updates in place and never synchronise
 with the host (``TD3Learner._step`` is written that way); random numbers are drawn outside
@@ -24,29 +24,43 @@ log = logging.getLogger(__name__)
 Step = Callable[[DeviceBatch, torch.Tensor, bool], torch.Tensor]
 
 
-class CudaGraphStep:
-    """Runs ``step(batch, noise, policy)`` from one captured CUDA graph per ``policy`` value.
+def _layout(b: DeviceBatch) -> tuple:
+    """Where and how a batch's tensors lie: a graph captured on them reads exactly that."""
+    return tuple((t.data_ptr(), tuple(t.shape), t.stride(), t.dtype) for t in b)
 
-    The first ``warmup`` calls of each kind run eagerly on a side stream (they are real
-    updates; they also create the optimizer state and let cuDNN choose its algorithms), the
-    next call captures that kind, and every later call replays it. Each graph has its own
-    memory pool because the two kinds replay in any order. Learning rates and other
-    hyper-parameters are baked in at capture: change them only before the first update.
+
+class CudaGraphStep:
+    """Runs ``step(batch, noise, policy)`` from captured CUDA graphs.
+
+    The first ``warmup`` calls of each kind (``policy`` False or True) run eagerly on a side
+    stream (they are real updates; they also create the optimizer state and let cuDNN choose
+    its algorithms). After that, a graph is captured for each kind and each set of batch
+    buffers it is called with, reading those buffers in place: the learner's host-to-device
+    copies alternate between two slots (``learner.device.CudaTransfer``), so an update from
+    either slot replays its own graph and copies nothing. Batches in more than
+    ``max_layouts`` other places are first copied into one static batch that has graphs of
+    its own. Each graph has its own memory pool because they replay in any order. Learning
+    rates and other hyper-parameters are baked in at capture: change them only before the
+    first update.
 
     Args:
         step: the update step (see the module docstring).
         warmup: eager calls of each kind before its capture.
+        max_layouts: batch buffer sets that get graphs reading them in place.
     """
 
-    def __init__(self, step: Step, warmup: int = 3) -> None:
+    def __init__(self, step: Step, warmup: int = 3, max_layouts: int = 2) -> None:
         if warmup < 1:
             raise ConfigError(f"warmup ({warmup}) must be >= 1 before a CUDA graph capture")
         self._step = step
         self._warmup = warmup
+        self._max_layouts = max_layouts
         self._eager_calls = {False: 0, True: 0}
-        self._graphs: dict[bool, torch.cuda.CUDAGraph] = {}
-        self._outputs: dict[bool, torch.Tensor] = {}
-        self._static: tuple[DeviceBatch, torch.Tensor] | None = None
+        # (policy, layout or None for the static batch) -> graph, its output, its inputs
+        self._graphs: dict[tuple[bool, tuple | None], tuple[torch.cuda.CUDAGraph, torch.Tensor, DeviceBatch]] = {}
+        self._layouts: set[tuple] = set()
+        self._static: DeviceBatch | None = None
+        self._noise: torch.Tensor | None = None
         self._side = torch.cuda.Stream()
 
     def _eager(self, b: DeviceBatch, noise: torch.Tensor, policy: bool) -> torch.Tensor:
@@ -57,26 +71,40 @@ class CudaGraphStep:
         torch.cuda.current_stream().wait_stream(self._side)
         return out
 
-    def _capture(self, b: DeviceBatch, noise: torch.Tensor, policy: bool) -> None:
-        if self._static is None:
-            self._static = (DeviceBatch(*(t.clone() for t in b)), noise.clone())
+    def _capture(self, b: DeviceBatch, policy: bool) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, DeviceBatch]:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            self._outputs[policy] = self._step(*self._static, policy)
-        self._graphs[policy] = graph
-        log.info("cuda_graph_captured policy_step=%s", policy)
+            out = self._step(b, self._noise, policy)
+        log.info("cuda_graph_captured policy_step=%s graphs=%d", policy, len(self._graphs) + 1)
+        return graph, out, b  # b is kept so its buffers outlive the graph that reads them
+
+    def _graph_for(self, b: DeviceBatch, policy: bool) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, DeviceBatch]:
+        layout = _layout(b)
+        if layout not in self._layouts and len(self._layouts) < self._max_layouts:
+            self._layouts.add(layout)
+        if layout in self._layouts:
+            key = (policy, layout)
+            if key not in self._graphs:
+                self._graphs[key] = self._capture(b, policy)
+            return self._graphs[key]
+        if self._static is None:
+            self._static = DeviceBatch(*(t.clone() for t in b))
+        for dst, src in zip(self._static, b):
+            dst.copy_(src, non_blocking=True)
+        key = (policy, None)
+        if key not in self._graphs:
+            self._graphs[key] = self._capture(self._static, policy)
+        return self._graphs[key]
 
     def __call__(self, b: DeviceBatch, noise: torch.Tensor, policy: bool) -> torch.Tensor:
-        if policy not in self._graphs:
-            if self._eager_calls[policy] < self._warmup:
-                return self._eager(b, noise, policy)
-            self._capture(b, noise, policy)
-        static_batch, static_noise = self._static
-        for dst, src in zip(static_batch, b):
-            dst.copy_(src, non_blocking=True)
-        static_noise.copy_(noise)
-        self._graphs[policy].replay()
-        return self._outputs[policy]
+        if self._eager_calls[policy] < self._warmup:
+            return self._eager(b, noise, policy)
+        if self._noise is None:
+            self._noise = noise.clone()
+        self._noise.copy_(noise)
+        graph, out, _ = self._graph_for(b, policy)
+        graph.replay()
+        return out
 
 
 def executor_for(step: Step, device: torch.device, cuda_graphs: bool) -> Step:

@@ -51,12 +51,25 @@ def soft_update(targets: list[torch.Tensor], onlines: list[torch.Tensor], tau: f
         torch._foreach_lerp_(targets, onlines, tau)
 
 
-def grad_norm(params: list[torch.Tensor], device: torch.device) -> torch.Tensor:
-    """L2 norm of the gradients of ``params`` as a scalar on ``device`` (0 when none has one)."""
-    grads = [p.grad for p in params if p.grad is not None]
+def clip_grads(encoder: list[torch.Tensor], head: list[torch.Tensor], max_norm: float,
+               device: torch.device) -> torch.Tensor:
+    """Clips the gradients of ``encoder`` + ``head`` to a total L2 norm of ``max_norm`` (no
+    clipping when it is 0), as ``torch.nn.utils.clip_grad_norm_`` does, and returns the
+    encoder's gradient norm before clipping (0 when no encoder parameter has a gradient).
+
+    One ``_foreach_norm`` pass serves both the diagnostic and the clipping.
+    """
+    enc = [p.grad for p in encoder if p.grad is not None]
+    grads = enc + [p.grad for p in head if p.grad is not None]
     if not grads:
         return torch.zeros((), device=device)
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    norms = torch._foreach_norm(grads)
+    encoder_norm = (torch.linalg.vector_norm(torch.stack(norms[:len(enc)])) if enc
+                    else torch.zeros((), device=device))
+    if max_norm > 0.0:
+        total = torch.linalg.vector_norm(torch.stack(norms))
+        torch._foreach_mul_(grads, torch.clamp(max_norm / (total + 1e-6), max=1.0))
+    return encoder_norm
 
 
 def weight_change(params: list[torch.Tensor], snapshot: list[torch.Tensor]) -> torch.Tensor:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ from learner import losses, state
 from learner.device import (DeviceBatch, autocast_for, configure_backends, resolve_device,
                             transfer_for, validate_batch)
 from learner.graphs import executor_for
+from learner.lanes import Lanes
 from learner.stats import PendingUpdate, UpdateStats
 from learner.topology import Networks, build_networks
 
@@ -66,14 +67,8 @@ def _adam(groups: list[dict[str, Any]], device: torch.device) -> torch.optim.Ada
     return torch.optim.Adam(groups, fused=True, capturable=device.type == "cuda")
 
 
-def _clipper(max_norm: float) -> Callable[[list[torch.Tensor]], None]:
-    if max_norm <= 0.0:
-        return lambda params: None
-    return lambda params: torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
-
-
-def _encoder_params(groups: list[dict[str, Any]]) -> list[torch.Tensor]:
-    return [p for g in groups if g["name"] == "encoder" for p in g["params"]]
+def _params(groups: list[dict[str, Any]], encoder: bool) -> list[torch.Tensor]:
+    return [p for g in groups if (g["name"] == "encoder") == encoder for p in g["params"]]
 
 
 class TD3Learner:
@@ -99,9 +94,10 @@ class TD3Learner:
         configure_backends(self.device)
         self.policy_opt = _adam(self.nets.policy_groups, self.device)
         self.critic_opt = _adam(self.nets.critic_groups, self.device)
-        self._policy_params = [p for g in self.nets.policy_groups for p in g["params"]]
-        self._critic_params = [p for g in self.nets.critic_groups for p in g["params"]]
-        self._clip = _clipper(cfg.td3.max_grad_norm)
+        self._grads = {"critic": (_params(self.nets.critic_groups, True),
+                                  _params(self.nets.critic_groups, False)),
+                       "policy": (_params(self.nets.policy_groups, True),
+                                  _params(self.nets.policy_groups, False))}
         self._autocast = autocast_for(self.device, cfg.precision)
         self._to_device = transfer_for(self.device)
         self.generator = torch.Generator(self.device)
@@ -113,14 +109,18 @@ class TD3Learner:
                           "policy": list(self.nets.policy.encoder.parameters())}
         self._snapshots = {k: [p.detach().clone() for p in v] for k, v in self._encoders.items()}
         self._last_policy = torch.zeros(2, device=self.device)  # loss, encoder grad norm
-        self._target_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
-        self._target_terms = self._target_forward
-        self._critic_terms = self._critic_forward
-        self._policy_terms = self._policy_forward
+        critic_ids = {id(p) for p in self._encoders["critic"]}
+        # Under SEPARATE the policy encoder changes only in a policy step: 0 in the others.
+        self._policy_encoder_own = not any(id(p) in critic_ids for p in self._encoders["policy"])
+        self._zero = torch.zeros((), device=self.device)
+        self._lanes = Lanes(self.device, ("target_critic", "target_policy", "policy", "diagnostics"))
+        pieces = {"target_critic": self._target_critic_forward,
+                  "target_policy": self._target_policy_forward,
+                  "target_head": self._target_head, "critic": self._critic_forward,
+                  "policy_encoder": self._policy_encoder_forward, "policy_head": self._policy_head}
         if cfg.compile:
-            self._target_terms = torch.compile(self._target_forward, dynamic=False)
-            self._critic_terms = torch.compile(self._critic_forward, dynamic=False)
-            self._policy_terms = torch.compile(self._policy_forward, dynamic=False)
+            pieces = {k: torch.compile(f, dynamic=False) for k, f in pieces.items()}
+        self._terms = pieces
         self._run = executor_for(self._step, self.device, cfg.cuda_graphs)
         log.info("td3_learner device=%s topology=%s precision=%s compile=%s cuda_graphs=%s "
                  "seed=%d", self.device, cfg.network.topology.value, cfg.precision, cfg.compile,
@@ -133,12 +133,22 @@ class TD3Learner:
 
     # ---------------------------------------------------------------- the step, in pieces
 
-    def _target_forward(self, b: DeviceBatch, px: Pixels, noise: torch.Tensor) -> torch.Tensor:
-        """The TD target y: target policy (smoothed) and target critic on the next obs."""
+    def _target_critic_forward(self, b: DeviceBatch, px: Pixels) -> torch.Tensor:
+        """The target critic encoder's features of the next observation."""
+        with torch.no_grad(), self._autocast():
+            return self.nets.critic_target.encoder.encode(px.next, b.next_vector)
+
+    def _target_policy_forward(self, b: DeviceBatch, px: Pixels) -> torch.Tensor | None:
+        """The target policy encoder's features of the next observation (None under SHARED)."""
+        with torch.no_grad(), self._autocast():
+            return self.nets.target_policy_encoding(px.next, b.next_vector)
+
+    def _target_head(self, b: DeviceBatch, target_features: torch.Tensor,
+                     target_encoding: torch.Tensor | None, noise: torch.Tensor) -> torch.Tensor:
+        """The TD target y: target policy (smoothed) and target critic heads."""
         nets, td3 = self.nets, self.td3
         with torch.no_grad(), self._autocast():
-            target_features = nets.critic_target.encoder.encode(px.next, b.next_vector)
-            policy_features = nets.target_policy_features(px.next, b.next_vector, target_features)
+            policy_features = nets.target_policy_features(target_encoding, target_features)
             next_action = losses.smoothed_target_action(
                 nets.policy_target.act(policy_features).float(), noise, td3.noise_clip)
             next_q1, next_q2 = nets.critic_target.q_values(target_features, next_action)
@@ -153,37 +163,20 @@ class TD3Learner:
             q1, q2 = nets.critic.q_values(features, b.action)
         return q1.float(), q2.float(), features
 
-    def _td_target(self, b: DeviceBatch, px: Pixels, noise: torch.Tensor) -> torch.Tensor:
-        """y, computed on a second CUDA stream when there is one: the target networks' passes
-        do not depend on the online critic's, so the GPU runs both at once (the small kernels
-        of batch 256 leave most of it idle otherwise). The caller joins the stream before
-        using y (``_join``)."""
-        if self._target_stream is None:
-            return self._target_terms(b, px, noise)
-        main = torch.cuda.current_stream(self.device)
-        self._target_stream.wait_stream(main)
-        with torch.cuda.stream(self._target_stream):
-            y = self._target_terms(b, px, noise)
-        # Tensors allocated on one stream and used on another must tell the allocator.
-        y.record_stream(main)
-        px.next.record_stream(self._target_stream)
-        for t in b:
-            t.record_stream(self._target_stream)
-        noise.record_stream(self._target_stream)
-        return y
+    def _policy_encoder_forward(self, b: DeviceBatch, px: Pixels) -> torch.Tensor | None:
+        """The policy encoder's features of the batch, with gradient (None under SHARED)."""
+        with self._autocast():
+            return self.nets.policy_encoding(px.obs, b.vector)
 
-    def _join(self) -> None:
-        if self._target_stream is not None:
-            torch.cuda.current_stream(self.device).wait_stream(self._target_stream)
-
-    def _policy_forward(self, b: DeviceBatch, px: Pixels,
-                        critic_features: torch.Tensor) -> torch.Tensor:
+    def _policy_head(self, b: DeviceBatch, encoding: torch.Tensor | None,
+                     critic_features: torch.Tensor) -> torch.Tensor:
+        """The policy loss, from the policy's encoding and the critic step's features."""
         nets = self.nets
         with self._autocast():
             # The critic scores the policy's action with its OWN encoder's features of this
             # batch, as the critic step computed them (detached: no gradient into the critic
             # encoder), so the policy step runs no critic convolution (DrQ-v2 does the same).
-            action = nets.policy.act(nets.policy_features(px.obs, b.vector, critic_features))
+            action = nets.policy.act(nets.policy_features(encoding, critic_features))
             # Q1 head with detached weights: the policy loss leaves no gradient on the critic.
             q1_params = {k: v.detach() for k, v in nets.critic.q1.named_parameters()}
             x = torch.cat([critic_features, action.to(critic_features.dtype)], dim=1)
@@ -191,25 +184,35 @@ class TD3Learner:
         return losses.policy_loss(q1.float())
 
     def _critic_step(self, b: DeviceBatch, px: Pixels, noise: torch.Tensor) -> list[torch.Tensor]:
-        y = self._td_target(b, px, noise)  # on the target stream (CUDA) ...
-        q1, q2, features = self._critic_terms(b, px)  # ... while this runs on the main one
-        self._join()
+        """The TD target and the critic's forward pass, overlapped on the GPU (``Lanes``:
+        the target critic and target policy encoders each on a lane of their own, the online
+        critic on the main stream), then the critic's loss, backward pass and Adam step."""
+        lanes, terms = self._lanes, self._terms
+        target_features = lanes.run("target_critic", terms["target_critic"], b, px)
+        target_encoding = lanes.run("target_policy", terms["target_policy"], b, px)
+        lanes.after("target_critic", "target_policy")
+        y = lanes.run("target_critic", terms["target_head"], b, target_features,
+                      target_encoding, noise)
+        q1, q2, features = terms["critic"](b, px)
+        lanes.join("target_critic")
         loss, td = losses.critic_loss(q1, q2, y, b.weight)
         self.critic_opt.zero_grad(set_to_none=True)
         loss.backward()
-        encoder_grad = losses.grad_norm(_encoder_params(self.nets.critic_groups), self.device)
-        self._clip(self._critic_params)
+        encoder_grad = losses.clip_grads(*self._grads["critic"], self.td3.max_grad_norm,
+                                         self.device)
         self.critic_opt.step()
         # The policy step scores actions with these features of the same batch, detached.
         return [loss.detach(), q1.detach().mean(), q2.detach().mean(), y.mean(), encoder_grad,
                 td, features.detach()]
 
-    def _policy_step(self, b: DeviceBatch, px: Pixels, critic_features: torch.Tensor) -> None:
-        loss = self._policy_terms(b, px, critic_features)
+    def _policy_step(self, b: DeviceBatch, encoding: torch.Tensor | None,
+                     critic_features: torch.Tensor) -> None:
+        loss = self._terms["policy_head"](b, encoding, critic_features)
         self.policy_opt.zero_grad(set_to_none=True)
         loss.backward()
-        encoder_grad = losses.grad_norm(_encoder_params(self.nets.policy_groups), self.device)
-        self._clip(self._policy_params)
+        self._lanes.join("policy")  # the encoder's backward ran on its forward's lane
+        encoder_grad = losses.clip_grads(*self._grads["policy"], self.td3.max_grad_norm,
+                                         self.device)
         self.policy_opt.step()
         self._last_policy.copy_(torch.stack([loss.detach(), encoder_grad]))
         losses.soft_update(*self.nets.target_pairs, self.td3.tau)
@@ -280,14 +283,27 @@ class TD3Learner:
         capture it (``learner.graphs``).
         """
         px = prepare_pixels(b)
+        lanes = self._lanes
+        # The policy encoder's forward pass needs nothing from the critic step: it runs on
+        # its lane beside the critic's passes, backward pass and Adam step.
+        encoding = (lanes.run("policy", self._terms["policy_encoder"], b, px) if policy
+                    else None)
         critic_loss, q1_mean, q2_mean, y_mean, critic_grad, td, features = \
             self._critic_step(b, px, noise)
+        # The critic encoder is final for this update: measure it beside the policy step.
+        critic_change = lanes.run("diagnostics", losses.weight_change,
+                                  self._encoders["critic"], self._snapshots["critic"])
         if policy:
-            self._policy_step(b, px, features)
-        changes = [losses.weight_change(self._encoders[k], self._snapshots[k])
-                   for k in ("critic", "policy")]
+            lanes.join("policy")
+            self._policy_step(b, encoding, features)
+        if policy or not self._policy_encoder_own:
+            policy_change = losses.weight_change(self._encoders["policy"],
+                                                 self._snapshots["policy"])
+        else:
+            policy_change = self._zero
+        lanes.join("diagnostics")
         scalars = torch.stack([critic_loss, self._last_policy[0], q1_mean, q2_mean, y_mean,
-                               critic_grad, self._last_policy[1], *changes])
+                               critic_grad, self._last_policy[1], critic_change, policy_change])
         return torch.cat([scalars.float(), td.float()])
 
     # ---------------------------------------------------------------- weights and state

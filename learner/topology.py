@@ -50,16 +50,27 @@ class Networks:
     critic_groups: ParamGroups
     target_pairs: tuple[list[torch.Tensor], list[torch.Tensor]]
 
-    def policy_features(self, pixels: torch.Tensor, vector: torch.Tensor,
-                        critic_features: torch.Tensor) -> torch.Tensor:
-        """Features the policy acts on in the policy loss (with gradient where trained);
-        ``pixels`` come from ``ImageEncoder.prepare``."""
+    def policy_encoding(self, pixels: torch.Tensor, vector: torch.Tensor) -> torch.Tensor | None:
+        """The policy encoder's own features of ``prepare``d pixels (with gradient), or None
+        where the policy has no encoder of its own. Needs nothing from the critic, so the
+        learner may run it beside the critic's passes."""
         return self.policy.encoder.encode(pixels, vector)
 
-    def target_policy_features(self, pixels: torch.Tensor, vector: torch.Tensor,
+    def target_policy_encoding(self, pixels: torch.Tensor,
+                               vector: torch.Tensor) -> torch.Tensor | None:
+        """``policy_encoding`` of the target policy."""
+        return self.policy_target.encoder.encode(pixels, vector)
+
+    def policy_features(self, encoding: torch.Tensor | None,
+                        critic_features: torch.Tensor) -> torch.Tensor:
+        """Features the policy acts on in the policy loss, from its ``policy_encoding`` and
+        the online critic encoder's features of the same batch."""
+        return encoding
+
+    def target_policy_features(self, encoding: torch.Tensor | None,
                                target_critic_features: torch.Tensor) -> torch.Tensor:
         """Features the target policy acts on for the TD target."""
-        return self.policy_target.encoder.encode(pixels, vector)
+        return encoding
 
     def modules(self) -> dict[str, nn.Module]:
         """The four networks by checkpoint name."""
@@ -70,11 +81,17 @@ class Networks:
 class SharedNetworks(Networks):
     """SHARED: the policy's features are the critic encoder's, computed without gradient."""
 
-    def policy_features(self, pixels: torch.Tensor, vector: torch.Tensor,
+    def policy_encoding(self, pixels: torch.Tensor, vector: torch.Tensor) -> None:
+        return None
+
+    def target_policy_encoding(self, pixels: torch.Tensor, vector: torch.Tensor) -> None:
+        return None
+
+    def policy_features(self, encoding: torch.Tensor | None,
                         critic_features: torch.Tensor) -> torch.Tensor:
         return critic_features.detach()
 
-    def target_policy_features(self, pixels: torch.Tensor, vector: torch.Tensor,
+    def target_policy_features(self, encoding: torch.Tensor | None,
                                target_critic_features: torch.Tensor) -> torch.Tensor:
         return target_critic_features
 

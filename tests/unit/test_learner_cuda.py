@@ -88,3 +88,28 @@ def test_pipelined_packed_batches_match_synchronous_separate_ones(graphs):
         assert g.updates == e.updates
         np.testing.assert_allclose(g.td_error, e.td_error, atol=ATOL)
     assert _max_diff(piped.nets.critic, sync.nets.critic) < ATOL
+
+
+def test_graphs_read_the_copy_slots_in_place_and_copy_batches_from_elsewhere():
+    from learner.device import DeviceBatch
+    base = dataclasses.replace(small_config(), device="cuda")
+    eager = TD3Learner(SMALL_SPEC, base, seed=0)
+    graphed = TD3Learner(SMALL_SPEC, dataclasses.replace(base, cuda_graphs=True), seed=0)
+    for i in range(12):
+        batch = random_batch(SMALL_SPEC, 16, seed=i)
+        eager.update(batch), graphed.update(batch)
+    run = graphed._run
+    # captured on the copy slots' buffers themselves: no static batch, nothing copied into one
+    assert run._static is None and len(run._layouts) == 2
+    assert {policy for policy, _ in run._graphs} == {False, True}
+    captured = len(run._graphs)
+    for i in range(12, 18):  # device batches in fresh memory each time: the static-copy graphs
+        batch = random_batch(SMALL_SPEC, 16, seed=i)
+        moved = [DeviceBatch(*(t.clone() for t in learner.to_device(batch)))
+                 for learner in (eager, graphed)]
+        stats_eager = eager.update_on_device(moved[0])
+        stats_graph = graphed.update_on_device(moved[1])
+        np.testing.assert_allclose(stats_graph.td_error, stats_eager.td_error, atol=ATOL)
+    assert run._static is not None and len(run._graphs) == captured + 2
+    for name, module in graphed.nets.modules().items():
+        assert _max_diff(module, eager.nets.modules()[name]) < ATOL, name

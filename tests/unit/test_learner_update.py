@@ -113,7 +113,7 @@ def test_gradient_clipping_bounds_each_optimizer_step():
     learner = TD3Learner(SMALL_SPEC, small_config(max_grad_norm=1e-3), seed=0)
     b = learner._to_device(random_batch(SMALL_SPEC, 16, seed=0))
     learner._critic_step(b, prepare_pixels(b), torch.zeros_like(b.action))
-    grads = [p.grad for p in learner._critic_params if p.grad is not None]
+    grads = [p.grad for ps in learner._grads["critic"] for p in ps if p.grad is not None]
     assert torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) <= 1e-3 * 1.01
 
 

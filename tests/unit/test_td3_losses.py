@@ -54,10 +54,16 @@ def test_weight_change_measures_then_refreshes_snapshot():
     assert losses.weight_change(params, snapshot).item() == 0.0
 
 
-def test_grad_norm_over_several_tensors():
-    a, b = torch.zeros(2, requires_grad=True), torch.zeros(1, requires_grad=True)
-    (3 * a[0] + 4 * b[0]).backward()
+def test_clip_grads_reports_the_encoder_norm_before_clipping_the_total():
+    enc, head = torch.zeros(2, requires_grad=True), torch.zeros(1, requires_grad=True)
+    (3 * enc[0] + 4 * enc[1] + 12 * head[0]).backward()
     cpu = torch.device("cpu")
-    assert losses.grad_norm([a, b], cpu).item() == pytest.approx(5.0)
-    assert losses.grad_norm([torch.zeros(1, requires_grad=True)], cpu).item() == 0.0
-    assert losses.grad_norm([], cpu).item() == 0.0
+    assert losses.clip_grads([enc], [head], 1.3, cpu).item() == pytest.approx(5.0)
+    # total norm 13 -> 1.3: every gradient scaled by 0.1, as clip_grad_norm_ does
+    assert enc.grad.tolist() == pytest.approx([0.3, 0.4], rel=1e-5)
+    assert head.grad.tolist() == pytest.approx([1.2], rel=1e-5)
+    assert losses.clip_grads([enc], [head], 0.0, cpu).item() == pytest.approx(0.5, rel=1e-5)
+    assert enc.grad.tolist() == pytest.approx([0.3, 0.4], rel=1e-5)  # 0: no clipping
+    assert losses.clip_grads([], [head], 100.0, cpu).item() == 0.0
+    assert head.grad.tolist() == pytest.approx([1.2], rel=1e-5)  # under the bound: unchanged
+    assert losses.clip_grads([torch.zeros(1, requires_grad=True)], [], 1.0, cpu).item() == 0.0
