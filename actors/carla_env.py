@@ -244,6 +244,7 @@ class _Episode:
 
     def __init__(self, ego: Any, route: Route, seed: int, cfg: EnvConfig, spec: EnvSpec) -> None:
         self.ego, self.route, self.seed = ego, route, seed
+        self.half_width = float(ego.bounding_box.extent.y)
         self.cfg = cfg
         self.spacing = spec.lookahead_m / spec.num_waypoints
         self.step = 0
@@ -276,7 +277,8 @@ class _Episode:
             waypoints_passed=int(self.s_max // self.spacing) - int(s_max_prev // self.spacing),
             route_completed=self.completed, collided=collided,
             collision_speed_mps=max(speed, self.speed), lane_invasion=invaded,
-            on_driving_lane=on_lane, max_lateral_m=self.cfg.max_lateral_m, jerk_mps3=jerk)
+            on_driving_lane=on_lane, max_lateral_m=self.cfg.max_lateral_m, jerk_mps3=jerk,
+            vehicle_half_width_m=self.half_width)
         self.speed, self.acc, self.last = speed, acc, m
         return m
 

@@ -41,6 +41,10 @@ def test_efficiency(name, m, expected):
     ("on_the_marking", step(lateral_m=1.75), 0.0),
     ("off_and_crooked", step(lateral_m=3.0, heading_error_rad=1.0), -1.0),
     ("heading_only", step(heading_error_rad=R.HEADING_ERROR_SCALE_RAD / 2), 0.5),
+    # a 2 m wide vehicle in a 3.5 m lane has 0.75 m of room each side
+    ("half_the_room", step(lateral_m=0.375, vehicle_half_width_m=1.0), 0.5),
+    ("box_on_the_marking", step(lateral_m=-0.75, vehicle_half_width_m=1.0), 0.0),
+    ("wider_than_the_lane", step(lateral_m=0.21875, vehicle_half_width_m=2.0), 0.5),
     ("standstill_earns_nothing", step(speed_mps=0.0), 0.0),
     ("slow_gated", step(speed_mps=R.SPEED_GATE_FRACTION * CFG.target_speed_mps / 2), 0.5),
 ])
