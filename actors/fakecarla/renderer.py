@@ -134,7 +134,13 @@ class CameraRenderer:
             return
         rotation, position = camera_matrix[:3, :3], camera_matrix[:3, 3]
         distance = np.hypot(boxes[:, 0] - position[0], boxes[:, 1] - position[1])
-        boxes, distance = boxes[distance < MAX_BOX_M], distance[distance < MAX_BOX_M]
+        keep = distance < MAX_BOX_M
+        # Boxes whose bounding sphere lies outside the frustum cannot be visible: dropped
+        # before the corner geometry (most of the map's poles, every frame).
+        centre = np.stack([boxes[:, 0], boxes[:, 1], boxes[:, 2] + boxes[:, 6] / 2.0], axis=1)
+        radius = np.sqrt(boxes[:, 4] ** 2 + boxes[:, 5] ** 2 + (boxes[:, 6] / 2.0) ** 2)
+        keep &= ~self._sphere_outside_frustum((centre - position) @ rotation, radius)
+        boxes, distance = boxes[keep], distance[keep]
         if len(boxes) == 0:
             return
         corners, normals = _box_geometry(boxes)
@@ -151,18 +157,36 @@ class CameraRenderer:
         face_in_front = (cam[..., 0] >= NEAR_M)[:, _FACE_INDEX].all(axis=2)  # [N, 5]
         face_centres = corners[:, _FACE_INDEX].mean(axis=2)  # [N, 5, 3]
         facing = np.einsum("nfk,nfk->nf", normals, position - face_centres) > 0.0
-        for b in np.argsort(-distance):
-            colours = self._face_colours[int(boxes[b, 7]) % len(BOX_COLOURS)]
-            for f in np.flatnonzero(facing[b]):
-                face = _FACES[f]
-                if face_in_front[b, f]:
-                    polygon = pixels[b, face]
-                else:
-                    clipped = _clip_near(cam[b, face])
-                    if clipped is None:
-                        continue
-                    polygon = self._project(clipped)
-                cv2.fillConvexPoly(image, polygon, colours[f], cv2.LINE_8, 4)
+        # Far to near (painter's order), each box's facing faces in face order.
+        order = np.argsort(-distance)
+        rows, faces = np.nonzero(facing[order])
+        drawn = order[rows]
+        polygons = pixels[drawn[:, None], _FACE_INDEX[faces]]  # [K, 4, 2]
+        in_front = face_in_front[drawn, faces].tolist()
+        colours = (boxes[drawn, 7].astype(np.int64) % len(BOX_COLOURS)).tolist()
+        for k, (b, f) in enumerate(zip(drawn.tolist(), faces.tolist())):
+            if in_front[k]:
+                polygon = polygons[k]
+            else:
+                clipped = _clip_near(cam[b, _FACES[f]])
+                if clipped is None:
+                    continue
+                polygon = self._project(clipped)
+            cv2.fillConvexPoly(image, polygon, self._face_colours[colours[k]][f], cv2.LINE_8, 4)
+
+    def _sphere_outside_frustum(self, centre: np.ndarray, radius: np.ndarray) -> np.ndarray:
+        """[N] True for spheres (camera-frame centres, radii) wholly outside one plane of the
+        view frustum: behind the near plane, or beyond a side plane (through the camera
+        centre) by more than the radius."""
+        x, y, z = centre[:, 0], centre[:, 1], centre[:, 2]
+        half_w, half_h = self.width / 2.0, self.height / 2.0
+        # Side planes focal * y = +-half_w * x, as unit normals: distance = (f*y - hw*x) / norm
+        norm_w, norm_h = math.hypot(self.focal, half_w), math.hypot(self.focal, half_h)
+        return ((x < NEAR_M - radius)
+                | ((self.focal * y - half_w * x) / norm_w > radius)
+                | ((-self.focal * y - half_w * x) / norm_w > radius)
+                | ((self.focal * z - half_h * x) / norm_h > radius)
+                | ((-self.focal * z - half_h * x) / norm_h > radius))
 
     def _outside_frustum(self, cam: np.ndarray) -> np.ndarray:
         """[N] True for boxes whose 8 camera-frame corners all lie outside one plane of the

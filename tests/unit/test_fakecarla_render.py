@@ -106,3 +106,28 @@ def test_top_down_camera_sees_the_ego_and_the_road(rig):
 
 def test_same_pose_same_image(rig):
     assert np.array_equal(_shoot(rig, lateral_m=0.3), _shoot(rig, lateral_m=0.3))
+
+
+def test_sphere_culling_never_drops_a_box_the_corner_test_keeps():
+    from actors.fakecarla import renderer as R
+    from actors.fakecarla.mapdata import Raster
+    rng = np.random.default_rng(0)
+    cam = R.CameraRenderer(Raster.__new__(Raster), WIDTH, HEIGHT, 90.0)
+    n = 4000
+    boxes = np.zeros((n, R.BOX_COLUMNS))
+    boxes[:, 0:2] = rng.uniform(-40, 40, (n, 2))
+    boxes[:, 2] = rng.uniform(-1, 1, n)
+    boxes[:, 3] = rng.uniform(-np.pi, np.pi, n)
+    boxes[:, 4:6] = rng.uniform(0.1, 3.0, (n, 2))
+    boxes[:, 6] = rng.uniform(0.2, 4.0, n)
+    yaw, pitch = 0.7, -0.3  # a camera 1.7 m up, turned and looking down
+    cy, sy, cp, sp = np.cos(yaw), np.sin(yaw), np.cos(pitch), np.sin(pitch)
+    rotation = np.array([[cy * cp, -sy, -cy * sp], [sy * cp, cy, -sy * sp], [sp, 0.0, cp]])
+    position = np.array([1.0, 2.0, 1.7])
+    corners, _ = R._box_geometry(boxes)
+    by_corners = cam._outside_frustum((corners - position) @ rotation)
+    centre = np.stack([boxes[:, 0], boxes[:, 1], boxes[:, 2] + boxes[:, 6] / 2], axis=1)
+    radius = np.sqrt(boxes[:, 4] ** 2 + boxes[:, 5] ** 2 + (boxes[:, 6] / 2) ** 2)
+    by_sphere = cam._sphere_outside_frustum((centre - position) @ rotation, radius)
+    assert not (by_sphere & ~by_corners).any()
+    assert by_sphere.sum() > n / 3  # and it does cull: most of these lie off to the sides
