@@ -90,13 +90,18 @@ class ImageEncoder(nn.Module):
         ``encode`` takes). The layout change runs on uint8, four times fewer bytes."""
         return image.contiguous(memory_format=torch.channels_last).float()
 
-    def encode(self, pixels: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
-        """Features of ``prepare``d pixels, concatenated with the vector."""
+    def folded_first_conv(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first convolution's weight and bias with the pixel scaling folded in."""
         first = self.cnn[0]
         # conv(w, b)(x * 2/255 - 1) == conv(w * 2/255, b - sum(w))(x)
-        weight = first.weight * (2.0 / 255.0)
-        bias = first.bias - first.weight.sum(dim=(1, 2, 3))
-        h = F.conv2d(pixels, weight, bias, stride=first.stride)
+        return first.weight * (2.0 / 255.0), first.bias - first.weight.sum(dim=(1, 2, 3))
+
+    def encode(self, pixels: torch.Tensor, vector: torch.Tensor,
+               first_conv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Features of ``prepare``d pixels, concatenated with the vector. ``first_conv`` is
+        ``folded_first_conv()`` computed ahead, for inference with fixed weights."""
+        weight, bias = first_conv if first_conv is not None else self.folded_first_conv()
+        h = F.conv2d(pixels, weight, bias, stride=self.cnn[0].stride)
         return torch.cat([self.cnn[1:](h), vector.to(h.dtype)], dim=1)
 
     def forward(self, image: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
