@@ -9,8 +9,12 @@ batches that already sit on the device (``update_on_device``, what a device-resi
 cache gives), and on CUDA "pipeline": numpy batches with update N+1 launched before N's stats
 are read, as ``learner.loop.LearnerLoop`` runs them. The reference is SB3 ``TD3("MultiInputPolicy", share_features_extractor=False)``
 trained with ``model.train(gradient_steps, 256)`` from a filled replay buffer, same device and
-threads. All contenders are timed in interleaved rounds and the median round is reported, so
-a load change on a shared machine hits them alike. Prints one JSON object, then a table.
+threads. On a CPU it runs twice: in this process, after this learner has set glibc's allocator
+to keep freed memory (``learner.device.keep_freed_memory``, process-wide, so SB3 gets it too),
+and in a child process of its own that never builds this learner, as SB3's users run it. All
+contenders are timed in interleaved rounds (the child runs while this process waits on it) and
+the median round is reported, so a load change on a shared machine hits them alike. Prints one
+JSON object, then a table.
 
     .venv/bin/python -m bench.learner_throughput --updates 8 --rounds 3
     python3 -m bench.learner_throughput --device cuda --updates 500 --variant fp32:graphs \
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import subprocess
 import sys
 import time
 from typing import Any
@@ -183,6 +188,44 @@ def sb3(args: argparse.Namespace, batches: list[SampleBatch]) -> Runner:
                   torch.device(model.device), {"device": str(model.device)})
 
 
+def sb3_own_process(args: argparse.Namespace) -> Runner:
+    """SB3 in a child process (``--sb3-worker``) that builds the same batches and model; each
+    round sends it a step count and waits for it to finish."""
+    forwarded = ["--device", args.device, "--batch-size", str(args.batch_size),
+                 "--warmup", str(args.warmup), "--threads", str(args.threads)]
+    child = subprocess.Popen([sys.executable, "-m", "bench.learner_throughput", "--sb3-worker",
+                              *forwarded], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    ready = child.stdout.readline().split()
+    if not ready or ready[0] != "ready":
+        child.kill()
+        raise SystemExit(f"the SB3 worker did not start: {ready!r}")
+
+    def step(n: int) -> None:
+        child.stdin.write(f"{n}\n")
+        child.stdin.flush()
+        if child.stdout.readline().strip() != "done":
+            raise SystemExit(f"the SB3 worker failed (exit code {child.poll()})")
+
+    runner = Runner(f"sb3 {ready[1]} own process", "buffer", step, torch.device(ready[2]),
+                    {"device": ready[2], "own_process": True})
+    runner.child = child
+    return runner
+
+
+def sb3_worker(args: argparse.Namespace) -> None:
+    """The child side of ``sb3_own_process``: reads step counts, trains, answers "done"."""
+    import stable_baselines3
+
+    torch.set_num_threads(args.threads)
+    model = _sb3_model(args, synthetic_batches(args.batch_size, POOL))
+    model.train(gradient_steps=args.warmup + 2, batch_size=args.batch_size)
+    print("ready", stable_baselines3.__version__, model.device, flush=True)
+    for line in sys.stdin:
+        model.train(gradient_steps=int(line), batch_size=args.batch_size)
+        _sync(torch.device(model.device))
+        print("done", flush=True)
+
+
 def run(args: argparse.Namespace) -> dict:
     """Times every runner in ``args.rounds`` interleaved rounds (fair under varying load)."""
     torch.set_num_threads(args.threads)
@@ -191,11 +234,18 @@ def run(args: argparse.Namespace) -> dict:
                           else ("cpu" if args.device == "auto" else args.device))
     runners = [r for v in args.variant or ["auto"] for r in ours(v, args, batches)]
     reference = None if args.no_sb3 else sb3(args, batches)
-    for _ in range(args.rounds):
-        for r in runners:
-            r.time(args.updates)
-        if reference is not None:
-            reference.time(args.sb3_updates)
+    own = sb3_own_process(args) if reference is not None and device.type == "cpu" else None
+    try:
+        for _ in range(args.rounds):
+            for r in runners:
+                r.time(args.updates)
+            for ref in (reference, own):
+                if ref is not None:
+                    ref.time(args.sb3_updates)
+    finally:
+        if own is not None:
+            own.child.stdin.close()
+            own.child.wait(timeout=60)
     result: dict[str, Any] = {
         "benchmark": "learner_throughput", "device_name": device_name(device),
         "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -206,19 +256,31 @@ def run(args: argparse.Namespace) -> dict:
         result["sb3"] = reference.summary()
         for r in result["ours"]:
             r["speedup_vs_sb3"] = r["updates_per_s"] / result["sb3"]["updates_per_s"]
+    if own is not None:
+        result["sb3_own_process"] = own.summary()
+        for r in result["ours"]:
+            r["speedup_vs_sb3_own_process"] = (r["updates_per_s"]
+                                               / result["sb3_own_process"]["updates_per_s"])
     return result
 
 
 def table(result: dict) -> str:
+    own = "sb3_own_process" in result
     lines = [f"device: {result['device_name']}  torch {result['torch']}  threads "
              f"{result['threads']}  batch {result['batch_size']}  (median of rounds)",
-             f"{'learner':<26} {'feed':<8} {'updates/s':>10} {'s/update':>9} {'vs sb3':>7}"]
-    rows = result["ours"] + ([result["sb3"]] if "sb3" in result else [])
-    for m in rows:
+             f"{'learner':<30} {'feed':<8} {'updates/s':>10} {'s/update':>9} {'vs sb3':>7}"
+             + (f" {'vs sb3 own process':>19}" if own else "")]
+    refs = [result[k] for k in ("sb3", "sb3_own_process") if k in result]
+    for m in result["ours"] + refs:
         ratio = f"{m['speedup_vs_sb3']:.2f}x" if "speedup_vs_sb3" in m else (
             "1.00x" if m is result.get("sb3") else "-")
-        lines.append(f"{m['name']:<26} {m['feed']:<8} {m['updates_per_s']:>10.2f} "
-                     f"{m['s_per_update']:>9.4f} {ratio:>7}")
+        line = (f"{m['name']:<30} {m['feed']:<8} {m['updates_per_s']:>10.2f} "
+                f"{m['s_per_update']:>9.4f} {ratio:>7}")
+        if own:
+            other = f"{m['speedup_vs_sb3_own_process']:.2f}x" if "speedup_vs_sb3_own_process" in m \
+                else ("1.00x" if m is result["sb3_own_process"] else "-")
+            line += f" {other:>19}"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -235,7 +297,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="precision[:compile][:graphs], precision in auto/fp32/bf16; repeatable")
     parser.add_argument("--no-sb3", action="store_true", help="skip the SB3 reference")
     parser.add_argument("--json", default="", help="also write the JSON here")
+    parser.add_argument("--sb3-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.sb3_worker:
+        sb3_worker(args)
+        return
     result = run(args)
     text = json.dumps(result, indent=2)
     if args.json:
