@@ -213,7 +213,9 @@ def update_meta(meta: dict[str, Any], args: argparse.Namespace, overrides: dict[
             "device": "; ".join(machines), "preset": args.preset,
             "overrides": meta.get("overrides", overrides) if args.report_only else overrides,
             "config": meta.get("config", C.to_dict(cfg)) if args.report_only else C.to_dict(cfg),
-            "episodes": args.episodes, "eval_seed": args.eval_seed,
+            # --report-only re-renders what was measured: the file's settings, not the flags'
+            "episodes": meta.get("episodes", args.episodes) if args.report_only else args.episodes,
+            "eval_seed": meta.get("eval_seed", args.eval_seed) if args.report_only else args.eval_seed,
             "results": str(args.results), "full_command": FULL_COMMAND}
 
 

@@ -228,3 +228,12 @@ def test_diagnose_rows_report_lateral_error_and_lane_departure() -> None:
     assert bad["centre_left_lane"] and bad["max_lateral_m"] > 1.5
     summary = diag.totals(rows + drift)
     assert summary["episodes_whose_centre_left_the_lane"] == 1
+
+
+def test_report_only_keeps_the_settings_the_results_were_measured_with() -> None:
+    from bench.learning import _parser, update_meta
+    measured = {"episodes": 20, "eval_seed": 777, "commands": ["python -m bench.learning x"]}
+    rendered = update_meta(dict(measured), _parser().parse_args(["--report-only"]), {})
+    assert (rendered["episodes"], rendered["eval_seed"]) == (20, 777)
+    fresh = update_meta(dict(measured), _parser().parse_args(["--episodes", "5"]), {})
+    assert fresh["episodes"] == 5  # a new run records its own
