@@ -133,8 +133,8 @@ class CarlaEnv:
 
         Returns:
             obs, reward, terminated, truncated, info. ``info`` holds ``termination_reason``
-            ("collision", "off_road", "route_completed", "step_limit", "simulator_timeout" or
-            ""), ``route_completion`` (0..1; 1 once completed), ``distance_m`` (furthest
+            ("collision", "off_road", "lane_invasion", "route_completed", "step_limit",
+            "simulator_timeout" or ""), ``route_completion`` (0..1; 1 once completed), ``distance_m`` (furthest
             point reached along the route), ``collisions`` (events this episode),
             ``lane_invasions`` (steps that crossed a marking or ended off the driving lanes),
             ``success`` (route completed with no collision and no lane invasion),
@@ -165,7 +165,7 @@ class CarlaEnv:
         ep.step += 1
         obs, m = self._measure(ep, reading, push=True)
         terms = rewards.reward_terms(m, self.cfg.reward)
-        reason = rewards.termination_reason(m)
+        reason = rewards.termination_reason(m, self.cfg.reward)
         terminated = bool(reason)
         truncated = not terminated and ep.step >= self.cfg.max_steps
         if truncated:

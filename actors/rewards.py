@@ -6,12 +6,13 @@ ordinary step earns roughly [-1, 1]; only terminal events (collision, leaving th
 the goal) and a lane invasion go beyond that.
 
 * efficiency in [-1, 1]: speed along the route ``v * cos(heading_error)`` over the target speed,
-  rising to 1 at the target, falling linearly to 0 at twice the target and to -1 beyond; driving
+  rising to 1 at the target, then falling linearly to 0 at ``overspeed_zero_ratio`` times the
+  target and on at the same slope to -1; driving
   backwards along the route is negative. Below a quarter of the target speed it also pays
   ``standstill_penalty``, in full at a standstill and falling linearly to 0 at that speed, so
   that standing still costs something instead of earning exactly 0.
 * lane_keeping in [-1, 1]: ``1 - lateral error / lateral room - heading error /
-  HEADING_ERROR_SCALE_RAD`` (each error capped at 1), multiplied by a speed gate that is 0 at
+  heading_error_scale_rad`` (each error capped at 1), multiplied by a speed gate that is 0 at
   standstill and 1 from a quarter of the target speed on, so standing still earns nothing. The
   lateral room is half the lane width less half the vehicle's width (at least
   MIN_ROOM_FRACTION of the half lane): the offset at which, driving straight, a corner of the
@@ -37,7 +38,6 @@ from typing import NamedTuple
 
 from common.config import RewardConfig
 
-HEADING_ERROR_SCALE_RAD = math.pi / 4
 COMFORT_JERK_SCALE_MPS3 = 30.0
 SPEED_GATE_FRACTION = 0.25
 MIN_ROOM_FRACTION = 0.25
@@ -45,9 +45,11 @@ MIN_ROOM_FRACTION = 0.25
 COLLISION = "collision"
 OFF_ROAD = "off_road"
 ROUTE_COMPLETED = "route_completed"
+LANE_INVASION = "lane_invasion"
 STEP_LIMIT = "step_limit"
 SIMULATOR_TIMEOUT = "simulator_timeout"
-TERMINATION_REASONS = ("", COLLISION, OFF_ROAD, ROUTE_COMPLETED, STEP_LIMIT, SIMULATOR_TIMEOUT)
+TERMINATION_REASONS = ("", COLLISION, OFF_ROAD, LANE_INVASION, ROUTE_COMPLETED, STEP_LIMIT,
+                       SIMULATOR_TIMEOUT)
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,7 @@ def efficiency(m: StepMeasurements, cfg: RewardConfig) -> float:
     ratio = m.speed_mps * math.cos(m.heading_error_rad) / cfg.target_speed_mps
     if ratio <= 1.0:
         return _clip(ratio - cfg.standstill_penalty * (1.0 - _speed_gate(m, cfg)), -1.0, 1.0)
-    return _clip(2.0 - ratio, -1.0, 1.0)
+    return _clip(1.0 - (ratio - 1.0) / (cfg.overspeed_zero_ratio - 1.0), -1.0, 1.0)
 
 
 def lane_keeping(m: StepMeasurements, cfg: RewardConfig) -> float:
@@ -126,7 +128,7 @@ def lane_keeping(m: StepMeasurements, cfg: RewardConfig) -> float:
     half_lane = max(m.half_lane_width_m, 1e-3)
     room = max(half_lane - m.vehicle_half_width_m, MIN_ROOM_FRACTION * half_lane)
     lateral = min(abs(m.lateral_m) / room, 1.0)
-    heading = min(abs(m.heading_error_rad) / HEADING_ERROR_SCALE_RAD, 1.0)
+    heading = min(abs(m.heading_error_rad) / cfg.heading_error_scale_rad, 1.0)
     return gate * (1.0 - lateral - heading)
 
 
@@ -138,7 +140,7 @@ def comfort(m: StepMeasurements) -> float:
 def safety(m: StepMeasurements, cfg: RewardConfig) -> float:
     """Collision (scaled by speed), lane invasion or off the lanes, and leaving the road."""
     value = 0.0
-    if m.lane_invasion or not m.on_driving_lane:
+    if invaded_lane(m):
         value -= cfg.lane_invasion_penalty
     if abs(m.lateral_m) > m.max_lateral_m:
         value -= cfg.off_road_penalty
@@ -177,16 +179,23 @@ def reward_terms(m: StepMeasurements, cfg: RewardConfig) -> RewardTerms:
     )
 
 
-def termination_reason(m: StepMeasurements) -> str:
+def invaded_lane(m: StepMeasurements) -> bool:
+    """The step crossed a lane marking or ended off the driving lanes."""
+    return m.lane_invasion or not m.on_driving_lane
+
+
+def termination_reason(m: StepMeasurements, cfg: RewardConfig) -> str:
     """Why the episode terminates after this step, or "" if it goes on.
 
-    Priority when several apply: collision, then off road (|lateral| > max_lateral_m), then
-    route completed.
+    Priority when several apply: collision, then off road (|lateral| > max_lateral_m), then a
+    lane invasion (only with ``cfg.lane_invasion_ends_episode``), then route completed.
     """
     if m.collided:
         return COLLISION
     if abs(m.lateral_m) > m.max_lateral_m:
         return OFF_ROAD
+    if cfg.lane_invasion_ends_episode and invaded_lane(m):
+        return LANE_INVASION
     if m.route_completed:
         return ROUTE_COMPLETED
     return ""

@@ -181,6 +181,14 @@ class RewardConfig:
         off_road_penalty: safety penalty when the lateral deviation ends the episode.
         waypoint_bonus: progress bonus per observation waypoint passed.
         goal_bonus: progress bonus for completing the route.
+        overspeed_zero_ratio: multiple of the target speed at which the efficiency term has
+            fallen from 1 to 0 (it goes on falling at the same slope to -1). The original
+            design's term never fell: 2.0 kept 0.4 of it at 13 m/s against an 8 m/s target,
+            and learned policies drove that fast and drifted out of their lane.
+        heading_error_scale_rad: heading error at which the lane-keeping term has lost 1.
+        lane_invasion_ends_episode: a step that touches a lane marking or ends off the
+            driving lanes also ends the episode ("lane_invasion"), as a collision does;
+            success needs a route with no invasion at all.
     """
 
     efficiency: float = 0.5
@@ -195,6 +203,9 @@ class RewardConfig:
     off_road_penalty: float = 10.0
     waypoint_bonus: float = 0.5
     goal_bonus: float = 50.0
+    overspeed_zero_ratio: float = 2.0
+    heading_error_scale_rad: float = 0.7853981633974483
+    lane_invasion_ends_episode: bool = False
 
     def __post_init__(self) -> None:
         if self.target_speed_mps <= 0:
@@ -206,6 +217,12 @@ class RewardConfig:
                      "waypoint_bonus", "goal_bonus"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"reward.{name} ({getattr(self, name)}) must be >= 0")
+        if not self.overspeed_zero_ratio > 1.0:
+            raise ConfigError(f"reward.overspeed_zero_ratio ({self.overspeed_zero_ratio}) must "
+                              f"be > 1 (the efficiency term peaks at the target speed)")
+        if not self.heading_error_scale_rad > 0.0:
+            raise ConfigError(f"reward.heading_error_scale_rad ({self.heading_error_scale_rad})"
+                              f" must be > 0")
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import pytest
 from actors import rewards as R
 from actors.carla_env import CarlaEnv, make_env
 from actors.fakecarla import make_module
-from common.config import EnvConfig, FakeCarlaConfig, RouteSplit
+from common.config import EnvConfig, FakeCarlaConfig, RewardConfig, RouteSplit
 from common.errors import SimulatorError, SimulatorUnreachable, SpecError
 from common.specs import EnvSpec
 
@@ -113,6 +113,28 @@ def test_leaving_the_road_terminates(env):
             break
     assert terminated and info["termination_reason"] in (R.OFF_ROAD, R.COLLISION)
     assert not info["success"] and reward < -5.0
+
+
+def test_a_lane_invasion_ends_the_episode_when_configured():
+    """Steering out of the lane: the first step that touches a marking ends the episode under
+    lane_invasion_ends_episode, and is counted; by default the episode goes on past it."""
+    def first_invasion(reward_cfg):
+        e = _env(reward=reward_cfg)
+        e.reset(seed=1)
+        try:
+            for _ in range(300):
+                _, _, terminated, truncated, info = e.step(np.array([0.3, 0.6], np.float32))
+                if info["lane_invasions"] or terminated or truncated:
+                    return terminated, info
+        finally:
+            e.close()
+        raise AssertionError("no lane invasion in 300 steps")
+
+    terminated, info = first_invasion(RewardConfig(lane_invasion_ends_episode=True))
+    assert terminated and info["termination_reason"] == R.LANE_INVASION
+    assert info["lane_invasions"] == 1 and not info["success"]
+    terminated, info = first_invasion(RewardConfig())
+    assert not terminated and info["termination_reason"] == "" and info["lane_invasions"] == 1
 
 
 def test_tick_timeout_truncates_then_reset_reconnects():

@@ -35,12 +35,34 @@ def test_efficiency(name, m, expected):
     assert R.efficiency(m, CFG) == pytest.approx(expected, abs=1e-9), name
 
 
+STEEP = dataclasses.replace(CFG, overspeed_zero_ratio=1.25)
+
+
+@pytest.mark.parametrize("name,ratio,expected", [
+    ("at_target", 1.0, 1.0),
+    ("halfway_to_zero", 1.125, 0.5),
+    ("zero", 1.25, 0.0),
+    ("same_slope_below_zero", 1.375, -0.5),
+    ("floor", 1.5, -1.0),
+    ("below_target_unchanged", 0.5, 0.5),
+])
+def test_efficiency_falls_to_zero_at_the_overspeed_ratio(name, ratio, expected):
+    m = step(speed_mps=ratio * CFG.target_speed_mps)
+    assert R.efficiency(m, STEEP) == pytest.approx(expected, abs=1e-9), name
+
+
+def test_heading_scale_is_configurable():
+    tight = dataclasses.replace(CFG, heading_error_scale_rad=0.2)
+    assert R.lane_keeping(step(heading_error_rad=0.1), tight) == pytest.approx(0.5)
+    assert R.lane_keeping(step(heading_error_rad=0.3), tight) == pytest.approx(0.0)
+
+
 @pytest.mark.parametrize("name,m,expected", [
     ("centred_and_aligned", step(), 1.0),
     ("half_lane_off", step(lateral_m=0.875), 0.5),
     ("on_the_marking", step(lateral_m=1.75), 0.0),
     ("off_and_crooked", step(lateral_m=3.0, heading_error_rad=1.0), -1.0),
-    ("heading_only", step(heading_error_rad=R.HEADING_ERROR_SCALE_RAD / 2), 0.5),
+    ("heading_only", step(heading_error_rad=CFG.heading_error_scale_rad / 2), 0.5),
     # a 2 m wide vehicle in a 3.5 m lane has 0.75 m of room each side
     ("half_the_room", step(lateral_m=0.375, vehicle_half_width_m=1.0), 0.5),
     ("box_on_the_marking", step(lateral_m=-0.75, vehicle_half_width_m=1.0), 0.0),
@@ -145,5 +167,23 @@ def test_efficiency_rises_with_speed_through_the_standstill_ramp():
     ("off_road_before_goal", step(lateral_m=3.0, route_completed=True), R.OFF_ROAD),
 ])
 def test_termination_reason(name, m, reason):
-    assert R.termination_reason(m) == reason, name
+    assert R.termination_reason(m, CFG) == reason, name
+    assert reason in R.TERMINATION_REASONS
+
+
+ENDS = dataclasses.replace(CFG, lane_invasion_ends_episode=True)
+
+
+@pytest.mark.parametrize("name,m,cfg,reason", [
+    ("invasion_goes_on_by_default", step(lane_invasion=True), CFG, ""),
+    ("invasion_ends", step(lane_invasion=True), ENDS, R.LANE_INVASION),
+    ("off_the_lanes_ends", step(on_driving_lane=False), ENDS, R.LANE_INVASION),
+    ("clean_step_goes_on", step(), ENDS, ""),
+    ("collision_before_invasion", step(collided=True, lane_invasion=True), ENDS, R.COLLISION),
+    ("off_road_before_invasion", step(lateral_m=3.0, on_driving_lane=False), ENDS, R.OFF_ROAD),
+    ("invasion_on_the_last_step_is_no_success", step(lane_invasion=True, route_completed=True),
+     ENDS, R.LANE_INVASION),
+])
+def test_lane_invasion_can_end_the_episode(name, m, cfg, reason):
+    assert R.termination_reason(m, cfg) == reason, name
     assert reason in R.TERMINATION_REASONS
