@@ -13,8 +13,7 @@ import numpy as np
 
 from common.errors import SpecError
 from common.framestack import FrameStack
-from common.specs import (HEADING_SCALE_RAD, IMAGE_KEY, LATERAL_SCALE_M, SPEED_SCALE_MPS,
-                          VECTOR_KEY, EnvSpec)
+from common.specs import IMAGE_KEY, SPEED_SCALE_MPS, VECTOR_KEY, EnvSpec
 
 
 def bgra_to_array(raw_data: bytes | memoryview, width: int, height: int) -> np.ndarray:
@@ -52,8 +51,8 @@ def build_vector(spec: EnvSpec, speed_mps: float, lateral_m: float, heading_erro
     if waypoints_vehicle.shape != (spec.num_waypoints, 2):
         raise SpecError(f"waypoints shape {waypoints_vehicle.shape} != "
                         f"({spec.num_waypoints}, 2)")
-    head = np.array([speed_mps / SPEED_SCALE_MPS, lateral_m / LATERAL_SCALE_M,
-                     heading_error_rad / HEADING_SCALE_RAD])
+    head = np.array([speed_mps / SPEED_SCALE_MPS, lateral_m / spec.lateral_scale_m,
+                     heading_error_rad / spec.heading_scale_rad])
     tail = (waypoints_vehicle / spec.lookahead_m).reshape(-1)
     return np.concatenate([head, tail]).astype(np.float32)
 

@@ -2,9 +2,9 @@
 
 Observation (a dict):
   ``image``  uint8 [frames, size, size]: stacked grayscale camera frames, oldest first.
-  ``vector`` float32 [3 + 2K]: speed / SPEED_SCALE, lateral deviation / LATERAL_SCALE,
-             heading error / HEADING_SCALE, then K route waypoints (x, y) in the vehicle frame
-             divided by the look-ahead distance.
+  ``vector`` float32 [3 + 2K]: speed / SPEED_SCALE, lateral deviation / the spec's
+             lateral_scale_m, heading error / its heading_scale_rad, then K route waypoints
+             (x, y) in the vehicle frame divided by the look-ahead distance.
 Action: float32 [2] in [-1, 1]: steer, and throttle (positive) / brake (negative).
 """
 from __future__ import annotations
@@ -18,8 +18,6 @@ import numpy as np
 from common.errors import SpecError
 
 SPEED_SCALE_MPS = 30.0
-LATERAL_SCALE_M = 3.5
-HEADING_SCALE_RAD = math.pi
 VECTOR_KINEMATIC_DIMS = 3
 
 IMAGE_KEY = "image"
@@ -95,6 +93,8 @@ class EnvSpec:
         num_waypoints: K, route waypoints in the vector observation.
         lookahead_m: distance that normalises waypoint coordinates.
         action_dim: 2 (steer, throttle/brake).
+        lateral_scale_m: divides the lateral deviation in the vector.
+        heading_scale_rad: divides the heading error in the vector.
     """
 
     frames: int = 4
@@ -102,6 +102,8 @@ class EnvSpec:
     num_waypoints: int = 10
     lookahead_m: float = 50.0
     action_dim: int = 2
+    lateral_scale_m: float = 3.5
+    heading_scale_rad: float = math.pi
 
     def __post_init__(self) -> None:
         if self.frames < 1:
@@ -112,6 +114,9 @@ class EnvSpec:
             raise SpecError(f"num_waypoints ({self.num_waypoints}) must be >= 1")
         if self.lookahead_m <= 0:
             raise SpecError(f"lookahead_m ({self.lookahead_m}) must be > 0")
+        for name in ("lateral_scale_m", "heading_scale_rad"):
+            if not getattr(self, name) > 0:
+                raise SpecError(f"{name} ({getattr(self, name)}) must be > 0")
         if self.action_dim != 2:
             raise SpecError(f"action_dim ({self.action_dim}) must be 2 (steer, throttle/brake)")
 

@@ -1,5 +1,6 @@
 """The env's pure parts: frame-matched sensor queues, observation processing, the scripted
 driver's geometry."""
+import dataclasses
 import math
 import threading
 from types import SimpleNamespace
@@ -88,6 +89,14 @@ def test_vector_layout_and_scales():
     assert v[-2:] == pytest.approx([1.0, 2.0 / 50.0])
     with pytest.raises(SpecError, match=r"waypoints shape \(3, 2\)"):
         build_vector(SPEC, 0.0, 0.0, 0.0, np.zeros((3, 2)))
+
+
+def test_the_spec_sets_the_lateral_and_heading_scales():
+    spec = dataclasses.replace(SPEC, lateral_scale_m=1.0, heading_scale_rad=0.5)
+    v = build_vector(spec, 15.0, -0.3, 0.1, np.zeros((spec.num_waypoints, 2)))
+    assert v[:3] == pytest.approx([0.5, -0.3, 0.2])
+    with pytest.raises(SpecError, match=r"lateral_scale_m \(0.0\) must be > 0"):
+        dataclasses.replace(SPEC, lateral_scale_m=0.0)
 
 
 def test_frame_stack_starts_with_copies_and_shifts():
