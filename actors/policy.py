@@ -24,6 +24,7 @@ class CpuPolicy:
             PolicyNet(spec, network.encoder_features, network.hidden_sizes).eval())
         self.action_dim = spec.action_dim
         self.version = RANDOM_POLICY_VERSION
+        self._tail = self.net.encoder.tail()  # shares the parameters that load() fills
         self._fold()
 
     @property
@@ -50,5 +51,5 @@ class CpuPolicy:
             image = torch.from_numpy(np.ascontiguousarray(obs[IMAGE_KEY]))[None]
             vector = torch.from_numpy(np.ascontiguousarray(obs[VECTOR_KEY]))[None]
             features = self.net.encoder.encode(ImageEncoder.prepare(image), vector,
-                                               self._first_conv)
+                                               self._first_conv, self._tail)
             return self.net.act(features)[0].numpy().astype(np.float32)
