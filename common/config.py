@@ -188,7 +188,7 @@ class RewardConfig:
             off the driving lanes. 3.0 (about three ordinary steps' reward): success needs a
             route with no invasion at all, and at 0.5 the learned policies traded an invasion
             in 4 of 10 routes for speed; at 10 (the original design's value) they stood
-            still until the step limit (route completion 0.06 to 0.08 at 10,000 and 20,000
+            still until the step limit (route completion 0.03 to 0.08 at 10,000 and 20,000
             env steps, three runs; docs/learning.md).
         off_road_penalty: safety penalty when the lateral deviation ends the episode.
         waypoint_bonus: progress bonus per observation waypoint passed.
