@@ -110,11 +110,6 @@ class LearnerConfig:
             rates are fixed at capture).
         cpu_threads: torch threads of a CPU learner; 0 uses every core of the machine (Ray
             would otherwise give a zero-CPU actor one thread).
-        cpu_nice: niceness a CPU learner's compute threads take (0 to 19; a CUDA learner
-            keeps its own). The learner is throughput work; the rollout actors on the same
-            cores wait on it only through the rate limiter, while each late env step and
-            each late weight fetch is latency the whole fleet sees. With a lower priority
-            the learner takes the cores the actors leave idle.
     """
 
     device: str = "auto"
@@ -127,11 +122,6 @@ class LearnerConfig:
     precision: str = "auto"
     cuda_graphs: bool = False
     cpu_threads: int = 0
-    cpu_nice: int = 10
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.cpu_nice <= 19:
-            raise ConfigError(f"learner.cpu_nice ({self.cpu_nice}) must be in [0, 19]")
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,6 @@ from deploy import build
 from deploy.metrics_record import ShardRecorder, record_learner, record_publish, record_rollout
 from deploy.rundir import RunDir
 from deploy.weights_ray import RayWeightSource
-from learner.device import resolve_device
 from learner.loop import LearnerLoop, LearnerReport
 from learner.td3 import TD3Learner
 from replay.client import ReplayClient, ShardWriter
@@ -128,10 +127,6 @@ class LearnerActor:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         self._board = board
         self.metrics = metrics or NullSink()
-        if resolve_device(cfg.learner.device).type == "cpu" and cfg.learner.cpu_nice:
-            # This thread and the ones it starts from here on (torch's, the replay client's);
-            # Ray's own threads, which answer the actors' object lookups, keep their priority.
-            os.nice(cfg.learner.cpu_nice)
         torch.set_num_threads(cfg.learner.cpu_threads or os.cpu_count() or 1)
         self.learner = TD3Learner(cfg.spec, cfg.learner, seed)
         latest = RunDir(run_dir).latest_checkpoint()

@@ -6,7 +6,6 @@ import time
 from dataclasses import replace
 
 import numpy as np
-import psutil
 import pytest
 import ray
 import torch
@@ -95,9 +94,6 @@ def test_killed_rollout_actor_is_restarted_and_the_run_finishes(local_ray, tmp_p
     assert driver.fleet is not None and driver.counters.env_steps >= 200
     victim = driver.fleet.actors[0]
     pid_before = ray.get(victim.pid.remote())
-    # The CPU learner yields the cores to the actors: it runs cfg.learner.cpu_nice nicer.
-    learner_nice = psutil.Process(ray.get(driver.fleet.learner.pid.remote())).nice()
-    assert learner_nice == min(19, psutil.Process(pid_before).nice() + cfg.learner.cpu_nice)
     ray.kill(victim, no_restart=False)
     thread.join(timeout=180)
     assert not thread.is_alive(), "the run did not finish after an actor was killed"

@@ -31,7 +31,6 @@ def test_override_coerces_strings_and_rejects_unknown_paths():
     ("learner.compile", "maybe", "expected a boolean"),
     ("replay.sampler", "lifo", "'lifo' is not one of"),
     ("spec.frames", 0, r"frames \(0\) must be >= 1"),
-    ("learner.cpu_nice", 20, r"cpu_nice \(20\) must be in \[0, 19\]"),
     ("env.reward.overspeed_zero_ratio", 1.0, r"overspeed_zero_ratio \(1.0\) must be > 1"),
     ("env.reward.heading_error_scale_rad", 0, r"heading_error_scale_rad \(0.0\) must be > 0"),
 ])
