@@ -7,10 +7,10 @@ the goal) and a lane invasion go beyond that.
 
 * efficiency in [-1, 1]: speed along the route ``v * cos(heading_error)`` over the target speed,
   rising to 1 at the target, then falling linearly to 0 at ``overspeed_zero_ratio`` times the
-  target and on at the same slope to -1; driving
-  backwards along the route is negative. Below a quarter of the target speed it also pays
-  ``standstill_penalty``, in full at a standstill and falling linearly to 0 at that speed, so
-  that standing still costs something instead of earning exactly 0.
+  target and on at the same slope to -1; driving backwards along the route is negative.
+  Below a quarter of the target speed it also pays ``standstill_penalty``, in full at a
+  standstill and falling linearly to 0 at that speed, so that standing still costs something
+  instead of earning exactly 0.
 * lane_keeping in [-1, 1]: ``1 - lateral error / lateral room - heading error /
   heading_error_scale_rad`` (each error capped at 1), multiplied by a speed gate that is 0 at
   standstill and 1 from a quarter of the target speed on, so standing still earns nothing. The
