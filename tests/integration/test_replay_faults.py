@@ -46,7 +46,10 @@ def _restarted_pid(shard, pid_before: int, seconds: float) -> int:
 
 
 def test_killed_shard_restores_its_checkpoint_while_the_learner_keeps_updating(local_ray, tmp_path):
-    cfg = tiny_config(env_steps=900, actor_steps_per_call=10)
+    # Long enough that the run cannot end (and the driver kill the restarted shard) before the
+    # probe below has seen the new process: at 900 env steps it sometimes ended within 2 s of
+    # the restart, while the driver's calls still waited on the old process's death notice.
+    cfg = tiny_config(env_steps=2400, actor_steps_per_call=10)
     run_dir = RunDir.create(tmp_path, "shard-kill")
     run_dir.write_config(cfg, {})
     driver = Driver(cfg, run_dir)
