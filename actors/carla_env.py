@@ -134,8 +134,9 @@ class CarlaEnv:
         Returns:
             obs, reward, terminated, truncated, info. ``info`` holds ``termination_reason``
             ("collision", "off_road", "lane_invasion", "route_completed", "step_limit",
-            "simulator_timeout" or ""), ``route_completion`` (0..1; 1 once completed), ``distance_m`` (furthest
-            point reached along the route), ``collisions`` (events this episode),
+            "simulator_timeout" or ""), ``route_completion`` (0..1; 1 once completed),
+            ``distance_m`` (furthest point reached along the route), ``collisions`` (events
+            this episode),
             ``lane_invasions`` (steps that crossed a marking or ended off the driving lanes),
             ``success`` (route completed with no collision and no lane invasion),
             ``reward_terms`` (weighted components) and the step's ``speed_mps``,
@@ -268,7 +269,6 @@ class _Episode:
         collided = bool(reading.collisions)
         invaded = bool(reading.lane_invasions)
         self.collisions += len(reading.collisions)
-        self.lane_invasions += int(invaded or not on_lane)
         self.completed = self.completed or self.route.is_completed(self.s_max)
         m = rewards.StepMeasurements(
             speed_mps=speed, heading_error_rad=wrap_angle(yaw - proj.yaw),
@@ -279,6 +279,7 @@ class _Episode:
             collision_speed_mps=max(speed, self.speed), lane_invasion=invaded,
             on_driving_lane=on_lane, max_lateral_m=self.cfg.max_lateral_m, jerk_mps3=jerk,
             vehicle_half_width_m=self.half_width)
+        self.lane_invasions += int(rewards.invaded_lane(m))
         self.speed, self.acc, self.last = speed, acc, m
         return m
 

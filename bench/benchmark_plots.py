@@ -58,7 +58,8 @@ def plot_e2e(result: dict[str, Any], out: Path, source: Path) -> Path:
     if not rows or actors[0] != 1:
         raise BadResults(f"{source}: the rows must start at 1 actor (the efficiency baseline)")
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.plot(actors, [steps[0] * n for n in actors], "--", color="grey", label="linear (1 actor x N)")
+    left.plot(actors, [steps[0] * n for n in actors], "--", color="grey",
+              label="linear (1 actor x N)")
     left.plot(actors, steps, "o-", label="measured")
     for n, s in zip(actors, steps):
         left.annotate(f"{100 * s / (steps[0] * n):.0f}%", (n, s), textcoords="offset points",

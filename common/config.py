@@ -7,6 +7,7 @@ test checks that every field is read somewhere outside this module.
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 
 from common.config_io import dumps, from_dict, loads, to_dict, with_overrides
@@ -184,10 +185,11 @@ class RewardConfig:
         waypoint_bonus: progress bonus per observation waypoint passed.
         goal_bonus: progress bonus for completing the route.
         overspeed_zero_ratio: multiple of the target speed at which the efficiency term has
-            fallen from 1 to 0 (it goes on falling at the same slope to -1). The original
-            design's term never fell: 2.0 kept 0.4 of it at 13 m/s against an 8 m/s target,
-            and learned policies drove that fast and drifted out of their lane.
-        heading_error_scale_rad: heading error at which the lane-keeping term has lost 1.
+            fallen from 1 to 0 (it goes on falling at the same slope to -1). 2.0 still pays
+            0.4 at 13 m/s against an 8 m/s target, and learned policies drive that fast; 1.25
+            made them stall in some routes instead (docs/learning.md).
+        heading_error_scale_rad: heading error at which the lane-keeping term has lost 1
+            (pi/4); 0.3 also made learned policies stall in some routes (docs/learning.md).
         lane_invasion_ends_episode: a step that touches a lane marking or ends off the
             driving lanes also ends the episode ("lane_invasion"), as a collision does;
             success needs a route with no invasion at all. Off by default: with the default
@@ -209,7 +211,7 @@ class RewardConfig:
     waypoint_bonus: float = 0.5
     goal_bonus: float = 50.0
     overspeed_zero_ratio: float = 2.0
-    heading_error_scale_rad: float = 0.7853981633974483
+    heading_error_scale_rad: float = math.pi / 4
     lane_invasion_ends_episode: bool = False
 
     def __post_init__(self) -> None:
