@@ -278,7 +278,8 @@ class _Episode:
             route_completed=self.completed, collided=collided,
             collision_speed_mps=max(speed, self.speed), lane_invasion=invaded,
             on_driving_lane=on_lane, max_lateral_m=self.cfg.max_lateral_m, jerk_mps3=jerk,
-            vehicle_half_width_m=self.half_width)
+            vehicle_half_width_m=self.half_width,
+            route_curvature_1pm=self.route.curvature_ahead(proj.s, self.cfg.reward.curve_window_m))
         self.lane_invasions += int(rewards.invaded_lane(m))
         self.speed, self.acc, self.last = speed, acc, m
         return m

@@ -8,6 +8,9 @@ the goal) and a lane invasion go beyond that.
 * efficiency in [-1, 1]: speed along the route ``v * cos(heading_error)`` over the target speed,
   rising to 1 at the target, then falling linearly to 0 at ``overspeed_zero_ratio`` times the
   target and on at the same slope to -1; driving backwards along the route is negative.
+  In a bend the target is lowered to ``sqrt(curve_lateral_accel_mps2 / curvature)``, the
+  curvature being the route's largest within ``curve_window_m`` ahead (``target_speed``), when
+  that setting is above 0 (it is 0 by default).
   Below a quarter of the target speed it also pays ``standstill_penalty``, in full at a
   standstill and falling linearly to 0 at that speed, so that standing still costs something
   instead of earning exactly 0.
@@ -72,6 +75,8 @@ class StepMeasurements:
         on_driving_lane: the vehicle's centre is on a driving lane of the map.
         max_lateral_m: |lateral_m| beyond which the episode ends off the road.
         jerk_mps3: magnitude of the change of acceleration over the step, per second.
+        route_curvature_1pm: the route's largest |curvature| (1/m) from the vehicle's
+            projection to ``curve_window_m`` ahead of it.
     """
 
     speed_mps: float
@@ -89,6 +94,7 @@ class StepMeasurements:
     max_lateral_m: float = 2.5
     jerk_mps3: float = 0.0
     vehicle_half_width_m: float = 0.0
+    route_curvature_1pm: float = 0.0
 
 
 class RewardTerms(NamedTuple):
@@ -114,9 +120,19 @@ def _speed_gate(m: StepMeasurements, cfg: RewardConfig) -> float:
     return _clip(m.speed_mps / (SPEED_GATE_FRACTION * cfg.target_speed_mps), 0.0, 1.0)
 
 
+def target_speed(m: StepMeasurements, cfg: RewardConfig) -> float:
+    """The speed the efficiency term pays most for: ``cfg.target_speed_mps``, lowered in a
+    bend to the speed at which the lateral acceleration is ``cfg.curve_lateral_accel_mps2``
+    (when that is above 0)."""
+    a, k = cfg.curve_lateral_accel_mps2, m.route_curvature_1pm
+    if a <= 0.0 or k <= 1e-9:
+        return cfg.target_speed_mps
+    return min(cfg.target_speed_mps, math.sqrt(a / k))
+
+
 def efficiency(m: StepMeasurements, cfg: RewardConfig) -> float:
     """Speed along the route towards the target speed, in [-1, 1] (see the module docstring)."""
-    ratio = m.speed_mps * math.cos(m.heading_error_rad) / cfg.target_speed_mps
+    ratio = m.speed_mps * math.cos(m.heading_error_rad) / target_speed(m, cfg)
     if ratio <= 1.0:
         return _clip(ratio - cfg.standstill_penalty * (1.0 - _speed_gate(m, cfg)), -1.0, 1.0)
     return _clip(1.0 - (ratio - 1.0) / (cfg.overspeed_zero_ratio - 1.0), -1.0, 1.0)

@@ -83,6 +83,7 @@ class Route:
         self.seg_len = np.maximum(np.hypot(seg[:, 0], seg[:, 1]), 1e-9)
         self.seg_dir = seg / self.seg_len[:, None]
         self.s = np.concatenate([[0.0], np.cumsum(self.seg_len)])
+        self.curvature = _vertex_curvature(self.seg_dir, self.seg_len)
         end = float(self.s[-1])
         self.goal_m = end if goal_m is None else float(goal_m)
         if not 0.0 < self.goal_m <= end + 1e-6:
@@ -126,11 +127,28 @@ class Route:
         return np.stack([np.interp(s, self.s, self.xy[:, 0]),
                          np.interp(s, self.s, self.xy[:, 1])], axis=1)
 
+    def curvature_ahead(self, s: float, window_m: float) -> float:
+        """The largest |curvature| (1/m) of the polyline's points from ``s`` to ``s +
+        window_m`` (0 where it runs straight or the window holds no point)."""
+        lo, hi = np.searchsorted(self.s, [s, s + window_m], side="left")
+        return float(self.curvature[lo:hi].max()) if hi > lo else 0.0
+
     def is_completed(self, s: float) -> bool:
         return s >= self.length - GOAL_TOLERANCE_M
 
     def completion(self, s: float) -> float:
         return float(np.clip(s / self.length, 0.0, 1.0))
+
+
+def _vertex_curvature(seg_dir: np.ndarray, seg_len: np.ndarray) -> np.ndarray:
+    """|Heading change| at each inner point over the mean length of its two segments; 0 at
+    the two ends."""
+    out = np.zeros(len(seg_len) + 1)
+    if len(seg_len) >= 2:
+        cross = seg_dir[:-1, 0] * seg_dir[1:, 1] - seg_dir[:-1, 1] * seg_dir[1:, 0]
+        dot = np.einsum("ij,ij->i", seg_dir[:-1], seg_dir[1:])
+        out[1:-1] = np.abs(np.arctan2(cross, dot)) / (0.5 * (seg_len[:-1] + seg_len[1:]))
+    return out
 
 
 def to_vehicle_frame(points: np.ndarray, x: float, y: float, yaw_rad: float) -> np.ndarray:

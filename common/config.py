@@ -196,6 +196,11 @@ class RewardConfig:
             weights, policies trained with it learned to end every episode on a marking
             within 1.5 m of the start (route completion 0.01 at 10,000 env steps, two runs,
             docs/learning.md), since an early step's reward is negative on average.
+        curve_lateral_accel_mps2: when above 0, the efficiency term's target speed in a bend
+            is lowered to ``sqrt(a / curvature)``, the lateral acceleration of ``a`` m/s^2
+            (the scripted driver keeps under 2), from the route's largest curvature within
+            ``curve_window_m`` ahead. 0 (off) by default.
+        curve_window_m: how far ahead of the vehicle that curvature is read, metres.
     """
 
     efficiency: float = 0.5
@@ -213,6 +218,8 @@ class RewardConfig:
     overspeed_zero_ratio: float = 2.0
     heading_error_scale_rad: float = math.pi / 4
     lane_invasion_ends_episode: bool = False
+    curve_lateral_accel_mps2: float = 0.0
+    curve_window_m: float = 20.0
 
     def __post_init__(self) -> None:
         if self.target_speed_mps <= 0:
@@ -230,6 +237,11 @@ class RewardConfig:
         if not self.heading_error_scale_rad > 0.0:
             raise ConfigError(f"reward.heading_error_scale_rad ({self.heading_error_scale_rad})"
                               f" must be > 0")
+        if not self.curve_lateral_accel_mps2 >= 0.0:
+            raise ConfigError(f"reward.curve_lateral_accel_mps2 "
+                              f"({self.curve_lateral_accel_mps2}) must be >= 0 (0: off)")
+        if not self.curve_window_m >= 0.0:
+            raise ConfigError(f"reward.curve_window_m ({self.curve_window_m}) must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,30 @@ def test_efficiency_falls_to_zero_at_the_overspeed_ratio(name, ratio, expected):
     assert R.efficiency(m, STEEP) == pytest.approx(expected, abs=1e-9), name
 
 
+CURVES = dataclasses.replace(CFG, curve_lateral_accel_mps2=2.0)
+
+
+@pytest.mark.parametrize("name,cfg,curvature,expected", [
+    ("straight", CURVES, 0.0, CFG.target_speed_mps),
+    ("gentle_bend_keeps_the_target", CURVES, 0.02, CFG.target_speed_mps),  # sqrt(100) > 8
+    ("radius_8m", CURVES, 0.125, 4.0),  # sqrt(2 / 0.125)
+    ("radius_2m", CURVES, 0.5, 2.0),
+    ("off_by_default", CFG, 0.5, CFG.target_speed_mps),
+])
+def test_target_speed_falls_in_bends(name, cfg, curvature, expected):
+    m = step(route_curvature_1pm=curvature)
+    assert R.target_speed(m, cfg) == pytest.approx(expected), name
+
+
+def test_efficiency_pays_the_bend_speed_in_full_and_less_for_the_straight_speed():
+    bend = dict(route_curvature_1pm=0.125)  # a 4 m/s bend
+    assert R.efficiency(step(speed_mps=4.0, **bend), CURVES) == pytest.approx(1.0)
+    assert R.efficiency(step(speed_mps=2.0, **bend), CURVES) == pytest.approx(0.5)
+    # 8 m/s is twice the bend's target: the term has fallen to 0 (overspeed_zero_ratio 2)
+    assert R.efficiency(step(speed_mps=8.0, **bend), CURVES) == pytest.approx(0.0)
+    assert R.efficiency(step(speed_mps=8.0, **bend), CFG) == pytest.approx(1.0)
+
+
 def test_heading_scale_is_configurable():
     tight = dataclasses.replace(CFG, heading_error_scale_rad=0.2)
     assert R.lane_keeping(step(heading_error_rad=0.1), tight) == pytest.approx(0.5)

@@ -176,3 +176,25 @@ def test_junction_branches_are_drawn_from_the_generator(town):
     ends = {tuple(np.round(R.plan_route(start, 60.0, np.random.default_rng(s)).xy[-1], 1))
             for s in range(16)}
     assert len(ends) >= 2
+
+
+def test_curvature_of_a_circle_and_of_a_straight_line():
+    radius = 10.0
+    angles = np.arange(0.0, math.pi / 2, 1.0 / radius)  # points 1 m apart along the arc
+    arc = R.Route(radius * np.stack([np.sin(angles), 1 - np.cos(angles)], axis=1),
+                  np.full(len(angles), 1.75))
+    assert arc.curvature[0] == arc.curvature[-1] == 0.0  # the ends have one segment
+    np.testing.assert_allclose(arc.curvature[1:-1], 1.0 / radius, rtol=1e-3)
+    line = R.Route(np.stack([np.arange(20.0), np.zeros(20)], axis=1), np.full(20, 1.75))
+    assert line.curvature_ahead(0.0, 50.0) == 0.0
+
+
+def test_curvature_ahead_reads_only_the_window():
+    # straight for 30 m, then a 90 degree bend of radius 5 m
+    straight = np.stack([np.arange(30.0), np.zeros(30)], axis=1)
+    angles = np.arange(0.2, math.pi / 2, 0.2)
+    bend = np.stack([29.0 + 5.0 * np.sin(angles), 5.0 * (1 - np.cos(angles))], axis=1)
+    route = R.Route(np.vstack([straight, bend]), np.full(len(straight) + len(bend), 1.75))
+    assert route.curvature_ahead(0.0, 20.0) == 0.0
+    assert route.curvature_ahead(15.0, 20.0) == pytest.approx(0.2, rel=0.05)
+    assert route.curvature_ahead(route.polyline_length + 1.0, 20.0) == 0.0
