@@ -2,7 +2,8 @@
 
 Workload: 4x84x84 uint8 image stacks + 23-dim vectors, 2-dim actions, separate encoders,
 NatureCNN 512 features, MLP 256-256 heads, policy delay 2. Each variant of this learner,
-"precision[:compile][:graphs]" (e.g. ``fp32``, ``bf16:compile``, ``bf16:graphs``), is timed
+"precision[:compile][:graphs][:pre_step]" (e.g. ``fp32``, ``bf16:compile``, ``bf16:graphs``;
+``pre_step``: ``td3.policy_critic=pre_step``, the policy step beside the critic's), is timed
 fed numpy batches through ``update`` (validation and host-to-device copy included; batches
 laid out as the replay returns them, both image stacks views of one F + 1 frame block), fed
 batches that already sit on the device (``update_on_device``, what a device-resident replay
@@ -33,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.config import LearnerConfig, NetworkConfig, TD3Config
+from common.config import LearnerConfig, NetworkConfig, PolicyCritic, TD3Config
 from common.specs import EnvSpec
 from common.types import SampleBatch
 from learner.td3 import TD3Learner
@@ -106,11 +107,12 @@ class Runner:
 def ours(variant: str, args: argparse.Namespace, batches: list[SampleBatch]) -> list[Runner]:
     """Two runners over one learner: numpy batches through ``update`` and device batches."""
     precision, *flags = variant.split(":")
-    if not set(flags) <= {"compile", "graphs"}:
-        raise SystemExit(f"variant {variant!r}: expected precision[:compile][:graphs]")
+    if not set(flags) <= {"compile", "graphs", "pre_step"}:
+        raise SystemExit(f"variant {variant!r}: expected precision[:compile][:graphs][:pre_step]")
+    order = PolicyCritic.PRE_STEP if "pre_step" in flags else PolicyCritic.STEPPED
     cfg = LearnerConfig(device=args.device, precision=precision, compile="compile" in flags,
                         cuda_graphs="graphs" in flags,
-                        td3=TD3Config(batch_size=args.batch_size),
+                        td3=TD3Config(batch_size=args.batch_size, policy_critic=order),
                         network=NetworkConfig(encoder_features=512, hidden_sizes=(256, 256)))
     learner = TD3Learner(SPEC, cfg, seed=0)
     t0 = time.perf_counter()
@@ -143,7 +145,8 @@ def ours(variant: str, args: argparse.Namespace, batches: list[SampleBatch]) -> 
     warmup = max(args.warmup, 10 if cfg.cuda_graphs else 0)  # graphs are captured by then
     host(warmup)
     info = {"device": str(learner.device), "precision": precision, "compile": cfg.compile,
-            "cuda_graphs": cfg.cuda_graphs, "first_two_updates_s": first}
+            "cuda_graphs": cfg.cuda_graphs, "policy_critic": order.value,
+            "first_two_updates_s": first}
     runners = [Runner(f"ours {variant}", "host", host, learner.device, info),
                Runner(f"ours {variant}", "device", device, learner.device, info)]
     if learner.device.type == "cuda":  # on CPU launching is updating: nothing to overlap
@@ -307,7 +310,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sb3-updates", type=int, default=4, help="timed SB3 steps per round")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--variant", action="append", default=[],
-                        help="precision[:compile][:graphs], precision in auto/fp32/bf16; repeatable")
+                        help="precision[:compile][:graphs][:pre_step], precision in "
+                             "auto/fp32/bf16, pre_step: td3.policy_critic=pre_step; repeatable")
     parser.add_argument("--no-sb3", action="store_true", help="skip the SB3 reference")
     parser.add_argument("--json", default="", help="also write the JSON here")
     parser.add_argument("--sb3-worker", action="store_true", help=argparse.SUPPRESS)

@@ -29,6 +29,21 @@ class EncoderTopology(str, enum.Enum):
     SHARED = "shared"
 
 
+class PolicyCritic(str, enum.Enum):
+    """Which critic the policy step of an update differentiates.
+
+    STEPPED: the critic after this update's critic step (Fujimoto et al.'s TD3 and its
+        reference code).
+    PRE_STEP: the critic as it was before this update's critic step, as DeepMind Acme's JAX
+        TD3 learner does (``policy_loss_and_grad(state.policy_params, state.critic_params,
+        ...)``). The two steps then depend on nothing of each other, so on CUDA the policy's
+        backward pass and Adam step run beside the critic's (``learner.lanes``).
+    """
+
+    STEPPED = "stepped"
+    PRE_STEP = "pre_step"
+
+
 class SamplerKind(str, enum.Enum):
     UNIFORM = "uniform"
     PRIORITIZED = "prioritized"
@@ -78,6 +93,7 @@ class TD3Config:
         encoder_lr: Adam learning rate of both CNN encoders.
         head_lr: Adam learning rate of the policy MLP and the Q heads.
         max_grad_norm: clip of each optimizer's gradient norm; 0 disables clipping.
+        policy_critic: the critic the policy step differentiates (see PolicyCritic).
     """
 
     gamma: float = 0.99
@@ -89,6 +105,7 @@ class TD3Config:
     encoder_lr: float = 1e-4
     head_lr: float = 3e-4
     max_grad_norm: float = 0.0
+    policy_critic: PolicyCritic = PolicyCritic.STEPPED
 
 
 @dataclass(frozen=True)

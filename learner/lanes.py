@@ -33,7 +33,9 @@ class Lanes:
     far on the main (current) stream; ``join(name)`` makes the main stream wait for what the
     lane has queued; ``after(name, other)`` makes lane ``name`` wait for lane ``other``.
     Tensors crossing between streams are recorded with the caching allocator, so their memory
-    is not reused while the other stream may still read it.
+    is not reused while the other stream may still read it. A lane with nothing queued since
+    the main stream last joined it is not waited on again: inside a CUDA graph capture,
+    waiting on a stream the capture has not forked invalidates the capture.
 
     Args:
         device: the learner's device.
@@ -44,6 +46,7 @@ class Lanes:
         self._device = device
         self._streams = ({n: torch.cuda.Stream(device) for n in names}
                          if device.type == "cuda" else {})
+        self._pending: set[str] = set()  # lanes with work queued since their last join
 
     def _main(self) -> torch.cuda.Stream:
         return torch.cuda.current_stream(self._device)
@@ -55,6 +58,7 @@ class Lanes:
             return fn(*args)
         main = self._main()
         stream.wait_stream(main)
+        self._pending.add(name)
         with torch.cuda.stream(stream):
             out = fn(*args)
         for t in _tensors(args):
@@ -65,12 +69,16 @@ class Lanes:
 
     def after(self, name: str, other: str) -> None:
         """Lane ``name`` waits for what lane ``other`` has queued so far."""
-        if self._streams:
+        if self._streams and other in self._pending:
             self._streams[name].wait_stream(self._streams[other])
+            self._pending.add(name)
 
     def join(self, *names: str) -> None:
         """The main stream waits for what the lanes ``names`` have queued so far."""
         if self._streams:
             main = self._main()
             for name in names:
-                main.wait_stream(self._streams[name])
+                # Called from inside the lane's own run, there is nothing to join yet.
+                if name in self._pending and self._streams[name] != main:
+                    main.wait_stream(self._streams[name])
+                    self._pending.discard(name)

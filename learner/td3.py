@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from common.config import LearnerConfig
+from common.config import LearnerConfig, PolicyCritic
 from common.errors import ConfigError
 from common.networks import ImageEncoder
 from common.specs import EnvSpec
@@ -56,6 +56,9 @@ def _check_config(cfg: LearnerConfig) -> None:
         (td3.head_lr > 0.0, f"head_lr ({td3.head_lr}) must be > 0"),
         (td3.max_grad_norm >= 0.0, f"max_grad_norm ({td3.max_grad_norm}) must be >= 0"),
     ]
+    orders = [c.value for c in PolicyCritic]
+    checks.append((td3.policy_critic in orders,
+                   f"policy_critic ({td3.policy_critic!r}) must be one of {orders}"))
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
@@ -113,6 +116,19 @@ class TD3Learner:
         # Under SEPARATE the policy encoder changes only in a policy step: 0 in the others.
         self._policy_encoder_own = not any(id(p) in critic_ids for p in self._encoders["policy"])
         self._zero = torch.zeros((), device=self.device)
+        self._pre_step = PolicyCritic(cfg.td3.policy_critic) is PolicyCritic.PRE_STEP
+        self._q1 = dict(self.nets.critic.q1.named_parameters())
+        # PRE_STEP: the policy step reads a copy of the Q1 head taken before the critic's
+        # Adam step, so the two steps can run at once without the policy reading weights the
+        # critic step is writing. (The critic's encoder features are detached either way.)
+        self._q1_before = ({k: v.detach().clone() for k, v in self._q1.items()}
+                           if self._pre_step else {})
+        critic_targets = {id(p) for p in self.nets.critic_target.parameters()}
+        targets, onlines = self.nets.target_pairs
+        self._target_pairs = {
+            own: ([t for t in targets if (id(t) in critic_targets) == own],
+                  [o for t, o in zip(targets, onlines) if (id(t) in critic_targets) == own])
+            for own in (True, False)}  # True: the critic target's, False: the policy's own
         self._lanes = Lanes(self.device, ("target_critic", "target_policy", "policy", "diagnostics"))
         pieces = {"target_critic": self._target_critic_forward,
                   "target_policy": self._target_policy_forward,
@@ -169,24 +185,25 @@ class TD3Learner:
             return self.nets.policy_encoding(px.obs, b.vector)
 
     def _policy_head(self, b: DeviceBatch, encoding: torch.Tensor | None,
-                     critic_features: torch.Tensor) -> torch.Tensor:
-        """The policy loss, from the policy's encoding and the critic step's features."""
+                     critic_features: torch.Tensor,
+                     q1_params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The policy loss, from the policy's encoding, the critic step's features and the
+        (detached) weights of the Q1 head that scores the policy's action."""
         nets = self.nets
         with self._autocast():
             # The critic scores the policy's action with its OWN encoder's features of this
             # batch, as the critic step computed them (detached: no gradient into the critic
             # encoder), so the policy step runs no critic convolution (DrQ-v2 does the same).
             action = nets.policy.act(nets.policy_features(encoding, critic_features))
-            # Q1 head with detached weights: the policy loss leaves no gradient on the critic.
-            q1_params = {k: v.detach() for k, v in nets.critic.q1.named_parameters()}
             x = torch.cat([critic_features, action.to(critic_features.dtype)], dim=1)
             q1 = torch.func.functional_call(nets.critic.q1, q1_params, (x,)).squeeze(-1)
         return losses.policy_loss(q1.float())
 
-    def _critic_step(self, b: DeviceBatch, px: Pixels, noise: torch.Tensor) -> list[torch.Tensor]:
-        """The TD target and the critic's forward pass, overlapped on the GPU (``Lanes``:
-        the target critic and target policy encoders each on a lane of their own, the online
-        critic on the main stream), then the critic's loss, backward pass and Adam step."""
+    def _critic_values(self, b: DeviceBatch, px: Pixels,
+                       noise: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The TD target and the online critic's forward pass, overlapped on the GPU
+        (``Lanes``: the target critic and target policy encoders each on a lane of their own,
+        the online critic on the main stream). Returns (q1, q2, y, critic features)."""
         lanes, terms = self._lanes, self._terms
         target_features = lanes.run("target_critic", terms["target_critic"], b, px)
         target_encoding = lanes.run("target_policy", terms["target_policy"], b, px)
@@ -195,19 +212,26 @@ class TD3Learner:
                       target_encoding, noise)
         q1, q2, features = terms["critic"](b, px)
         lanes.join("target_critic")
+        return q1, q2, y, features
+
+    def _critic_step(self, b: DeviceBatch, q1: torch.Tensor, q2: torch.Tensor, y: torch.Tensor,
+                     features: torch.Tensor) -> list[torch.Tensor]:
+        """The critic's loss, backward pass and Adam step."""
         loss, td = losses.critic_loss(q1, q2, y, b.weight)
         self.critic_opt.zero_grad(set_to_none=True)
         loss.backward()
         encoder_grad = losses.clip_grads(*self._grads["critic"], self.td3.max_grad_norm,
                                          self.device)
         self.critic_opt.step()
-        # The policy step scores actions with these features of the same batch, detached.
         return [loss.detach(), q1.detach().mean(), q2.detach().mean(), y.mean(), encoder_grad,
                 td, features.detach()]
 
     def _policy_step(self, b: DeviceBatch, encoding: torch.Tensor | None,
-                     critic_features: torch.Tensor) -> None:
-        loss = self._terms["policy_head"](b, encoding, critic_features)
+                     critic_features: torch.Tensor, q1_params: dict[str, torch.Tensor],
+                     targets: tuple[list[torch.Tensor], list[torch.Tensor]]) -> None:
+        """The policy's loss, backward pass and Adam step, then Polyak averaging of
+        ``targets``."""
+        loss = self._terms["policy_head"](b, encoding, critic_features, q1_params)
         self.policy_opt.zero_grad(set_to_none=True)
         loss.backward()
         self._lanes.join("policy")  # the encoder's backward ran on its forward's lane
@@ -215,7 +239,7 @@ class TD3Learner:
                                          self.device)
         self.policy_opt.step()
         self._last_policy.copy_(torch.stack([loss.detach(), encoder_grad]))
-        losses.soft_update(*self.nets.target_pairs, self.td3.tau)
+        losses.soft_update(*targets, self.td3.tau)
 
     def update(self, batch: SampleBatch) -> UpdateStats:
         """One TD3 update from a numpy batch (copied to the device here).
@@ -288,20 +312,34 @@ class TD3Learner:
         # its lane beside the critic's passes, backward pass and Adam step.
         encoding = (lanes.run("policy", self._terms["policy_encoder"], b, px) if policy
                     else None)
+        q1, q2, y, features = self._critic_values(b, px, noise)
+        if policy and self._pre_step:
+            # The whole policy step on its lane, beside the critic's backward pass and Adam
+            # step.
+            torch._foreach_copy_(list(self._q1_before.values()),
+                                 [v.detach() for v in self._q1.values()])
+            lanes.run("policy", self._policy_step, b, encoding, features.detach(),
+                      self._q1_before, self._target_pairs[False])
         critic_loss, q1_mean, q2_mean, y_mean, critic_grad, td, features = \
-            self._critic_step(b, px, noise)
-        # The critic encoder is final for this update: measure it beside the policy step.
+            self._critic_step(b, q1, q2, y, features)
+        # The critic is final for this update: measure its encoder, and (in a policy update)
+        # Polyak-average its target, beside the policy step.
         critic_change = lanes.run("diagnostics", losses.weight_change,
                                   self._encoders["critic"], self._snapshots["critic"])
         if policy:
+            lanes.run("diagnostics", losses.soft_update, *self._target_pairs[True],
+                      self.td3.tau)
+        if policy and not self._pre_step:
             lanes.join("policy")
-            self._policy_step(b, encoding, features)
+            self._policy_step(b, encoding, features,
+                              {k: v.detach() for k, v in self._q1.items()},
+                              self._target_pairs[False])
         if policy or not self._policy_encoder_own:
-            policy_change = losses.weight_change(self._encoders["policy"],
-                                                 self._snapshots["policy"])
+            policy_change = lanes.run("policy", losses.weight_change,
+                                      self._encoders["policy"], self._snapshots["policy"])
         else:
             policy_change = self._zero
-        lanes.join("diagnostics")
+        lanes.join("policy", "diagnostics")
         scalars = torch.stack([critic_loss, self._last_policy[0], q1_mean, q2_mean, y_mean,
                                critic_grad, self._last_policy[1], critic_change, policy_change])
         return torch.cat([scalars.float(), td.float()])

@@ -51,3 +51,14 @@ def packed_batch(spec: EnvSpec, size: int, seed: int) -> SampleBatch:
         0, 256, (size, spec.frames + 1, spec.image_size, spec.image_size), dtype=np.uint8)
     frames.flags.writeable = False
     return batch._replace(obs_image=frames[:, :-1], next_image=frames[:, 1:])
+
+
+def critic_step(learner, b, px, noise) -> list[torch.Tensor]:
+    """One critic step of ``learner`` on a device batch, as ``TD3Learner._step`` runs it."""
+    return learner._critic_step(b, *learner._critic_values(b, px, noise))
+
+
+def policy_step(learner, b, encoding, features) -> None:
+    """One policy step (paper order: the live Q1 head) and Polyak step of every target."""
+    q1 = {k: v.detach() for k, v in learner.nets.critic.q1.named_parameters()}
+    learner._policy_step(b, encoding, features, q1, learner.nets.target_pairs)

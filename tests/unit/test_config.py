@@ -34,6 +34,7 @@ def test_override_coerces_strings_and_rejects_unknown_paths():
     ("env.reward.overspeed_zero_ratio", 1.0, r"overspeed_zero_ratio \(1.0\) must be > 1"),
     ("env.reward.heading_error_scale_rad", 0, r"heading_error_scale_rad \(0.0\) must be > 0"),
     ("env.reward.curve_lateral_accel_mps2", -1, r"curve_lateral_accel_mps2 \(-1.0\) must be >= 0"),
+    ("learner.td3.policy_critic", "later", "'later' is not one of"),
     ("env.reward.curve_window_m", -5, r"curve_window_m \(-5.0\) must be >= 0"),
 ])
 def test_bad_values_name_the_value(path, value, message):

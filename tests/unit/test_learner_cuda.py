@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from common.config import EncoderTopology
+from common.config import EncoderTopology, PolicyCritic
 from common.networks import PolicyNet, load_policy_state
+from learner.lanes import Lanes
 from learner.td3 import TD3Learner
 from tests.unit.learner_fixtures import SMALL_SPEC, random_batch, small_config
 
@@ -21,8 +22,11 @@ def _max_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
 
 @pytest.mark.parametrize("topology", list(EncoderTopology))
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_cuda_graphs_match_eager_updates_and_survive_a_reload(tmp_path, topology, precision):
-    base = dataclasses.replace(small_config(topology), device="cuda", precision=precision)
+@pytest.mark.parametrize("order", list(PolicyCritic))
+def test_cuda_graphs_match_eager_updates_and_survive_a_reload(tmp_path, topology, precision,
+                                                              order):
+    base = dataclasses.replace(small_config(topology, policy_critic=order), device="cuda",
+                               precision=precision)
     eager = TD3Learner(SMALL_SPEC, base, seed=0)
     graphed = TD3Learner(SMALL_SPEC, dataclasses.replace(base, cuda_graphs=True), seed=0)
     for i in range(14):  # past the warm-up of both kinds of update, so both graphs replay
@@ -113,3 +117,24 @@ def test_graphs_read_the_copy_slots_in_place_and_copy_batches_from_elsewhere():
     assert run._static is not None and len(run._graphs) == captured + 2
     for name, module in graphed.nets.modules().items():
         assert _max_diff(module, eager.nets.modules()[name]) < ATOL, name
+
+
+def test_a_capture_joins_only_the_lanes_it_forked():
+    # Joining a lane the capture never forked (here one an eager call used before) would
+    # invalidate the capture; a lane joined from inside its own run stays to be joined.
+    lanes = Lanes(torch.device("cuda"), ("used", "idle"))
+    x = torch.arange(4.0, device="cuda")
+    lanes.run("idle", torch.add, x, 1)
+    lanes.join("used", "idle")
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        def nested(t):
+            out = t * 2
+            lanes.join("used")  # inside the lane itself: not a join of the main stream
+            return out
+        y = lanes.run("used", nested, x)
+        lanes.join("used", "idle")
+    x.add_(1)
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(y, 2 * (torch.arange(4.0, device="cuda") + 1))

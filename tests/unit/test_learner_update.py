@@ -11,7 +11,8 @@ from common.networks import PolicyNet, load_policy_state
 from learner import device as learner_device
 from learner import losses
 from learner.td3 import TD3Learner, UpdateStats, make_learner, prepare_pixels
-from tests.unit.learner_fixtures import SMALL_SPEC, params_of, random_batch, small_config
+from tests.unit.learner_fixtures import (SMALL_SPEC, critic_step, params_of, random_batch,
+                                         small_config)
 
 
 def test_stats_are_typed_and_policy_steps_are_delayed():
@@ -112,7 +113,7 @@ def test_cuda_without_cuda_is_a_config_error():
 def test_gradient_clipping_bounds_each_optimizer_step():
     learner = TD3Learner(SMALL_SPEC, small_config(max_grad_norm=1e-3), seed=0)
     b = learner._to_device(random_batch(SMALL_SPEC, 16, seed=0))
-    learner._critic_step(b, prepare_pixels(b), torch.zeros_like(b.action))
+    critic_step(learner, b, prepare_pixels(b), torch.zeros_like(b.action))
     grads = [p.grad for ps in learner._grads["critic"] for p in ps if p.grad is not None]
     assert torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) <= 1e-3 * 1.01
 

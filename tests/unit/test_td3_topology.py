@@ -1,12 +1,16 @@
-"""Network topology: disjointness, targets, gradient isolation, encoders that learn."""
+"""Network topology: disjointness, targets, gradient isolation, encoders that learn, and the
+order of the critic and policy steps."""
+import dataclasses
+
 import pytest
 import torch
 
-from common.config import EncoderTopology
+from common.config import EncoderTopology, PolicyCritic
 from common.errors import ConfigError
 from learner.td3 import TD3Learner, prepare_pixels
 from learner.topology import check_disjoint
-from tests.unit.learner_fixtures import SMALL_SPEC, params_of, random_batch, small_config
+from tests.unit.learner_fixtures import (SMALL_SPEC, critic_step, params_of, policy_step,
+                                         random_batch, small_config)
 
 
 def _learner(topology=EncoderTopology.SEPARATE, **td3) -> TD3Learner:
@@ -63,9 +67,9 @@ def test_target_encoders_are_polyak_averaged_with_their_heads():
     nets = learner.nets
     batch = learner._to_device(random_batch(SMALL_SPEC, 16, seed=0))
     px = prepare_pixels(batch)
-    features = learner._critic_step(batch, px, torch.zeros_like(batch.action))[-1]
+    features = critic_step(learner, batch, px, torch.zeros_like(batch.action))[-1]
     old_targets = [t.clone() for t in nets.target_pairs[0]]
-    learner._policy_step(batch, learner._policy_encoder_forward(batch, px), features)
+    policy_step(learner, batch, learner._policy_encoder_forward(batch, px), features)
     assert {id(t) for t in nets.policy_target.encoder.parameters()} <= {id(t) for t in nets.target_pairs[0]}
     assert {id(t) for t in nets.critic_target.encoder.parameters()} <= {id(t) for t in nets.target_pairs[0]}
     for old, target, online in zip(old_targets, *nets.target_pairs):
@@ -77,7 +81,7 @@ def test_critic_update_changes_no_policy_parameter():
     before = params_of(learner.nets.policy)
     critic_before = params_of(learner.nets.critic)
     batch = learner._to_device(random_batch(SMALL_SPEC, 16, seed=1))
-    learner._critic_step(batch, prepare_pixels(batch), torch.zeros_like(batch.action))
+    critic_step(learner, batch, prepare_pixels(batch), torch.zeros_like(batch.action))
     assert _changed(before, learner.nets.policy) == []
     assert all(p.grad is None for p in learner.nets.policy.parameters())
     changed = _changed(critic_before, learner.nets.critic)
@@ -89,12 +93,12 @@ def test_policy_update_changes_no_critic_parameter(topology):
     learner = _learner(topology)
     batch = learner._to_device(random_batch(SMALL_SPEC, 16, seed=2))
     px = prepare_pixels(batch)
-    features = learner._critic_step(batch, px, torch.zeros_like(batch.action))[-1]
+    features = critic_step(learner, batch, px, torch.zeros_like(batch.action))[-1]
     assert not features.requires_grad  # handed to the policy step detached
     learner.critic_opt.zero_grad(set_to_none=True)
     critic_before = params_of(learner.nets.critic)
     policy_before = params_of(learner.nets.policy.head)
-    learner._policy_step(batch, learner._policy_encoder_forward(batch, px), features)
+    policy_step(learner, batch, learner._policy_encoder_forward(batch, px), features)
     assert _changed(critic_before, learner.nets.critic) == []
     assert all(p.grad is None for p in learner.nets.critic.parameters())
     assert _changed(policy_before, learner.nets.policy.head) != []
@@ -117,3 +121,39 @@ def test_both_encoders_learn_over_a_few_hundred_updates(topology):
         assert stats.policy_encoder_grad_norm > 0.0
     else:  # the shared encoder gets no gradient from the policy loss
         assert stats.policy_encoder_grad_norm == 0.0
+
+
+def _max_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
+    return max((x - y).abs().max().item() for x, y in zip(a.parameters(), b.parameters()))
+
+
+@pytest.mark.parametrize("topology", list(EncoderTopology))
+def test_pre_step_policy_step_reads_the_critic_before_its_step(topology):
+    pre = _learner(topology, policy_critic=PolicyCritic.PRE_STEP)
+    paper = _learner(topology)
+    frozen = _learner(topology)  # paper order, but its critic skips the policy update's step
+    for learner in (pre, paper, frozen):
+        learner.update(random_batch(SMALL_SPEC, 16, seed=0))  # critic only: all three alike
+    for group in frozen.critic_opt.param_groups:
+        group["lr"] = 0.0
+    for learner in (pre, paper, frozen):
+        assert learner.update(random_batch(SMALL_SPEC, 16, seed=1)).policy_updated
+    nets = pre.nets
+    # The policy step saw the critic as it was before the step: the frozen critic's view.
+    # (Under SHARED the policy's encoder is the critic's, which the critic step moves.)
+    pick = (lambda m: m.head) if topology is EncoderTopology.SHARED else (lambda m: m)
+    assert _max_diff(pick(nets.policy), pick(frozen.nets.policy)) < 1e-6
+    assert _max_diff(pick(nets.policy_target), pick(frozen.nets.policy_target)) < 1e-6
+    assert _max_diff(nets.policy.head, paper.nets.policy.head) > 1e-5
+    # The critic step and the critic target's Polyak step are the paper's.
+    assert _max_diff(nets.critic, paper.nets.critic) < 1e-6
+    assert _max_diff(nets.critic_target, paper.nets.critic_target) < 1e-6
+    assert _max_diff(nets.critic, frozen.nets.critic) > 1e-5
+    # The copy of the Q1 head the policy step read is the pre-step head.
+    for name, weight in frozen.nets.critic.q1.named_parameters():
+        torch.testing.assert_close(pre._q1_before[name], weight.detach(), rtol=0, atol=0)
+
+
+def test_policy_critic_must_be_a_known_order():
+    with pytest.raises(ConfigError, match=r"policy_critic \('later'\) must be one of"):
+        _learner(policy_critic="later")
