@@ -1,7 +1,10 @@
 """The TD3 learner: the update step over the networks ``learner.topology`` builds.
 
 One ``update(batch)`` is one critic step, plus, every ``policy_delay`` updates, one policy step
-and a Polyak step of all four target networks (both encoders included). Every update returns
+and a Polyak step of all four target networks (both encoders included). The policy step
+differentiates the critic after this update's critic step (the paper's order), or with
+``td3.policy_critic=pre_step`` the critic before it, and then runs beside the critic step on a
+GPU (``common.config.PolicyCritic``). Every update returns
 an ``UpdateStats``; its scalars and the per-sample |TD error| come back to the host in ONE
 device->host copy, the only host synchronisation of an update (needed anyway to hand TD errors
 to prioritized replay; everything else, gradient norms and clipping included, stays on device).
