@@ -30,7 +30,7 @@ from actors.observation import ObservationBuilder, build_vector
 from actors.route import Projection, Route, choose_route, spawn_points, to_vehicle_frame, wrap_angle
 from actors.sensors import CameraMount, SensorReading, SensorRig
 from actors.carla_session import Session
-from common.config import EnvConfig, SimulatorBackend
+from common.config import EnvConfig, PedalAction, SimulatorBackend
 from common.errors import SimulatorError, SimulatorTimeout, SpecError
 from common.specs import IMAGE_KEY, VECTOR_KEY, EnvSpec
 
@@ -154,7 +154,8 @@ class CarlaEnv:
         a = np.asarray(action, np.float32)
         if a.shape != self.spec.action.shape or not np.all(np.isfinite(a)):
             raise SpecError(f"action {a!r} must be finite with shape {self.spec.action.shape}")
-        steer, pedal = (float(v) for v in np.clip(a, -1.0, 1.0))
+        steer, command = (float(v) for v in np.clip(a, -1.0, 1.0))
+        pedal = pedal_from_action(command, ep.speed, self.cfg)
         c = self._carla
         try:
             ep.ego.apply_control(c.VehicleControl(throttle=max(pedal, 0.0), brake=max(-pedal, 0.0),
@@ -238,6 +239,15 @@ class CarlaEnv:
         if ep is not None:
             self._session.guarded("destroy_ego", ep.ego.destroy)
         self._session.destroy_npcs()
+
+
+def pedal_from_action(command: float, speed_mps: float, cfg: EnvConfig) -> float:
+    """The pedal in [-1, 1] (throttle above 0, brake below) for the action's second component
+    ``command`` in [-1, 1], under ``cfg.pedal`` (common.config.PedalAction)."""
+    if PedalAction(cfg.pedal) is PedalAction.THROTTLE_BRAKE:
+        return command
+    target = 0.5 * (command + 1.0) * cfg.max_target_speed_mps
+    return min(max(cfg.speed_gain * (target - speed_mps), -1.0), 1.0)
 
 
 class _Episode:

@@ -11,7 +11,8 @@ turns towards it with curvature ``2 * y / d**2`` (d its distance), converted to 
 with the bicycle model (``atan(wheelbase * curvature)``) and normalised by the maximum wheel
 angle. Speed: the cruise speed, lowered where the route ahead bends so that the lateral
 acceleration stays below ``max_lateral_accel_mps2``; throttle/brake proportional to the speed
-error.
+error, or, for an env whose pedal action is a target speed (``PedalAction.TARGET_SPEED``),
+that speed itself (``PurePursuitDriver.for_env``).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from common.config import EnvConfig, PedalAction
 from common.specs import SPEED_SCALE_MPS, VECTOR_KINEMATIC_DIMS, EnvSpec
 
 FAKE_MAX_STEER_DEG = 35.0
@@ -91,9 +93,25 @@ def path_curvature(path: np.ndarray, window_m: float) -> float:
 class PurePursuitDriver:
     """Maps an observation to ``[steer, throttle_brake]`` (see the module docstring)."""
 
-    def __init__(self, spec: EnvSpec, settings: PurePursuitSettings | None = None) -> None:
+    def __init__(self, spec: EnvSpec, settings: PurePursuitSettings | None = None,
+                 max_target_speed_mps: float | None = None) -> None:
+        """Args:
+            spec: the observation spec.
+            settings: the gains.
+            max_target_speed_mps: None: the action's second component is the pedal; else it
+                is a target speed, this at +1 (PedalAction.TARGET_SPEED).
+        """
         self.spec = spec
         self.settings = settings or PurePursuitSettings()
+        self.max_target_speed_mps = max_target_speed_mps
+
+    @classmethod
+    def for_env(cls, spec: EnvSpec, env: EnvConfig,
+                settings: PurePursuitSettings | None = None) -> "PurePursuitDriver":
+        """The driver whose actions mean what ``env``'s pedal setting says."""
+        top = (env.max_target_speed_mps if PedalAction(env.pedal) is PedalAction.TARGET_SPEED
+               else None)
+        return cls(spec, settings, top)
 
     def waypoints(self, vector: np.ndarray) -> np.ndarray:
         """The observed waypoints in metres, [K, 2] (x forward, y right)."""
@@ -112,5 +130,8 @@ class PurePursuitDriver:
         bend = path_curvature(path, s.curve_window_m)
         limit = math.sqrt(s.max_lateral_accel_mps2 / bend) if bend > 1e-6 else math.inf
         speed_target = min(s.cruise_speed_mps, limit)
-        pedal = s.speed_gain * (speed_target - speed)
-        return np.clip(np.array([steer, pedal], np.float32), -1.0, 1.0)
+        if self.max_target_speed_mps is not None:
+            command = 2.0 * speed_target / self.max_target_speed_mps - 1.0
+        else:
+            command = s.speed_gain * (speed_target - speed)
+        return np.clip(np.array([steer, command], np.float32), -1.0, 1.0)

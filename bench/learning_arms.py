@@ -64,7 +64,7 @@ def baseline_act(arm: str, cfg: C.RunConfig, seed: int) -> Act:
     if arm == "random":
         return random_policy(cfg.spec.action_dim, seed)
     if arm == "scripted":
-        return PurePursuitDriver(cfg.spec)
+        return PurePursuitDriver.for_env(cfg.spec, cfg.env)
     raise ConfigError(f"baseline arm ({arm!r}) must be one of {list(BASELINE_ARMS)}")
 
 

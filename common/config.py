@@ -56,6 +56,20 @@ class SimulatorBackend(str, enum.Enum):
     CARLA = "carla"
 
 
+class PedalAction(str, enum.Enum):
+    """What the second action component commands (actors/carla_env.py ``pedal``).
+
+    THROTTLE_BRAKE: the pedal itself: throttle above 0, brake below (the original design).
+    TARGET_SPEED: a speed, 0 at -1 and ``env.max_target_speed_mps`` at +1, that a
+        proportional controller in the env holds (``env.speed_gain`` of pedal per m/s of
+        error), as driving agents with a low-level speed controller do. A policy whose tanh
+        saturates then drives at that speed instead of flooring the throttle.
+    """
+
+    THROTTLE_BRAKE = "throttle_brake"
+    TARGET_SPEED = "target_speed"
+
+
 class RouteSplit(str, enum.Enum):
     """Which spawn points an env draws routes from (actors/route.py): disjoint sets, so that
     evaluation runs on held-out routes."""
@@ -333,6 +347,9 @@ class EnvConfig:
         max_lateral_m: |lateral deviation| that terminates an episode.
         num_npcs: NPC vehicles driven by the traffic manager.
         reward: reward weights.
+        pedal: what the action's second component commands (see PedalAction).
+        max_target_speed_mps: the speed an action of +1 asks for under TARGET_SPEED.
+        speed_gain: pedal per m/s of speed error under TARGET_SPEED (the scripted driver's).
     """
 
     backend: SimulatorBackend = SimulatorBackend.FAKE
@@ -352,12 +369,16 @@ class EnvConfig:
     max_lateral_m: float = 2.5
     num_npcs: int = 0
     reward: RewardConfig = field(default_factory=RewardConfig)
+    pedal: PedalAction = PedalAction.THROTTLE_BRAKE
+    max_target_speed_mps: float = 12.0
+    speed_gain: float = 0.5
 
     def __post_init__(self) -> None:
         if not 0 < self.fixed_delta_seconds <= 0.1:
             raise ConfigError(f"env.fixed_delta_seconds ({self.fixed_delta_seconds}) must be in "
                               "(0, 0.1]: CARLA's physics sub-stepping limit")
-        for name in ("timeout_s", "sensor_timeout_s", "route_length_m", "max_lateral_m"):
+        for name in ("timeout_s", "sensor_timeout_s", "route_length_m", "max_lateral_m",
+                     "max_target_speed_mps", "speed_gain"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"env.{name} ({getattr(self, name)}) must be > 0")
         if self.max_steps < 1:

@@ -141,7 +141,7 @@ def cmd_drive(args: argparse.Namespace) -> int:
     else:
         cfg = C.RunConfig()
         env_cfg, spec = cfg.env, cfg.spec
-        act = PurePursuitDriver(spec)
+        act = PurePursuitDriver.for_env(spec, env_cfg)
     env = make_env(env_cfg, spec, seed=args.seed)
     try:
         summary = record_episode(env, act, str(args.out), seed=args.seed)

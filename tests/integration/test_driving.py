@@ -15,7 +15,7 @@ from actors import rewards as R
 from actors.carla_env import make_env
 from actors.scripted import PurePursuitDriver
 from actors.video import count_frames, record_episode
-from common.config import EnvConfig
+from common.config import EnvConfig, PedalAction
 from common.specs import EnvSpec
 
 pytestmark = pytest.mark.integration
@@ -33,9 +33,11 @@ def _episode(env, act, seed):
             return info
 
 
-def test_scripted_driver_completes_at_least_95_percent_of_routes():
-    env = make_env(EnvConfig(route_length_m=ROUTE_M), SPEC, seed=0)
-    driver = PurePursuitDriver(SPEC)
+@pytest.mark.parametrize("pedal", list(PedalAction))
+def test_scripted_driver_completes_at_least_95_percent_of_routes(pedal):
+    cfg = EnvConfig(route_length_m=ROUTE_M, pedal=pedal)
+    env = make_env(cfg, SPEC, seed=0)
+    driver = PurePursuitDriver.for_env(SPEC, cfg)
     try:
         infos = [_episode(env, driver, seed) for seed in range(20)]
     finally:

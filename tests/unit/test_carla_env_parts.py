@@ -9,10 +9,11 @@ import cv2
 import numpy as np
 import pytest
 
+from actors.carla_env import pedal_from_action
 from actors.observation import ObservationBuilder, bgra_to_array, build_vector, preprocess_frame
 from actors.scripted import PurePursuitDriver, _point_at_radius, path_curvature
 from actors.sensors import EventBuffer, FrameQueue
-from common.config import RunConfig, with_overrides
+from common.config import EnvConfig, PedalAction, RunConfig, with_overrides
 from common.errors import ConfigError, SimulatorTimeout, SpecError
 from common.specs import EnvSpec
 
@@ -153,6 +154,34 @@ def test_driver_brakes_when_too_fast_for_a_bend():
     assert pedal < 0
 
 
+SPEED_CFG = EnvConfig(pedal=PedalAction.TARGET_SPEED, max_target_speed_mps=12.0, speed_gain=0.5)
+
+
+@pytest.mark.parametrize("name,command,speed,expected", [
+    ("top_speed_reached", 1.0, 12.0, 0.0),
+    ("half_way_target_from_standstill", 0.0, 0.0, 1.0),  # 6 m/s wanted: 0.5 * 6, capped
+    ("one_mps_short", 0.0, 5.0, 0.5),
+    ("one_mps_over", 0.0, 7.0, -0.5),
+    ("stop_at_speed", -1.0, 8.0, -1.0),
+    ("stopped_and_asked_to_stop", -1.0, 0.0, 0.0),
+])
+def test_target_speed_pedal_holds_the_commanded_speed(name, command, speed, expected):
+    assert pedal_from_action(command, speed, SPEED_CFG) == pytest.approx(expected), name
+
+
+def test_throttle_brake_pedal_is_the_command():
+    assert pedal_from_action(-0.3, 9.0, EnvConfig()) == -0.3
+
+
+def test_driver_commands_its_speed_under_target_speed_pedals():
+    vec = build_vector(SPEC, 5.0, 0.0, 0.0, np.stack([np.arange(1, 11) * 5.0, np.zeros(10)], 1))
+    driver = PurePursuitDriver.for_env(SPEC, SPEED_CFG)
+    _, command = driver({"vector": vec})
+    cruise = driver.settings.cruise_speed_mps
+    assert command == pytest.approx(2 * cruise / 12.0 - 1)  # its cruise speed, not a pedal
+    assert PurePursuitDriver.for_env(SPEC, EnvConfig()).max_target_speed_mps is None
+
+
 @pytest.mark.parametrize("path,value,message", [
     ("env.fixed_delta_seconds", 0.2, r"fixed_delta_seconds \(0.2\) must be in \(0, 0.1\]"),
     ("env.tm_port", 2001, r"tm_port \(2001\) collides with the server's ports 2000..2002"),
@@ -165,6 +194,9 @@ def test_driver_brakes_when_too_fast_for_a_bend():
     ("env.camera.fov", 200.0, r"fov \(200.0\) must be in \(0, 180\)"),
     ("env.camera.width", 0, r"camera size \(0x120\)"),
     ("env.route_split", "test", r"'test' is not one of \['train', 'eval'\]"),
+    ("env.pedal", "gas", r"'gas' is not one of \['throttle_brake', 'target_speed'\]"),
+    ("env.max_target_speed_mps", 0.0, r"max_target_speed_mps \(0.0\) must be > 0"),
+    ("env.speed_gain", -0.5, r"speed_gain \(-0.5\) must be > 0"),
 ])
 def test_env_config_rejects_bad_values_naming_them(path, value, message):
     with pytest.raises(ConfigError, match=message):
