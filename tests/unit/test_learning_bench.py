@@ -174,6 +174,14 @@ def test_baselines_on_held_out_routes_smoke() -> None:
     assert scripted.route_completion > rnd.route_completion
 
 
+def test_scripted_baseline_speaks_the_env_pedal_setting() -> None:
+    plain = arms.arm_config("learn", {}, "scripted", 0)
+    speed = arms.arm_config("learn", {"env.pedal": "target_speed"}, "scripted", 0)
+    assert arms.baseline_act("scripted", plain, 0).max_target_speed_mps is None
+    assert arms.baseline_act("scripted", speed, 0).max_target_speed_mps == \
+        speed.env.max_target_speed_mps
+
+
 def test_shrink_video_reencodes_smaller_until_it_fits(tmp_path: Path) -> None:
     import cv2
     import numpy as np
