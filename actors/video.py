@@ -148,9 +148,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
     spec = EnvSpec()
-    env = make_env(EnvConfig(route_length_m=args.route_length), spec, seed=args.seed)
+    cfg = EnvConfig(route_length_m=args.route_length)
+    env = make_env(cfg, spec, seed=args.seed)
     try:
-        summary = record_episode(env, PurePursuitDriver(spec), args.out, seed=args.seed,
+        summary = record_episode(env, PurePursuitDriver.for_env(spec, cfg), args.out, seed=args.seed,
                                  max_steps=args.max_steps)
     finally:
         env.close()

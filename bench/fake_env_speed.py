@@ -28,7 +28,7 @@ def run(steps: int, driver: str, seed: int, tick_latency_s: float) -> dict:
     env = make_env(cfg, spec, seed=seed)
     connect_s = time.perf_counter() - t0
     rng = np.random.default_rng(seed)
-    scripted = PurePursuitDriver(spec)
+    scripted = PurePursuitDriver.for_env(spec, cfg)
     step_s, reset_s = [], []
     episodes = 0
     try:

@@ -66,7 +66,8 @@ def test_record_episode_writes_a_readable_mp4(tmp_path):
     env = make_env(EnvConfig(route_length_m=ROUTE_M), SPEC, seed=0)
     path = str(tmp_path / "drive.mp4")
     try:
-        summary = record_episode(env, PurePursuitDriver(SPEC), path, seed=4, max_steps=40)
+        summary = record_episode(env, PurePursuitDriver.for_env(SPEC, EnvConfig()), path, seed=4,
+                                 max_steps=40)
     finally:
         env.close()
     assert summary.frames == 41 == count_frames(path)
