@@ -170,8 +170,7 @@ def test_target_speed_pedal_holds_the_commanded_speed(name, command, speed, expe
 
 
 def test_throttle_brake_pedal_is_the_command():
-    cfg = EnvConfig(pedal=PedalAction.THROTTLE_BRAKE)
-    assert pedal_from_action(-0.3, 9.0, cfg) == -0.3
+    assert pedal_from_action(-0.3, 9.0, EnvConfig()) == -0.3
 
 
 def test_driver_commands_its_speed_under_target_speed_pedals():
@@ -180,8 +179,7 @@ def test_driver_commands_its_speed_under_target_speed_pedals():
     _, command = driver({"vector": vec})
     cruise = driver.settings.cruise_speed_mps
     assert command == pytest.approx(2 * cruise / 12.0 - 1)  # its cruise speed, not a pedal
-    plain = EnvConfig(pedal=PedalAction.THROTTLE_BRAKE)
-    assert PurePursuitDriver.for_env(SPEC, plain).max_target_speed_mps is None
+    assert PurePursuitDriver.for_env(SPEC, EnvConfig()).max_target_speed_mps is None
 
 
 @pytest.mark.parametrize("path,value,message", [

@@ -175,7 +175,7 @@ def test_baselines_on_held_out_routes_smoke() -> None:
 
 
 def test_scripted_baseline_speaks_the_env_pedal_setting() -> None:
-    plain = arms.arm_config("learn", {"env.pedal": "throttle_brake"}, "scripted", 0)
+    plain = arms.arm_config("learn", {}, "scripted", 0)
     speed = arms.arm_config("learn", {"env.pedal": "target_speed"}, "scripted", 0)
     assert arms.baseline_act("scripted", plain, 0).max_target_speed_mps is None
     assert arms.baseline_act("scripted", speed, 0).max_target_speed_mps == \
