@@ -126,12 +126,7 @@ class TD3Learner:
         # critic step is writing. (The critic's encoder features are detached either way.)
         self._q1_before = ({k: v.detach().clone() for k, v in self._q1.items()}
                            if self._pre_step else {})
-        critic_targets = {id(p) for p in self.nets.critic_target.parameters()}
-        targets, onlines = self.nets.target_pairs
-        self._target_pairs = {
-            own: ([t for t in targets if (id(t) in critic_targets) == own],
-                  [o for t, o in zip(targets, onlines) if (id(t) in critic_targets) == own])
-            for own in (True, False)}  # True: the critic target's, False: the policy's own
+        self._critic_pairs, self._policy_pairs = self.nets.split_target_pairs()
         self._lanes = Lanes(self.device, ("target_critic", "target_policy", "policy", "diagnostics"))
         pieces = {"target_critic": self._target_critic_forward,
                   "target_policy": self._target_policy_forward,
@@ -322,7 +317,7 @@ class TD3Learner:
             torch._foreach_copy_(list(self._q1_before.values()),
                                  [v.detach() for v in self._q1.values()])
             lanes.run("policy", self._policy_step, b, encoding, features.detach(),
-                      self._q1_before, self._target_pairs[False])
+                      self._q1_before, self._policy_pairs)
         critic_loss, q1_mean, q2_mean, y_mean, critic_grad, td, features = \
             self._critic_step(b, q1, q2, y, features)
         # The critic is final for this update: measure its encoder, and (in a policy update)
@@ -330,13 +325,13 @@ class TD3Learner:
         critic_change = lanes.run("diagnostics", losses.weight_change,
                                   self._encoders["critic"], self._snapshots["critic"])
         if policy:
-            lanes.run("diagnostics", losses.soft_update, *self._target_pairs[True],
+            lanes.run("diagnostics", losses.soft_update, *self._critic_pairs,
                       self.td3.tau)
         if policy and not self._pre_step:
             lanes.join("policy")
             self._policy_step(b, encoding, features,
                               {k: v.detach() for k, v in self._q1.items()},
-                              self._target_pairs[False])
+                              self._policy_pairs)
         if policy or not self._policy_encoder_own:
             policy_change = lanes.run("policy", losses.weight_change,
                                       self._encoders["policy"], self._snapshots["policy"])

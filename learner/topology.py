@@ -24,6 +24,7 @@ from common.networks import PolicyNet, QNet, to_channels_last
 from common.specs import EnvSpec
 
 ParamGroups = list[dict[str, object]]
+Pairs = tuple[list[torch.Tensor], list[torch.Tensor]]  # (targets, onlines)
 
 
 @dataclass
@@ -48,7 +49,18 @@ class Networks:
     critic_target: QNet
     policy_groups: ParamGroups
     critic_groups: ParamGroups
-    target_pairs: tuple[list[torch.Tensor], list[torch.Tensor]]
+    target_pairs: Pairs
+
+    def split_target_pairs(self) -> tuple[Pairs, Pairs]:
+        """``target_pairs`` split into the critic target's and the policy target's own (under
+        SHARED the policy target's encoder is the critic target's, so it is in the first)."""
+        critic = {id(p) for p in self.critic_target.parameters()}
+        targets, onlines = self.target_pairs
+        split: dict[bool, Pairs] = {True: ([], []), False: ([], [])}
+        for t, o in zip(targets, onlines):
+            split[id(t) in critic][0].append(t)
+            split[id(t) in critic][1].append(o)
+        return split[True], split[False]
 
     def policy_encoding(self, pixels: torch.Tensor, vector: torch.Tensor) -> torch.Tensor | None:
         """The policy encoder's own features of ``prepare``d pixels (with gradient), or None

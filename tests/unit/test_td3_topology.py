@@ -157,3 +157,15 @@ def test_pre_step_policy_step_reads_the_critic_before_its_step(topology):
 def test_policy_critic_must_be_a_known_order():
     with pytest.raises(ConfigError, match=r"policy_critic \('later'\) must be one of"):
         _learner(policy_critic="later")
+
+
+@pytest.mark.parametrize("topology", list(EncoderTopology))
+def test_target_pairs_split_into_the_critic_targets_and_the_policy_targets_own(topology):
+    nets = _learner(topology).nets
+    (critic_t, critic_o), (policy_t, policy_o) = nets.split_target_pairs()
+    assert [id(t) for t in critic_t] == [id(p) for p in nets.critic_target.parameters()]
+    assert [id(o) for o in critic_o] == [id(p) for p in nets.critic.parameters()]
+    own = nets.policy_target.head if topology is EncoderTopology.SHARED else nets.policy_target
+    assert [id(t) for t in policy_t] == [id(p) for p in own.parameters()]
+    assert {id(t) for t in critic_t + policy_t} == {id(t) for t in nets.target_pairs[0]}
+    assert len(critic_t) + len(policy_t) == len(nets.target_pairs[0])
