@@ -151,8 +151,8 @@ def main(argv: list[str] | None = None) -> None:
     cfg = EnvConfig(route_length_m=args.route_length)
     env = make_env(cfg, spec, seed=args.seed)
     try:
-        summary = record_episode(env, PurePursuitDriver.for_env(spec, cfg), args.out, seed=args.seed,
-                                 max_steps=args.max_steps)
+        summary = record_episode(env, PurePursuitDriver.for_env(spec, cfg), args.out,
+                                 seed=args.seed, max_steps=args.max_steps)
     finally:
         env.close()
     print(json.dumps(summary._asdict()))
