@@ -140,14 +140,19 @@ class Route:
         return float(np.clip(s / self.length, 0.0, 1.0))
 
 
+def turn_per_metre(seg_dir: np.ndarray, seg_len: np.ndarray) -> np.ndarray:
+    """|Heading change| between consecutive segments of a polyline (unit directions [N, 2],
+    lengths [N]) over the mean length of the two: the curvature at its N - 1 inner points."""
+    cross = seg_dir[:-1, 0] * seg_dir[1:, 1] - seg_dir[:-1, 1] * seg_dir[1:, 0]
+    dot = np.einsum("ij,ij->i", seg_dir[:-1], seg_dir[1:])
+    return np.abs(np.arctan2(cross, dot)) / (0.5 * (seg_len[:-1] + seg_len[1:]))
+
+
 def _vertex_curvature(seg_dir: np.ndarray, seg_len: np.ndarray) -> np.ndarray:
-    """|Heading change| at each inner point over the mean length of its two segments; 0 at
-    the two ends."""
+    """``turn_per_metre`` at each inner point; 0 at the two ends."""
     out = np.zeros(len(seg_len) + 1)
     if len(seg_len) >= 2:
-        cross = seg_dir[:-1, 0] * seg_dir[1:, 1] - seg_dir[:-1, 1] * seg_dir[1:, 0]
-        dot = np.einsum("ij,ij->i", seg_dir[:-1], seg_dir[1:])
-        out[1:-1] = np.abs(np.arctan2(cross, dot)) / (0.5 * (seg_len[:-1] + seg_len[1:]))
+        out[1:-1] = turn_per_metre(seg_dir, seg_len)
     return out
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from actors.route import turn_per_metre
 from common.config import EnvConfig, PedalAction
 from common.specs import SPEED_SCALE_MPS, VECTOR_KINEMATIC_DIMS, EnvSpec
 
@@ -83,9 +84,8 @@ def path_curvature(path: np.ndarray, window_m: float) -> float:
     seg, length = seg[keep], length[keep]
     if len(seg) < 2:
         return 0.0
-    heading = np.unwrap(np.arctan2(seg[:, 1], seg[:, 0]))
     travelled = np.cumsum(length)
-    turn = np.abs(np.diff(heading)) / (0.5 * (length[1:] + length[:-1]))
+    turn = turn_per_metre(seg / length[:, None], length)
     within = travelled[1:] <= window_m
     return float(turn[within].max()) if np.any(within) else 0.0
 
