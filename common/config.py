@@ -406,7 +406,8 @@ class RolloutConfig:
             exploration_noise ** (1 + noise_spread * i / (N - 1)); 0 gives every actor the same.
         weight_poll_every: env steps between two checks for a new policy version (a check reads
             what a background thread fetched: no remote call, so every step is cheap).
-        cpu_threads: torch threads for CPU inference in each actor.
+        cpu_threads: threads of torch (the CPU policy) and OpenCV (image preprocessing) in
+            each actor.
     """
 
     num_actors: int = 2

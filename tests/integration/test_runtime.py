@@ -93,6 +93,10 @@ def test_killed_rollout_actor_is_restarted_and_the_run_finishes(local_ray, tmp_p
         time.sleep(0.2)
     assert driver.fleet is not None and driver.counters.env_steps >= 200
     victim = driver.fleet.actors[0]
+    # One thread per pool: OpenCV's default (one per core) left a worker spinning after each
+    # resize, CPU the other actors lacked (bench/e2e_scaling.py).
+    threads = cfg.rollout.cpu_threads
+    assert ray.get(victim.threads.remote()) == {"torch": threads, "opencv": threads}
     pid_before = ray.get(victim.pid.remote())
     ray.kill(victim, no_restart=False)
     thread.join(timeout=180)
