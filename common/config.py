@@ -112,6 +112,11 @@ class TD3Config:
         head_lr: Adam learning rate of the policy MLP and the Q heads.
         max_grad_norm: clip of each optimizer's gradient norm; 0 disables clipping.
         policy_critic: the critic the policy step differentiates (see PolicyCritic).
+        preactivation_l2: weight of the mean squared pre-tanh policy output added to the
+            policy loss; 0 (the paper) disables it. A policy whose tanh saturates gets no
+            gradient from the critic there (docs/learning.md: the floored throttle); the
+            penalty pulls it back where the critic's gradient acts. OpenAI's DDPG for HER
+            penalises the squared action (``action_l2``) for the same reason.
     """
 
     gamma: float = 0.99
@@ -124,6 +129,7 @@ class TD3Config:
     head_lr: float = 3e-4
     max_grad_norm: float = 0.0
     policy_critic: PolicyCritic = PolicyCritic.STEPPED
+    preactivation_l2: float = 0.0
 
 
 @dataclass(frozen=True)

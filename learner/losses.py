@@ -45,6 +45,13 @@ def policy_loss(q1_of_policy_action: torch.Tensor) -> torch.Tensor:
     return -q1_of_policy_action.mean()
 
 
+def preactivation_penalty(preactivation: torch.Tensor, weight: float) -> torch.Tensor:
+    """``weight`` times the mean squared pre-tanh policy output: near 0 for actions inside
+    (-1, 1), growing where the tanh saturates and the critic's gradient through it vanishes.
+    (Deviation from the paper, off by default: ``td3.preactivation_l2``.)"""
+    return weight * preactivation.square().mean()
+
+
 def soft_update(targets: list[torch.Tensor], onlines: list[torch.Tensor], tau: float) -> None:
     """Polyak averaging theta' <- tau * theta + (1 - tau) * theta', one fused op for all."""
     with torch.no_grad():

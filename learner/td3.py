@@ -58,6 +58,8 @@ def _check_config(cfg: LearnerConfig) -> None:
         (td3.encoder_lr > 0.0, f"encoder_lr ({td3.encoder_lr}) must be > 0"),
         (td3.head_lr > 0.0, f"head_lr ({td3.head_lr}) must be > 0"),
         (td3.max_grad_norm >= 0.0, f"max_grad_norm ({td3.max_grad_norm}) must be >= 0"),
+        (td3.preactivation_l2 >= 0.0,
+         f"preactivation_l2 ({td3.preactivation_l2}) must be >= 0"),
     ]
     orders = [c.value for c in PolicyCritic]
     checks.append((td3.policy_critic in orders,
@@ -192,10 +194,15 @@ class TD3Learner:
             # The critic scores the policy's action with its OWN encoder's features of this
             # batch, as the critic step computed them (detached: no gradient into the critic
             # encoder), so the policy step runs no critic convolution (DrQ-v2 does the same).
-            action = nets.policy.act(nets.policy_features(encoding, critic_features))
+            preactivation = nets.policy.head(nets.policy_features(encoding, critic_features))
+            action = torch.tanh(preactivation)  # PolicyNet.act, keeping the pre-tanh values
             x = torch.cat([critic_features, action.to(critic_features.dtype)], dim=1)
             q1 = torch.func.functional_call(nets.critic.q1, q1_params, (x,)).squeeze(-1)
-        return losses.policy_loss(q1.float())
+        loss = losses.policy_loss(q1.float())
+        if self.td3.preactivation_l2 > 0.0:
+            loss = loss + losses.preactivation_penalty(preactivation.float(),
+                                                       self.td3.preactivation_l2)
+        return loss
 
     def _critic_values(self, b: DeviceBatch, px: Pixels,
                        noise: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -98,6 +98,7 @@ def test_bad_batches_are_rejected(field, value, message):
     (LearnerConfig(device="tpu"), r"device \('tpu'\)"),
     (LearnerConfig(device="cpu", precision="fp8"), r"precision \('fp8'\) must be one of"),
     (LearnerConfig(device="cpu", cuda_graphs=True), "cuda_graphs needs a CUDA device"),
+    (LearnerConfig(td3=TD3Config(preactivation_l2=-1.0)), r"preactivation_l2 \(-1.0\) must be >= 0"),
 ])
 def test_bad_configs_name_the_value(cfg, message):
     with pytest.raises(ConfigError, match=message):
@@ -108,6 +109,29 @@ def test_bad_configs_name_the_value(cfg, message):
 def test_cuda_without_cuda_is_a_config_error():
     with pytest.raises(ConfigError, match="no CUDA device"):
         TD3Learner(SMALL_SPEC, dataclasses.replace(small_config(), device="cuda"), seed=0)
+
+
+@pytest.mark.parametrize("topology", list(EncoderTopology))
+def test_preactivation_penalty_adds_the_mean_squared_pre_tanh_output(topology):
+    # The first policy step sees the initial policy and the same critic in both learners, so
+    # their policy losses differ by exactly the penalty of the initial policy's pre-tanh output.
+    weight = 0.5
+    plain = TD3Learner(SMALL_SPEC, small_config(topology, policy_delay=1), seed=0)
+    penalised = TD3Learner(SMALL_SPEC, small_config(topology, policy_delay=1,
+                                                    preactivation_l2=weight), seed=0)
+    batch = random_batch(SMALL_SPEC, 16, seed=0)
+    b = penalised._to_device(batch)
+    nets = penalised.nets
+    with torch.no_grad():
+        critic_features = nets.critic.encoder.encode(prepare_pixels(b).obs, b.vector)
+        encoding = nets.policy_encoding(prepare_pixels(b).obs, b.vector)
+        pre = nets.policy.head(nets.policy_features(encoding, critic_features))
+    expected = weight * float(pre.square().mean())
+    assert expected > 1e-3
+    delta = penalised.update(batch).policy_loss - plain.update(batch).policy_loss
+    assert delta == pytest.approx(expected, rel=1e-4)
+    # ...and its gradient reaches the policy: the two policies differ after that step.
+    assert not torch.equal(plain.nets.policy.head[-1].weight, penalised.nets.policy.head[-1].weight)
 
 
 def test_gradient_clipping_bounds_each_optimizer_step():
