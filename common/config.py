@@ -114,9 +114,10 @@ class TD3Config:
         policy_critic: the critic the policy step differentiates (see PolicyCritic).
         preactivation_l2: weight of the mean squared pre-tanh policy output added to the
             policy loss; 0 (the paper) disables it. A policy whose tanh saturates gets no
-            gradient from the critic there (docs/learning.md: the floored throttle); the
-            penalty pulls it back where the critic's gradient acts. OpenAI's DDPG for HER
-            penalises the squared action (``action_l2``) for the same reason.
+            gradient from the critic there; the penalty pulls it back where the critic's
+            gradient acts (OpenAI's DDPG for HER penalises the squared action, ``action_l2``,
+            for the same reason). On the driving task 0.1 ends the floored throttle but not
+            the lane touches (docs/learning.md, variant R).
     """
 
     gamma: float = 0.99

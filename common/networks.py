@@ -131,7 +131,11 @@ class PolicyNet(nn.Module):
 
     def act(self, features: torch.Tensor) -> torch.Tensor:
         """The action from encoder features (lets the learner supply the features)."""
-        return torch.tanh(self.head(features))
+        return torch.tanh(self.preactivation(features))
+
+    def preactivation(self, features: torch.Tensor) -> torch.Tensor:
+        """The head's output before the tanh (``act`` is its tanh)."""
+        return self.head(features)
 
     def forward(self, image: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
         return self.act(self.encoder(image, vector))

@@ -194,8 +194,9 @@ class TD3Learner:
             # The critic scores the policy's action with its OWN encoder's features of this
             # batch, as the critic step computed them (detached: no gradient into the critic
             # encoder), so the policy step runs no critic convolution (DrQ-v2 does the same).
-            preactivation = nets.policy.head(nets.policy_features(encoding, critic_features))
-            action = torch.tanh(preactivation)  # PolicyNet.act, keeping the pre-tanh values
+            preactivation = nets.policy.preactivation(
+                nets.policy_features(encoding, critic_features))
+            action = torch.tanh(preactivation)  # PolicyNet.act, keeping its input
             x = torch.cat([critic_features, action.to(critic_features.dtype)], dim=1)
             q1 = torch.func.functional_call(nets.critic.q1, q1_params, (x,)).squeeze(-1)
         loss = losses.policy_loss(q1.float())

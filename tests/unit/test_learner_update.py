@@ -125,7 +125,7 @@ def test_preactivation_penalty_adds_the_mean_squared_pre_tanh_output(topology):
     with torch.no_grad():
         critic_features = nets.critic.encoder.encode(prepare_pixels(b).obs, b.vector)
         encoding = nets.policy_encoding(prepare_pixels(b).obs, b.vector)
-        pre = nets.policy.head(nets.policy_features(encoding, critic_features))
+        pre = nets.policy.preactivation(nets.policy_features(encoding, critic_features))
     expected = weight * float(pre.square().mean())
     assert expected > 1e-3
     delta = penalised.update(batch).policy_loss - plain.update(batch).policy_loss
