@@ -214,7 +214,8 @@ class CarlaEnv:
         on_lane = self._session.map.get_waypoint(
             t.location, project_to_road=False,
             lane_type=self._carla.LaneType.Driving) is not None
-        m = ep.advance(proj, speed, yaw, np.array([acc.x, acc.y]), reading, on_lane)
+        m = ep.advance(proj, speed, yaw, np.array([acc.x, acc.y]), reading, on_lane,
+                       ep.corner_lateral(x, y, yaw, proj.index))
         ahead = ep.route.points_at(proj.s + ep.spacing * np.arange(1, self.spec.num_waypoints + 1))
         vector = build_vector(self.spec, speed, proj.lateral, m.heading_error_rad,
                               to_vehicle_frame(ahead, x, y, yaw))
@@ -255,7 +256,12 @@ class _Episode:
 
     def __init__(self, ego: Any, route: Route, seed: int, cfg: EnvConfig, spec: EnvSpec) -> None:
         self.ego, self.route, self.seed = ego, route, seed
-        self.half_width = float(ego.bounding_box.extent.y)
+        box = ego.bounding_box
+        self.half_width = float(box.extent.y)
+        # The box's corners in the vehicle frame (x forward, y right), for corner_lateral_m.
+        self.corners = np.array([[box.location.x + sx * box.extent.x,
+                                  box.location.y + sy * box.extent.y]
+                                 for sx in (1.0, -1.0) for sy in (1.0, -1.0)])
         self.cfg = cfg
         self.spacing = spec.lookahead_m / spec.num_waypoints
         self.step = 0
@@ -268,8 +274,15 @@ class _Episode:
         self.completed = False
         self.last: rewards.StepMeasurements | None = None
 
+    def corner_lateral(self, x: float, y: float, yaw: float, hint: int) -> float:
+        """The largest |distance| of the box's corners from the route's centre line."""
+        c, s = math.cos(yaw), math.sin(yaw)
+        world = np.array([x, y]) + self.corners @ np.array([[c, s], [-s, c]])
+        return max(abs(self.route.project(cx, cy, hint).lateral) for cx, cy in world)
+
     def advance(self, proj: Projection, speed: float, yaw: float, acc: np.ndarray,
-                reading: SensorReading, on_lane: bool) -> rewards.StepMeasurements:
+                reading: SensorReading, on_lane: bool,
+                corner_lateral: float = 0.0) -> rewards.StepMeasurements:
         """Updates the totals with one tick's measurements and returns the reward input."""
         first = self.hint is None
         dt = self.cfg.fixed_delta_seconds
@@ -289,7 +302,8 @@ class _Episode:
             collision_speed_mps=max(speed, self.speed), lane_invasion=invaded,
             on_driving_lane=on_lane, max_lateral_m=self.cfg.max_lateral_m, jerk_mps3=jerk,
             vehicle_half_width_m=self.half_width,
-            route_curvature_1pm=self.route.curvature_ahead(proj.s, self.cfg.reward.curve_window_m))
+            route_curvature_1pm=self.route.curvature_ahead(proj.s, self.cfg.reward.curve_window_m),
+            corner_lateral_m=corner_lateral)
         self.lane_invasions += int(rewards.invaded_lane(m))
         self.speed, self.acc, self.last = speed, acc, m
         return m

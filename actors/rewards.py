@@ -22,7 +22,9 @@ the goal) and a lane invasion go beyond that.
   vehicle's box touches the marking and the lane-invasion sensor fires. For a Model 3 in a
   3.5 m lane that is 0.67 m; measured against the half lane (1.75 m), an offset that already
   touches the marking still earned 62% of the term, and learned policies drove 0.4 m off
-  centre and touched a marking in 25 of 60 held-out routes (docs/learning.md).
+  centre and touched a marking in 25 of 60 held-out routes (docs/learning.md). With
+  ``lane_keeping_corners`` the lateral error is the worst corner's offset beyond the half
+  width instead, which also counts a heading error and a bend.
 * comfort in [-1, 0]: minus the jerk (change of acceleration per second) over
   COMFORT_JERK_SCALE_MPS3, capped at 1.
 * safety: ``-lane_invasion_penalty`` on a step that crosses a lane marking or ends off the driving
@@ -77,6 +79,9 @@ class StepMeasurements:
         jerk_mps3: magnitude of the change of acceleration over the step, per second.
         route_curvature_1pm: the route's largest |curvature| (1/m) from the vehicle's
             projection to ``curve_window_m`` ahead of it.
+        corner_lateral_m: the largest |distance| of the vehicle box's four corners from the
+            route's centre line (``vehicle_half_width_m + |lateral_m|`` when driving straight
+            along a straight route).
     """
 
     speed_mps: float
@@ -95,6 +100,7 @@ class StepMeasurements:
     jerk_mps3: float = 0.0
     vehicle_half_width_m: float = 0.0
     route_curvature_1pm: float = 0.0
+    corner_lateral_m: float = 0.0
 
 
 class RewardTerms(NamedTuple):
@@ -143,7 +149,9 @@ def lane_keeping(m: StepMeasurements, cfg: RewardConfig) -> float:
     gate = _speed_gate(m, cfg)
     half_lane = max(m.half_lane_width_m, 1e-3)
     room = max(half_lane - m.vehicle_half_width_m, MIN_ROOM_FRACTION * half_lane)
-    lateral = min(abs(m.lateral_m) / room, 1.0)
+    offset = (max(m.corner_lateral_m - m.vehicle_half_width_m, 0.0) if cfg.lane_keeping_corners
+              else abs(m.lateral_m))
+    lateral = min(offset / room, 1.0)
     heading = min(abs(m.heading_error_rad) / cfg.heading_error_scale_rad, 1.0)
     return gate * (1.0 - lateral - heading)
 

@@ -243,6 +243,12 @@ class RewardConfig:
             (the scripted driver keeps under 2), from the route's largest curvature within
             ``curve_window_m`` ahead. 0 (off) by default.
         curve_window_m: how far ahead of the vehicle that curvature is read, metres.
+        lane_keeping_corners: the lane-keeping term's lateral error is the box's worst
+            corner's offset from the route's centre line beyond the vehicle's half width (the
+            corner the lane-invasion sensor watches), instead of the centre's offset. The two
+            agree for a vehicle driving straight along a straight lane; a heading error or a
+            bend moves a corner towards the marking while the centre stays put (a 4.8 m box
+            centred in a 9 m radius bend already has a corner 0.28 m out). Off by default.
     """
 
     efficiency: float = 0.5
@@ -262,6 +268,7 @@ class RewardConfig:
     lane_invasion_ends_episode: bool = False
     curve_lateral_accel_mps2: float = 0.0
     curve_window_m: float = 20.0
+    lane_keeping_corners: bool = False
 
     def __post_init__(self) -> None:
         if self.target_speed_mps <= 0:

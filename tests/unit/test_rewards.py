@@ -98,6 +98,27 @@ def test_lane_keeping(name, m, expected):
     assert R.lane_keeping(m, CFG) == pytest.approx(expected, abs=1e-9), name
 
 
+CORNERS = dataclasses.replace(CFG, lane_keeping_corners=True)
+
+
+@pytest.mark.parametrize("name,m,expected", [
+    # straight along a straight lane the worst corner is half the width out past the centre's
+    # offset, and both measures agree
+    ("straight_centred", step(vehicle_half_width_m=1.0, corner_lateral_m=1.0), 1.0),
+    ("straight_half_the_room", step(lateral_m=0.375, vehicle_half_width_m=1.0,
+                                    corner_lateral_m=1.375), 0.5),
+    # centred, but a corner is half the room out (a heading error, or a bend)
+    ("corner_out_centre_in", step(vehicle_half_width_m=1.0, corner_lateral_m=1.375), 0.5),
+    ("corner_on_the_marking", step(vehicle_half_width_m=1.0, corner_lateral_m=1.75), 0.0),
+    ("corner_past_the_marking_is_capped", step(vehicle_half_width_m=1.0,
+                                               corner_lateral_m=2.5), 0.0),
+])
+def test_lane_keeping_by_the_worst_corner(name, m, expected):
+    assert R.lane_keeping(m, CORNERS) == pytest.approx(expected, abs=1e-9), name
+    if abs(m.lateral_m) + m.vehicle_half_width_m == m.corner_lateral_m:
+        assert R.lane_keeping(m, CFG) == pytest.approx(expected, abs=1e-9), name
+
+
 @pytest.mark.parametrize("name,jerk,expected", [
     ("smooth", 0.0, 0.0),
     ("moderate", R.COMFORT_JERK_SCALE_MPS3 / 2, -0.5),
