@@ -214,8 +214,10 @@ class CarlaEnv:
         on_lane = self._session.map.get_waypoint(
             t.location, project_to_road=False,
             lane_type=self._carla.LaneType.Driving) is not None
-        m = ep.advance(proj, speed, yaw, np.array([acc.x, acc.y]), reading, on_lane,
-                       ep.corner_lateral(x, y, yaw, proj.index))
+        # Four more projections per step (90 us), only for the reward that reads them.
+        corners = (ep.corner_lateral(x, y, yaw, proj.index)
+                   if self.cfg.reward.lane_keeping_corners else 0.0)
+        m = ep.advance(proj, speed, yaw, np.array([acc.x, acc.y]), reading, on_lane, corners)
         ahead = ep.route.points_at(proj.s + ep.spacing * np.arange(1, self.spec.num_waypoints + 1))
         vector = build_vector(self.spec, speed, proj.lateral, m.heading_error_rad,
                               to_vehicle_frame(ahead, x, y, yaw))

@@ -81,7 +81,7 @@ class StepMeasurements:
             projection to ``curve_window_m`` ahead of it.
         corner_lateral_m: the largest |distance| of the vehicle box's four corners from the
             route's centre line (``vehicle_half_width_m + |lateral_m|`` when driving straight
-            along a straight route).
+            along a straight route); measured only under ``lane_keeping_corners``, else 0.
     """
 
     speed_mps: float

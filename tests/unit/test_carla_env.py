@@ -96,6 +96,23 @@ def test_driving_forward_earns_progress(env):
     assert not terminated and not truncated
 
 
+@pytest.mark.parametrize("corners", [False, True])
+def test_corner_offset_is_measured_for_the_reward_that_reads_it(corners):
+    e = _env(reward=RewardConfig(lane_keeping_corners=corners))
+    try:
+        e.reset(seed=2)
+        for _ in range(5):
+            _, _, _, _, info = e.step(THROTTLE)
+        m = e._episode.last
+        if corners:  # a corner is at least half the width out, and at most half the diagonal
+            box = e._episode.ego.bounding_box.extent
+            assert box.y - 1e-6 <= m.corner_lateral_m - abs(m.lateral_m) <= np.hypot(box.x, box.y)
+        else:
+            assert m.corner_lateral_m == 0.0
+    finally:
+        e.close()
+
+
 def test_step_limit_truncates():
     e = _env(max_steps=4)
     e.reset(seed=0)
