@@ -102,7 +102,7 @@ def test_corner_offset_is_measured_for_the_reward_that_reads_it(corners):
     try:
         e.reset(seed=2)
         for _ in range(5):
-            _, _, _, _, info = e.step(THROTTLE)
+            e.step(THROTTLE)
         m = e._episode.last
         if corners:  # a corner is at least half the width out, and at most half the diagonal
             box = e._episode.ego.bounding_box.extent

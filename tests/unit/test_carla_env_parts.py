@@ -226,7 +226,7 @@ def test_corner_lateral_counts_heading_and_bend():
     radius = 9.0
     angles = np.arange(0.0, math.pi, 0.2 / radius)
     arc = Route(radius * np.stack([np.sin(angles), 1 - np.cos(angles)], axis=1),
-                  np.full(len(angles), 1.75))
+                np.full(len(angles), 1.75))
     ep = _episode_on(arc, hl, hw)
     theta = math.pi / 2  # a quarter of the way round, heading along +y: yaw = theta
     x, y = radius * math.sin(theta), radius * (1 - math.cos(theta))
