@@ -198,4 +198,3 @@ def test_curvature_ahead_reads_only_the_window():
     assert route.curvature_ahead(0.0, 20.0) == 0.0
     assert route.curvature_ahead(15.0, 20.0) == pytest.approx(0.2, rel=0.05)
     assert route.curvature_ahead(route.polyline_length + 1.0, 20.0) == 0.0
-
