@@ -1,0 +1,136 @@
+"""The shared-memory weight file: round trip, bad files, torn writes, concurrent readers."""
+import multiprocessing
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common.errors import CheckpointError
+from common.weights import PolicySnapshot
+from deploy.weights_shm import (WRITING, ShmChannel, ShmWeightReader, ShmWeightWriter,
+                                channel_dir)
+
+
+def _state(value: float = 0.0) -> dict[str, np.ndarray]:
+    return {"encoder.cnn.0.weight": np.full((32, 4, 8, 8), value, np.float32),
+            "encoder.cnn.0.bias": np.full(32, value, np.float32),
+            "head.0.weight": np.full((7, 3), value, np.float32)}
+
+
+def test_round_trip_copies_every_array_and_the_version(tmp_path):
+    rng = np.random.default_rng(0)
+    state = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in _state().items()}
+    writer = ShmWeightWriter(tmp_path, state, "node-a")
+    reader = ShmWeightReader(writer.channel)
+    assert reader.version() == WRITING and reader.read(-1) is None  # nothing published yet
+    published_at = writer.publish(PolicySnapshot(7, state))
+    assert reader.version() == 7
+    snapshot, at = reader.read(-1)
+    assert snapshot.version == 7 and at == published_at
+    assert list(snapshot.state) == list(state)
+    for name, array in state.items():
+        np.testing.assert_array_equal(snapshot.state[name], array)
+    assert reader.read(7) is None  # not newer than what the caller has
+    state["head.0.weight"][:] = 5.0  # the copy does not alias the file or the source
+    assert not np.any(snapshot.state["head.0.weight"] == 5.0)
+    reader.close()
+    writer.close()
+    assert not Path(writer.channel.path).exists()
+
+
+@pytest.mark.parametrize("bad", ["shape", "dtype", "missing"])
+def test_a_mismatching_snapshot_is_refused_and_the_stored_one_kept(tmp_path, bad):
+    writer = ShmWeightWriter(tmp_path, _state(), "node-a")
+    writer.publish(PolicySnapshot(1, _state(1.0)))
+    state = _state(2.0)
+    if bad == "shape":
+        state["head.0.weight"] = np.zeros((7, 4), np.float32)
+    elif bad == "dtype":
+        state["head.0.weight"] = state["head.0.weight"].astype(np.float64)
+    else:
+        del state["encoder.cnn.0.bias"]
+    with pytest.raises(CheckpointError, match="head.0.weight|arrays"):
+        writer.publish(PolicySnapshot(2, state))
+    snapshot, _ = ShmWeightReader(writer.channel).read(-1)
+    assert snapshot.version == 1 and all(np.all(a == 1.0) for a in snapshot.state.values())
+    writer.close()
+
+
+def test_a_wrong_token_or_a_missing_file_is_a_clear_error(tmp_path):
+    writer = ShmWeightWriter(tmp_path, _state(), "node-a")
+    with pytest.raises(CheckpointError, match="token"):
+        ShmWeightReader(writer.channel._replace(token="00" * 16))
+    writer.close()
+    with pytest.raises(CheckpointError, match=writer.channel.path):
+        ShmWeightReader(writer.channel)
+    short = tmp_path / "weights-short"
+    short.write_bytes(b"CTD3")
+    with pytest.raises(CheckpointError, match="shorter than its header"):
+        ShmWeightReader(ShmChannel(str(short), "00" * 16, "node-a"))
+
+
+def test_a_write_cut_off_by_a_crash_is_never_read(tmp_path):
+    writer = ShmWeightWriter(tmp_path, _state(), "node-a")
+    writer.publish(PolicySnapshot(3, _state(3.0)))
+    # What a learner killed in the middle of publish leaves: the version marked WRITING.
+    with open(writer.channel.path, "r+b") as f:
+        f.seek(24)
+        f.write(struct.pack("<q", WRITING))
+    reader = ShmWeightReader(writer.channel)
+    assert reader.read(-1) is None
+    writer.publish(PolicySnapshot(4, _state(4.0)))
+    assert reader.read(-1)[0].version == 4
+    writer.close()
+
+
+def test_a_new_writer_removes_a_dead_learners_file_and_old_readers_keep_their_copy(tmp_path):
+    old = ShmWeightWriter(tmp_path, _state(), "node-a")
+    old.publish(PolicySnapshot(5, _state(5.0)))
+    reader = ShmWeightReader(old.channel)
+    new = ShmWeightWriter(tmp_path, _state(), "node-a")  # the restarted learner
+    assert [p.name for p in tmp_path.iterdir()] == [Path(new.channel.path).name]
+    assert new.channel.token != old.channel.token
+    assert reader.read(-1)[0].version == 5  # the unlinked file stays mapped
+    new.close()
+
+
+def test_channel_dir_is_per_run_and_stable(tmp_path):
+    assert channel_dir(tmp_path / "a") == channel_dir(tmp_path / "a")
+    assert channel_dir(tmp_path / "a") != channel_dir(tmp_path / "b")
+
+
+def _read_many(channel: ShmChannel, reads: int, queue) -> None:
+    reader = ShmWeightReader(channel)
+    torn, seen, known = 0, set(), -1
+    while len(seen) < reads:
+        got = reader.read(known)
+        if got is None:
+            continue
+        snapshot, _ = got
+        known = snapshot.version
+        seen.add(known)
+        torn += sum(int(np.any(a != float(known))) for a in snapshot.state.values())
+    queue.put((torn, len(seen)))
+
+
+def test_readers_in_other_processes_never_see_half_a_snapshot(tmp_path):
+    big = {"a": np.zeros(2_000_000, np.float32), "b": np.zeros((64, 64), np.float32)}
+    writer = ShmWeightWriter(tmp_path, big, "node-a")
+    writer.publish(PolicySnapshot(0, {k: np.full_like(v, 0.0) for k, v in big.items()}))
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    readers = [ctx.Process(target=_read_many, args=(writer.channel, 10, queue)) for _ in range(2)]
+    for p in readers:
+        p.start()
+    version = 0
+    while any(p.is_alive() for p in readers) and version < 100_000:
+        version += 1
+        writer.publish(PolicySnapshot(version, {k: np.full_like(v, float(version))
+                                                for k, v in big.items()}))
+    results = [queue.get(timeout=60) for _ in readers]
+    for p in readers:
+        p.join(timeout=30)
+    writer.close()
+    assert all(seen == 10 for _, seen in results)
+    assert [torn for torn, _ in results] == [0, 0]
