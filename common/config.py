@@ -153,6 +153,9 @@ class LearnerConfig:
             rates are fixed at capture).
         cpu_threads: torch threads of a CPU learner; 0 uses every core of the machine (Ray
             would otherwise give a zero-CPU actor one thread).
+        publish_shm: also write each published snapshot into a shared-memory file that
+            rollout actors on the learner's machine read directly (deploy/weights_shm.py);
+            actors elsewhere fetch it from the object store either way.
     """
 
     device: str = "auto"
@@ -165,6 +168,7 @@ class LearnerConfig:
     precision: str = "auto"
     cuda_graphs: bool = False
     cpu_threads: int = 0
+    publish_shm: bool = True
 
 
 @dataclass(frozen=True)

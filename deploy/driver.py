@@ -23,6 +23,7 @@ from deploy.ray_actors import (LearnerActor, RestoringShard, RolloutActor, learn
                                shard_checkpoint)
 from deploy.rundir import RunDir
 from deploy.weights_ray import WeightBoard
+from deploy.weights_shm import channel_dir
 
 log = logging.getLogger(__name__)
 ACTOR_MAX_RESTARTS = 20
@@ -36,6 +37,14 @@ class Fleet:
     actors: list[Any]
     learner_on_gpu: bool = False
     broadcast_latencies: list[float] = field(default_factory=list)
+    weights_dir: Path | None = None  # the learner's shared-memory weight files
+
+    def destroy(self) -> None:
+        """Kills every actor of the fleet and deletes the weight files."""
+        for handle in [*self.actors, self.learner, *self.shards, self.board]:
+            ray.kill(handle, no_restart=True)
+        if self.weights_dir is not None:
+            shutil.rmtree(self.weights_dir, ignore_errors=True)
 
 
 def _cluster_gpus() -> float:
@@ -57,7 +66,8 @@ def build_fleet(cfg: C.RunConfig, run_dir: RunDir) -> Fleet:
     actors = [ray.remote(RolloutActor).options(num_cpus=0, max_restarts=ACTOR_MAX_RESTARTS)
               .remote(cfg, i, cfg.seed, shards[i % len(shards)], board, metrics)
               for i in range(cfg.rollout.num_actors)]
-    return Fleet(shards, board, learner, actors, learner_on_gpu=gpus > 0)
+    return Fleet(shards, board, learner, actors, learner_on_gpu=gpus > 0,
+                 weights_dir=channel_dir(run_dir.path))
 
 
 class Driver:
@@ -200,12 +210,16 @@ class Driver:
         return path
 
     def _shutdown(self, fleet: Fleet) -> None:
+        t0 = time.monotonic()
         closes = {a.close.remote(): ("close", i) for i, a in enumerate(fleet.actors)}
         closes[self._learner_call(fleet)] = ("learner", 0)
         self._drain(fleet, closes, timeout_s=60)
+        t1 = time.monotonic()
         try:
             self.checkpoint()
         except Exception as exc:
             log.error("event=final_checkpoint_failed error=%r", exc)
-        for handle in [*fleet.actors, fleet.learner, *fleet.shards, fleet.board]:
-            ray.kill(handle, no_restart=True)
+        t2 = time.monotonic()
+        fleet.destroy()
+        log.info("event=shutdown drain_seconds=%.1f checkpoint_seconds=%.1f destroy_seconds=%.1f",
+                 t1 - t0, t2 - t1, time.monotonic() - t2)

@@ -22,7 +22,9 @@ from common.metrics import MetricsSink, NullSink
 from deploy import build
 from deploy.metrics_record import ShardRecorder, record_learner, record_publish, record_rollout
 from deploy.rundir import RunDir
+from common.errors import CheckpointError
 from deploy.weights_ray import RayWeightSource
+from deploy.weights_shm import ShmWeightWriter, channel_dir
 from learner.loop import LearnerLoop, LearnerReport
 from learner.td3 import TD3Learner
 from replay.client import ReplayClient, ShardWriter
@@ -100,7 +102,7 @@ class RolloutActor:
         self.metrics = metrics or NullSink()
         self.shard_writer = ShardWriter(shard, cfg.spec, INSERT_WINDOW,
                                         shard_index=index % cfg.replay.num_shards)
-        self.weights = RayWeightSource(board)
+        self.weights = RayWeightSource(board, ray.get_runtime_context().get_node_id())
         self.worker = build.make_worker(cfg, index, self.shard_writer.send_chunk, self.weights, seed)
         if _restarted():  # Ray restarted this actor: the env above is a new connection
             self.metrics.counter(M.CARLA_RECONNECTS).inc(1, actor=index)
@@ -131,12 +133,16 @@ class RolloutActor:
 
 class LearnerActor:
     """The learner: TD3 on the GPU (or CPU), sampling through the replay client, publishing
-    each snapshot once into the object store and its reference on the weight board."""
+    each snapshot once into the object store and its reference on the weight board, and (with
+    ``learner.publish_shm``) into the run's shared-memory weight file first."""
 
     def __init__(self, cfg: C.RunConfig, shards: list[Any], board: Any, seed: int, run_dir: str,
                  metrics: MetricsSink | None = None) -> None:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         self._board = board
+        self._run_dir = run_dir
+        self._shm: ShmWeightWriter | None = None
+        self._shm_wanted = cfg.learner.publish_shm
         self.metrics = metrics or NullSink()
         torch.set_num_threads(cfg.learner.cpu_threads or os.cpu_count() or 1)
         self.learner = TD3Learner(cfg.spec, cfg.learner, seed)
@@ -155,8 +161,18 @@ class LearnerActor:
         record_publish(self.metrics, self.loop.version, seconds)
 
     def _publish(self, snapshot) -> None:
+        channel, published_at = None, None
+        try:
+            if self._shm is None and self._shm_wanted:
+                self._shm = ShmWeightWriter(channel_dir(self._run_dir), snapshot.state,
+                                            ray.get_runtime_context().get_node_id())
+            if self._shm is not None:
+                published_at, channel = self._shm.publish(snapshot), self._shm.channel
+        except (OSError, CheckpointError) as exc:  # actors fetch this version from the store
+            log.warning("event=weight_file_failed error=%r", exc)
+            self._shm_wanted = self._shm is not None  # no file at all: stop trying
         self._last_ref = ray.put(snapshot.state)
-        self._board.publish.remote(snapshot.version, [self._last_ref])
+        self._board.publish.remote(snapshot.version, [self._last_ref], channel, published_at)
 
     def run_updates(self, n: int, max_seconds: float) -> LearnerReport:
         report = self.loop.run_updates(n, max_seconds)

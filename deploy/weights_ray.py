@@ -1,6 +1,10 @@
 """Weight broadcast over Ray: the learner puts a snapshot into the object store ONCE and posts
 its reference on a board; each rollout actor long-polls the board from a background thread, so
-its env loop only reads a field (no Ray call, no wait, per step)."""
+its env loop only reads a field (no Ray call, no wait, per step).
+
+Where the learner also writes a shared-memory weight file (deploy/weights_shm.py), the board
+posts its channel with each version; an actor on the same node then reads the file at each poll
+and skips the object-store fetch (publish -> use without any Ray call in between)."""
 from __future__ import annotations
 
 import asyncio
@@ -11,13 +15,16 @@ from typing import Any
 
 import ray
 
+from common.errors import CheckpointError
 from common.weights import PolicySnapshot
+from deploy.weights_shm import ShmChannel, ShmWeightReader
 
 log = logging.getLogger(__name__)
 
 
 class WeightBoard:
-    """An async Ray actor holding the newest (version, [ObjectRef]) and its publish time.
+    """An async Ray actor holding the newest (version, [ObjectRef]), its publish time and the
+    shared-memory channel that also holds it (None when there is none).
 
     The reference travels inside a list so Ray hands it over without resolving it: every
     rollout actor fetches the same object from the object store.
@@ -27,6 +34,7 @@ class WeightBoard:
         self._version = -1
         self._refs: list[Any] | None = None
         self._published_at = 0.0
+        self._channel: ShmChannel | None = None
         self._changed: asyncio.Condition | None = None
 
     def _condition(self) -> asyncio.Condition:
@@ -34,21 +42,31 @@ class WeightBoard:
             self._changed = asyncio.Condition()
         return self._changed
 
-    async def publish(self, version: int, refs: list[Any]) -> None:
+    async def publish(self, version: int, refs: list[Any], channel: ShmChannel | None = None,
+                      published_at: float | None = None) -> None:
+        """Posts a version: its object reference, and the channel whose file already holds it
+        (written before this call) with the time it was written there."""
         cond = self._condition()
         async with cond:
-            self._version, self._refs, self._published_at = version, refs, time.time()
+            self._version, self._refs, self._channel = version, refs, channel
+            self._published_at = time.time() if published_at is None else published_at
             cond.notify_all()
 
-    async def wait_newer(self, known_version: int, timeout_s: float) -> tuple[int, list[Any] | None, float]:
-        """Returns as soon as a version newer than ``known_version`` exists, or at the timeout."""
+    async def wait_newer(self, known_version: int, timeout_s: float, with_refs: bool = True
+                         ) -> tuple[int, list[Any] | None, float, ShmChannel | None]:
+        """Returns as soon as a version newer than ``known_version`` exists, or at the timeout:
+        (version, [ref] or None when ``with_refs`` is False, publish time, channel)."""
         cond = self._condition()
         async with cond:
             try:
                 await asyncio.wait_for(cond.wait_for(lambda: self._version > known_version), timeout_s)
             except asyncio.TimeoutError:
                 pass
-            return self._version, self._refs, self._published_at
+            return (self._version, self._refs if with_refs else None, self._published_at,
+                    self._channel)
+
+    async def channel(self) -> ShmChannel | None:
+        return self._channel
 
     async def version(self) -> int:
         return self._version
@@ -57,17 +75,29 @@ class WeightBoard:
 class RayWeightSource:
     """The rollout side: a daemon thread long-polls the board and fetches new snapshots.
 
-    ``poll`` (the WeightSource protocol of actors/rollout.py) only takes what the thread has
-    already fetched. Broadcast latency (publish -> handed to the env loop) is recorded.
+    ``poll`` (the WeightSource protocol of actors/rollout.py) takes what the thread has already
+    fetched or, while the board names a shared-memory channel on this node, copies a newer
+    snapshot out of that file itself; the thread then skips the object-store fetch. Broadcast
+    latency (publish -> handed to the env loop) is recorded.
+
+    Args:
+        board: the WeightBoard actor.
+        node_id: this process's Ray node; channels on other nodes are not opened (None: none).
+        poll_timeout_s: how long one long-poll call waits at the board.
     """
 
-    def __init__(self, board: Any, poll_timeout_s: float = 2.0) -> None:
+    def __init__(self, board: Any, node_id: str | None = None, poll_timeout_s: float = 2.0) -> None:
         self._board = board
+        self._node_id = node_id
         self._poll_timeout_s = poll_timeout_s
         self._lock = threading.Lock()
         self._latest: PolicySnapshot | None = None
         self._latest_published_at = 0.0
         self._latest_fetched_at = 0.0
+        self._channel: ShmChannel | None = None  # the board's, kept by the thread
+        self._unusable: ShmChannel | None = None  # a channel that failed to open
+        self._refetch = threading.Event()  # the thread must fetch the newest version again
+        self._reader: ShmWeightReader | None = None  # used by the env loop's thread only
         self._latencies: list[float] = []
         self._fetch_latencies: list[float] = []
         self._versions: list[int] = []
@@ -75,13 +105,30 @@ class RayWeightSource:
         self._thread = threading.Thread(target=self._run, name="weight-poll", daemon=True)
         self._thread.start()
 
+    def _direct(self, channel: ShmChannel | None) -> bool:
+        """Whether the env loop reads this channel's file itself."""
+        return (channel is not None and self._node_id is not None
+                and channel.node_id == self._node_id and channel != self._unusable)
+
     def _run(self) -> None:
         known = -1
         while not self._stop.is_set():
             try:
-                version, refs, published_at = ray.get(
-                    self._board.wait_newer.remote(known, self._poll_timeout_s))
-                if version <= known or not refs:
+                if self._refetch.is_set():
+                    self._refetch.clear()
+                    known = -1
+                with self._lock:
+                    direct = self._direct(self._channel)
+                version, refs, published_at, channel = ray.get(
+                    self._board.wait_newer.remote(known, self._poll_timeout_s, not direct))
+                with self._lock:
+                    self._channel = channel
+                if version <= known:
+                    continue
+                if self._direct(channel):
+                    known = version  # the env loop copies it from the file
+                    continue
+                if not refs:  # asked without the reference, or nothing published yet
                     continue
                 state = ray.get(refs[0])
                 with self._lock:
@@ -94,26 +141,66 @@ class RayWeightSource:
                 self._stop.wait(0.5)
 
     def poll(self, known_version: int) -> PolicySnapshot | None:
-        """The newest fetched snapshot if newer than ``known_version``; the caller loads it now,
-        so publish -> now is recorded as that version's broadcast latency."""
+        """The newest snapshot if newer than ``known_version``; the caller loads it now, so
+        publish -> now is recorded as that version's broadcast latency."""
+        direct = self._read_channel(known_version)
+        if direct is not None:
+            return direct
         with self._lock:
             latest = self._latest
             if latest is None or latest.version <= known_version:
                 return None
-            self._latencies.append(max(0.0, time.time() - self._latest_published_at))
-            self._fetch_latencies.append(
-                max(0.0, self._latest_fetched_at - self._latest_published_at))
-            self._versions.append(latest.version)
+            self._record(latest.version, self._latest_published_at, self._latest_fetched_at)
         return latest
+
+    def _read_channel(self, known_version: int) -> PolicySnapshot | None:
+        with self._lock:
+            channel = self._channel
+        if not self._direct(channel):
+            self._close_reader()
+            return None
+        if self._reader is None or self._reader.channel != channel:
+            self._close_reader()
+            try:
+                self._reader = ShmWeightReader(channel)
+            except CheckpointError as exc:  # e.g. another machine's /dev/shm: use the store
+                log.warning("event=weight_file_unusable error=%s", exc)
+                self._unusable = channel
+                self._refetch.set()
+                return None
+        if self._reader.version() <= known_version:
+            return None
+        started = time.time()
+        got = self._reader.read(known_version)
+        if got is None:
+            return None
+        snapshot, published_at = got
+        with self._lock:
+            # "fetched" once copied out: the file held it from the moment it was published
+            self._record(snapshot.version, published_at, published_at + time.time() - started)
+        return snapshot
+
+    def _record(self, version: int, published_at: float, fetched_at: float) -> None:
+        self._latencies.append(max(0.0, time.time() - published_at))
+        self._fetch_latencies.append(max(0.0, fetched_at - published_at))
+        self._versions.append(version)
+
+    def _close_reader(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
     def take_broadcasts(self) -> tuple[list[int], list[float], list[float]]:
         """Versions handed to the env loop since the last call, with their broadcast latencies
-        (seconds from publish until handed over) and the part of it until the poll thread had
-        fetched the snapshot (the rest is the env loop reaching its next step)."""
+        (seconds from publish until handed over) and the part of it until the snapshot was
+        fetched (by the poll thread from the object store; for a shared-memory read, the
+        copy's own time), the rest being the env loop reaching its next step."""
         with self._lock:
             out = (self._versions, self._latencies, self._fetch_latencies)
             self._versions, self._latencies, self._fetch_latencies = [], [], []
         return out
 
     def stop(self) -> None:
+        """Stops the poll thread; call from the env loop's thread (it closes the file)."""
         self._stop.set()
+        self._close_reader()
