@@ -45,32 +45,44 @@ def _load(path: Path) -> dict[str, Any]:
         raise BadResults(f"{path}: not a readable JSON file ({exc})") from None
 
 
-def plot_e2e(result: dict[str, Any], out: Path, source: Path) -> Path:
-    """Scaling and broadcast latency of one ``bench.e2e_scaling`` run."""
+def _e2e_series(result: dict[str, Any], source: Path) -> dict[str, list[tuple]]:
+    """Rows per weight transport, by actor count: (actors, steps/s, p50, p99). Runs before
+    the shared-memory transport existed have no ``weights_transport``: they used the board."""
+    series: dict[str, list[tuple]] = {}
     try:
-        rows = sorted(result["rows"], key=lambda r: r["actors"])
-        actors = [int(r["actors"]) for r in rows]
-        steps = [float(r["env_steps_per_s"]) for r in rows]
-        p50 = [r["broadcast_p50_ms"] for r in rows]
-        p99 = [r["broadcast_p99_ms"] for r in rows]
+        for r in sorted(result["rows"], key=lambda r: r["actors"]):
+            series.setdefault(str(r.get("weights_transport", "board")), []).append(
+                (int(r["actors"]), float(r["env_steps_per_s"]), r["broadcast_p50_ms"],
+                 r["broadcast_p99_ms"]))
     except (KeyError, TypeError) as exc:
         raise BadResults(f"{source}: e2e rows lack {exc}") from None
-    if not rows or actors[0] != 1:
+    if not series or any(rows[0][0] != 1 for rows in series.values()):
         raise BadResults(f"{source}: the rows must start at 1 actor (the efficiency baseline)")
+    return series
+
+
+def plot_e2e(result: dict[str, Any], out: Path, source: Path) -> Path:
+    """Scaling and broadcast latency of one ``bench.e2e_scaling`` run, a line per weight
+    transport."""
+    series = _e2e_series(result, source)
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.plot(actors, [steps[0] * n for n in actors], "--", color="grey",
+    actors = sorted({n for rows in series.values() for n, *_ in rows})
+    first = next(iter(series.values()))
+    left.plot(actors, [first[0][1] * n for n in actors], "--", color="grey",
               label="linear (1 actor x N)")
-    left.plot(actors, steps, "o-", label="measured")
-    for n, s in zip(actors, steps):
-        left.annotate(f"{100 * s / (steps[0] * n):.0f}%", (n, s), textcoords="offset points",
-                      xytext=(4, -12), fontsize=8)
+    for transport, rows in series.items():
+        label = f" ({transport})" if len(series) > 1 else ""
+        left.plot([r[0] for r in rows], [r[1] for r in rows], "o-", label=f"measured{label}")
+        for n, steps, _, _ in rows:
+            left.annotate(f"{100 * steps / (rows[0][1] * n):.0f}%", (n, steps),
+                          textcoords="offset points", xytext=(4, -12), fontsize=8)
+        timed = [r for r in rows if r[2] is not None and r[3] is not None]
+        right.plot([t[0] for t in timed], [t[2] for t in timed], "o-", label=f"p50{label}")
+        right.plot([t[0] for t in timed], [t[3] for t in timed], "s-", label=f"p99{label}")
     left.set(xscale="log", yscale="log", xlabel="rollout actors", ylabel="env steps / s",
              title=f"Scaling, {result.get('tick_latency_s', 0.05) * 1e3:.0f} ms per tick")
     left.set_xticks(actors, [str(n) for n in actors])
     left.legend()
-    timed = [(n, a, b) for n, a, b in zip(actors, p50, p99) if a is not None and b is not None]
-    right.plot([t[0] for t in timed], [t[1] for t in timed], "o-", label="p50")
-    right.plot([t[0] for t in timed], [t[2] for t in timed], "s-", label="p99")
     right.axhline(BROADCAST_GOAL_MS, color="grey", linestyle="--", label="p99 goal")
     right.set(xscale="log", xlabel="rollout actors", ylabel="ms",
               title="Weight broadcast: publish to every actor running it")

@@ -10,7 +10,12 @@ steps/s(N) / (N x steps/s(1)).
 Broadcast latency: for each published version, the time from publish until EVERY rollout actor
 runs it (the max over actors of publish -> handed to the env loop), p50 and p99.
 
+``--transports shm,board`` measures every actor count with each weight transport in turn: the
+shared-memory weight file (``learner.publish_shm``, the default) and the weight board's
+object-store path alone.
+
     python -m bench.e2e_scaling [--actors 1,2,4,8,16] [--steps 500] [--tick-latency 0.05]
+                                [--transports shm]
 """
 from __future__ import annotations
 
@@ -33,8 +38,11 @@ from deploy.rundir import RunDir
 from replay.client import ray_system_config
 
 
+TRANSPORTS = ("shm", "board")
+
+
 def bench_config(actors: int, tick_latency_s: float, updates_per_env_step: float,
-                 batch_size: int = 256) -> C.RunConfig:
+                 batch_size: int = 256, transport: str = "shm") -> C.RunConfig:
     """Standard 84x84 workload, fake CARLA with a per-tick server cost, learner rate-limited."""
     base = C.RunConfig()
     return replace(
@@ -44,7 +52,8 @@ def bench_config(actors: int, tick_latency_s: float, updates_per_env_step: float
         # One learner thread: on 2 cores, two OpenMP threads spin at barriers whenever an actor
         # holds the other core, and the learner would take the actors' CPU.
         learner=replace(base.learner, device="cpu", publish_every=1, prefetch=2, cpu_threads=1,
-                        td3=replace(base.learner.td3, batch_size=batch_size)),
+                        td3=replace(base.learner.td3, batch_size=batch_size),
+                        publish_shm=transport == "shm"),
         replay=replace(base.replay, num_shards=min(2, actors), capacity=20_000,
                        min_size_to_sample=256),
         rollout=replace(base.rollout, num_actors=actors, learning_starts=0, weight_poll_every=1),
@@ -80,8 +89,9 @@ def _keep_learner_busy(learner, stop: threading.Event, updates: list[int]) -> No
         updates.append(report.updates)
 
 
-def measure(actors: int, steps: int, tick_latency_s: float, ratio: float, batch_size: int) -> dict:
-    cfg = bench_config(actors, tick_latency_s, ratio, batch_size)
+def measure(actors: int, steps: int, tick_latency_s: float, ratio: float, batch_size: int,
+            transport: str = "shm") -> dict:
+    cfg = bench_config(actors, tick_latency_s, ratio, batch_size, transport)
     build.validate(cfg)
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = RunDir.create(tmp, "bench")
@@ -103,8 +113,7 @@ def measure(actors: int, steps: int, tick_latency_s: float, ratio: float, batch_
             stop.set()
             thread.join()
         finally:
-            for handle in [*fleet.actors, fleet.learner, *fleet.shards, fleet.board]:
-                ray.kill(handle, no_restart=True)
+            fleet.destroy()
     per_version: dict[int, list[tuple[float, float]]] = {}
     for report in reports:
         for version, latency, fetch in zip(report.broadcast_versions, report.broadcast_latencies,
@@ -119,7 +128,7 @@ def measure(actors: int, steps: int, tick_latency_s: float, ratio: float, batch_
     cores = {role: round((cpu1.get(role, 0.0) - cpu0.get(role, 0.0)) / wall, 3)
              for role in cpu1 if cpu1.get(role, 0.0) - cpu0.get(role, 0.0) > 0.0}
     actor_ms = 1e3 * cores.get("actors", 0.0) * wall / (actors * steps)
-    return {"actors": actors, "env_steps": actors * steps, "wall_seconds": wall,
+    return {"actors": actors, "weights_transport": transport, "env_steps": actors * steps, "wall_seconds": wall,
             "cores_busy": cores, "actor_cpu_ms_per_step": actor_ms,
             "env_steps_per_s": actors * steps / wall, "learner_updates": int(sum(updates)),
             "versions_seen_by_all": len(complete),
@@ -140,21 +149,29 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--updates-per-env-step", type=float, default=0.004,
                    help="learner updates per env step held by the rate limiter")
     p.add_argument("--batch-size", type=int, default=256, help="learner batch size")
+    p.add_argument("--transports", default="shm",
+                   help="weight transports measured at each actor count, in turn: shm, board")
     p.add_argument("--json", default="", help="also write the JSON here")
     args = p.parse_args(argv)
+    transports = args.transports.split(",")
+    unknown = sorted(set(transports) - set(TRANSPORTS))
+    if unknown:
+        p.error(f"--transports: unknown {unknown}; choose from {list(TRANSPORTS)}")
     logging.basicConfig(level=logging.WARNING)
     counts = [int(x) for x in args.actors.split(",")]
     spec = EnvSpec()
     ray.init(num_cpus=max(counts) + 4, include_dashboard=False, logging_level="WARNING",
              _system_config=ray_system_config(spec, C.ReplayConfig().chunk_length))
     try:
-        rows = [measure(n, args.steps, args.tick_latency, args.updates_per_env_step, args.batch_size)
-                for n in counts]
+        rows = [measure(n, args.steps, args.tick_latency, args.updates_per_env_step, args.batch_size,
+                        transport) for n in counts for transport in transports]
     finally:
         ray.shutdown()
-    base = rows[0]["env_steps_per_s"] / rows[0]["actors"]
-    for row in rows:
-        row["scaling_efficiency"] = row["env_steps_per_s"] / (row["actors"] * base)
+    for transport in transports:  # each transport's efficiency against its own first count
+        own = [r for r in rows if r["weights_transport"] == transport]
+        base = own[0]["env_steps_per_s"] / own[0]["actors"]
+        for row in own:
+            row["scaling_efficiency"] = row["env_steps_per_s"] / (row["actors"] * base)
     out = {"benchmark": "e2e_scaling", "tick_latency_s": args.tick_latency,
            "steps_per_actor": args.steps, "updates_per_env_step": args.updates_per_env_step,
            "batch_size": args.batch_size,
@@ -164,11 +181,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         with open(args.json, "w") as f:
             f.write(text)
-    print(f"{'actors':>6} {'steps/s':>9} {'efficiency':>10} {'bcast p50 ms':>12} {'bcast p99 ms':>12}"
+    print(f"{'actors':>6} {'weights':>7} {'steps/s':>9} {'efficiency':>10} {'bcast p50 ms':>12} {'bcast p99 ms':>12}"
           f" {'fetch p50 ms':>12} {'fetch p99 ms':>12}")
     for r in rows:
         fmt = lambda v: f"{v:12.1f}" if v is not None else f"{'-':>12}"
-        print(f"{r['actors']:>6} {r['env_steps_per_s']:9.1f} {r['scaling_efficiency']:10.1%} "
+        print(f"{r['actors']:>6} {r['weights_transport']:>7} {r['env_steps_per_s']:9.1f} {r['scaling_efficiency']:10.1%} "
               f"{fmt(r['broadcast_p50_ms'])} {fmt(r['broadcast_p99_ms'])} "
               f"{fmt(r['fetch_p50_ms'])} {fmt(r['fetch_p99_ms'])}")
 

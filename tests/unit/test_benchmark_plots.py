@@ -26,6 +26,16 @@ def test_plots_are_written_from_the_json_files(tmp_path):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_each_weight_transport_is_drawn_and_needs_its_own_baseline(tmp_path):
+    two = {"rows": [dict(r, weights_transport=t) for t in ("shm", "board") for r in _e2e()["rows"]]}
+    (tmp_path / BP.E2E).write_text(json.dumps(two))
+    assert BP.main(["--dir", str(tmp_path)]) == 0
+    assert (tmp_path / "e2e_scaling.png").exists()
+    two["rows"] = [r for r in two["rows"] if not (r["weights_transport"] == "board" and r["actors"] == 1)]
+    (tmp_path / BP.E2E).write_text(json.dumps(two))
+    assert BP.main(["--dir", str(tmp_path)]) == 2
+
+
 def test_a_malformed_file_is_named(tmp_path, capsys):
     broken = _e2e()
     del broken["rows"][0]["env_steps_per_s"]
