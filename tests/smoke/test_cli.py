@@ -1,6 +1,7 @@
 """The CLI as a user runs it: a subprocess with the smoke preset, and bad input failing fast."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -73,7 +74,14 @@ def test_ctrl_c_checkpoints_and_leaves_no_process_behind(tmp_path):
         children = psutil.Process(proc.pid).children(recursive=True)
         assert children, "expected Ray's processes under the CLI"
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=120)
+        try:
+            out, _ = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:  # show where the shutdown stopped
+            for child in [proc, *children]:  # Ray's processes hold the output pipe open too
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    psutil.Process(child.pid).kill()
+            out, _ = proc.communicate(timeout=30)
+            raise AssertionError(f"no exit 120 s after SIGINT:\n{out[-5000:]}") from None
     finally:
         if proc.poll() is None:
             proc.kill()
