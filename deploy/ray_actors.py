@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -161,13 +162,15 @@ class LearnerActor:
         record_publish(self.metrics, self.loop.version, seconds)
 
     def _publish(self, snapshot) -> None:
-        channel, published_at = None, None
+        # Both transports stamp a version with this moment, so their latencies compare.
+        published_at, channel = time.time(), None
         try:
             if self._shm is None and self._shm_wanted:
                 self._shm = ShmWeightWriter(channel_dir(self._run_dir), snapshot.state,
                                             ray.get_runtime_context().get_node_id())
             if self._shm is not None:
-                published_at, channel = self._shm.publish(snapshot), self._shm.channel
+                self._shm.publish(snapshot, published_at)
+                channel = self._shm.channel
         except (OSError, CheckpointError) as exc:  # actors fetch this version from the store
             log.warning("event=weight_file_failed error=%r", exc)
             self._shm_wanted = self._shm is not None  # no file at all: stop trying

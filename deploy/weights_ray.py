@@ -44,8 +44,8 @@ class WeightBoard:
 
     async def publish(self, version: int, refs: list[Any], channel: ShmChannel | None = None,
                       published_at: float | None = None) -> None:
-        """Posts a version: its object reference, and the channel whose file already holds it
-        (written before this call) with the time it was written there."""
+        """Posts a version: its object reference, the channel whose file already holds it
+        (written before this call, or None), and when the learner published it (None: now)."""
         cond = self._condition()
         async with cond:
             self._version, self._refs, self._channel = version, refs, channel

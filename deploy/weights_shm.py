@@ -110,8 +110,9 @@ class ShmWeightWriter:
                        .reshape(s) for (_, s, d), (o, _) in zip(self._layout, self._slots)]
         self.channel = ShmChannel(str(path), token, node_id)
 
-    def publish(self, snapshot: PolicySnapshot) -> float:
-        """Writes the snapshot; returns its publish time (``time.time()``).
+    def publish(self, snapshot: PolicySnapshot, published_at: float | None = None) -> float:
+        """Writes the snapshot with its publish time (``time.time()`` when not given), which
+        readers measure broadcast latency from; returns that time.
 
         Raises:
             CheckpointError: naming the array whose name, shape or dtype differs from the
@@ -130,7 +131,8 @@ class ShmWeightWriter:
             struct.pack_into("<q", self._map, _VERSION_AT, WRITING)
             for view, (_, array) in zip(self._views, arrays):
                 np.copyto(view, array, casting="no")
-            published_at = time.time()
+            if published_at is None:
+                published_at = time.time()
             struct.pack_into("<qd", self._map, _VERSION_AT, int(snapshot.version), published_at)
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)

@@ -32,7 +32,9 @@ def test_round_trip_copies_every_array_and_the_version(tmp_path):
     for name, array in state.items():
         np.testing.assert_array_equal(snapshot.state[name], array)
     assert reader.read(7) is None  # not newer than what the caller has
-    state["head.0.weight"][:] = 5.0  # the copy does not alias the file or the source
+    writer.publish(PolicySnapshot(8, state), published_at=123.5)  # the learner's own stamp
+    assert reader.read(7)[1] == 123.5
+    state["head.0.weight"][:] = 5.0  # the copy aliases neither the file nor the source
     assert not np.any(snapshot.state["head.0.weight"] == 5.0)
     reader.close()
     writer.close()
