@@ -101,7 +101,17 @@ class ShmWeightWriter:
         token = secrets.token_hex(16)
         path = directory / f"weights-{token}"
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        os.ftruncate(self._fd, size)
+        try:
+            # Reserve the pages now: a full tmpfs then fails here with ENOSPC (an OSError the
+            # learner handles) instead of SIGBUS at the first write through the mapping.
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(self._fd, 0, size)
+            else:
+                os.ftruncate(self._fd, size)
+        except OSError:
+            os.close(self._fd)
+            path.unlink(missing_ok=True)
+            raise
         self._map = mmap.mmap(self._fd, size)
         self._map[:HEADER_BYTES] = _HEADER.pack(MAGIC, bytes.fromhex(token), WRITING, 0.0,
                                                 len(layout_bytes)).ljust(HEADER_BYTES, b"\0")

@@ -97,6 +97,19 @@ def test_a_new_writer_removes_a_dead_learners_file_and_old_readers_keep_their_co
     new.close()
 
 
+def test_a_full_memory_filesystem_fails_at_creation_and_leaves_no_file(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", full, raising=False)
+    with pytest.raises(OSError, match="No space"):  # the learner falls back to the store
+        ShmWeightWriter(tmp_path, _state(), "node-a")
+    assert not list(tmp_path.iterdir())
+
+
 def test_channel_dir_is_per_run_and_stable(tmp_path):
     assert channel_dir(tmp_path / "a") == channel_dir(tmp_path / "a")
     assert channel_dir(tmp_path / "a") != channel_dir(tmp_path / "b")
