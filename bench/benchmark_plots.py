@@ -70,12 +70,13 @@ def plot_e2e(result: dict[str, Any], out: Path, source: Path) -> Path:
     first = next(iter(series.values()))
     left.plot(actors, [first[0][1] * n for n in actors], "--", color="grey",
               label="linear (1 actor x N)")
-    for transport, rows in series.items():
+    for k, (transport, rows) in enumerate(series.items()):
         label = f" ({transport})" if len(series) > 1 else ""
-        left.plot([r[0] for r in rows], [r[1] for r in rows], "o-", label=f"measured{label}")
-        for n, steps, _, _ in rows:
+        line, = left.plot([r[0] for r in rows], [r[1] for r in rows], "o-", label=f"measured{label}")
+        for n, steps, _, _ in rows:  # one series' labels below the points, the next above
             left.annotate(f"{100 * steps / (rows[0][1] * n):.0f}%", (n, steps),
-                          textcoords="offset points", xytext=(4, -12), fontsize=8)
+                          textcoords="offset points", xytext=(4, -12 if k % 2 == 0 else 6),
+                          fontsize=8, color=line.get_color())
         timed = [r for r in rows if r[2] is not None and r[3] is not None]
         right.plot([t[0] for t in timed], [t[2] for t in timed], "o-", label=f"p50{label}")
         right.plot([t[0] for t in timed], [t[3] for t in timed], "s-", label=f"p99{label}")
