@@ -53,21 +53,22 @@ def _cluster_gpus() -> float:
 
 def build_fleet(cfg: C.RunConfig, run_dir: RunDir) -> Fleet:
     replay_cfg = build.replay_config(cfg)
+    run_path = str(run_dir.path.resolve())  # the same directory whatever a worker's cwd
     metrics = component_sink(cfg.metrics)  # pickled: each actor records in its own process
     shards = [ray.remote(RestoringShard).options(
                   num_cpus=0, max_restarts=ACTOR_MAX_RESTARTS, name=None)
-              .remote(cfg.spec, replay_cfg, i, cfg.seed + i, str(run_dir.path), metrics)
+              .remote(cfg.spec, replay_cfg, i, cfg.seed + i, run_path, metrics)
               for i in range(replay_cfg.num_shards)]
     board = ray.remote(WeightBoard).options(num_cpus=0, max_concurrency=1000).remote()
     gpus = 1.0 if _cluster_gpus() >= 1 and cfg.learner.device != "cpu" else 0.0
     learner = ray.remote(LearnerActor).options(
         num_cpus=0, num_gpus=gpus, max_restarts=ACTOR_MAX_RESTARTS,
-    ).remote(cfg, shards, board, cfg.seed, str(run_dir.path), metrics)
+    ).remote(cfg, shards, board, cfg.seed, run_path, metrics)
     actors = [ray.remote(RolloutActor).options(num_cpus=0, max_restarts=ACTOR_MAX_RESTARTS)
               .remote(cfg, i, cfg.seed, shards[i % len(shards)], board, metrics)
               for i in range(cfg.rollout.num_actors)]
     return Fleet(shards, board, learner, actors, learner_on_gpu=gpus > 0,
-                 weights_dir=channel_dir(run_dir.path))
+                 weights_dir=channel_dir(run_path))
 
 
 class Driver:

@@ -12,6 +12,10 @@ Consistency: the writer holds an exclusive ``flock`` while it writes and a reade
 while it copies, so a reader never sees half a snapshot. The kernel drops the lock of a process
 that dies. A writer killed mid-write leaves the version at WRITING, which no reader loads.
 
+Lifetime: the driver deletes the run's directory at shutdown and a restarted learner deletes
+its predecessor's file; a run whose driver was killed leaves one file (the policy's size, about
+7.5 MB) in /dev/shm until the run is resumed or the machine restarts.
+
 File layout: a fixed header (magic, token, version, publish time, layout length), the layout
 (msgpack: name, shape, dtype per array, in order), then the arrays back to back.
 """

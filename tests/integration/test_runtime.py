@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,6 +13,7 @@ from deploy import launch
 from deploy.driver import Driver
 from deploy.ray_actors import learner_checkpoint, shard_checkpoint
 from deploy.rundir import RunDir
+from deploy.weights_shm import channel_dir
 from learner.td3 import TD3Learner
 from replay.shard import RateLimited, ReplayShard
 from tests.integration.runtime_support import start_ray, tiny_config
@@ -32,7 +32,22 @@ def local_ray():
 @pytest.fixture(scope="module")
 def first_run(local_ray, tmp_path_factory):
     cfg = local_ray
-    summary = launch.train(cfg, runs_root=tmp_path_factory.mktemp("runs"), name="flow", dashboard=False)
+    root = tmp_path_factory.mktemp("runs")
+    weight_files: set[str] = set()  # the learner's shared-memory weight files seen during the run
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.05):
+            weight_files.update(p.name for p in channel_dir(root / "flow").glob("weights-*"))
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        summary = launch.train(cfg, runs_root=root, name="flow", dashboard=False)
+    finally:
+        done.set()
+        watcher.join()
+    summary["weight_files_seen"] = sorted(weight_files)
     return cfg, summary
 
 
@@ -68,6 +83,9 @@ def test_transitions_flow_weights_reach_actors_and_both_encoders_learn(first_run
         change = sum(float((a - b).abs().sum()) for a, b in zip(after[name], before[name]))
         assert change > 0, f"the {name} encoder did not change"
     assert (run_dir.path / "metrics.csv").read_text().count("\n") >= 2
+    # Weights went through the shared-memory file, which the run removed at its end.
+    assert summary["weight_files_seen"], "the learner wrote no weight file"
+    assert not channel_dir(run_dir.path).exists(), "the run left its weight file in /dev/shm"
 
 
 def test_resume_continues_counters_and_weight_version(first_run):
