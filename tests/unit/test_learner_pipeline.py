@@ -1,11 +1,8 @@
 """Launched (pipelined) updates, packed image batches and the loop that overlaps them."""
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
 
-from common.weights import PolicySnapshot
 from learner.device import CpuTransfer, packed_frames
 from learner.loop import LearnerLoop
 from learner.td3 import TD3Learner

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from common.config import ReplayConfig, SamplerKind
+from common.config import SamplerKind
 from common.errors import ConfigError, WireError
 from common.specs import EnvSpec
 from common.types import StepChunk

@@ -1,7 +1,5 @@
 """Network topology: disjointness, targets, gradient isolation, encoders that learn, and the
 order of the critic and policy steps."""
-import dataclasses
-
 import pytest
 import torch
 
