@@ -166,7 +166,7 @@ class RayWeightSource:
             except CheckpointError as exc:  # e.g. another machine's /dev/shm: use the store
                 log.warning("event=weight_file_unusable error=%s", exc)
                 self._unusable = channel
-                self._refetch.set()
+                self._refetch.set()  # after its current long-poll (poll_timeout_s at most)
                 return None
         if self._reader.version() <= known_version:
             return None

@@ -108,3 +108,20 @@ def test_a_version_published_without_a_file_is_fetched_from_the_object_store(boa
     finally:
         source.stop()
         writer.close()
+
+
+def test_a_restarted_learners_new_file_replaces_the_old_one(board, tmp_path):
+    node = ray.get_runtime_context().get_node_id()
+    first = ShmWeightWriter(tmp_path, _state(0.0), node)
+    source = RayWeightSource(board, node)
+    try:
+        _publish(board, first, 1)
+        assert _value(_poll_until(source, -1)) == FILE_VALUE
+        second = ShmWeightWriter(tmp_path, _state(0.0), node)  # removes the first one's file
+        at = second.publish(PolicySnapshot(2, _state(2.0)))
+        ray.get(board.publish.remote(2, [ray.put(_state(STORE_VALUE))], second.channel, at))
+        snapshot = _poll_until(source, 1)
+        assert snapshot.version == 2 and _value(snapshot) == 2.0  # read from the new file
+        second.close()
+    finally:
+        source.stop()

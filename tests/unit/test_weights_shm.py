@@ -86,6 +86,38 @@ def test_a_write_cut_off_by_a_crash_is_never_read(tmp_path):
     writer.close()
 
 
+def _hold_shared_lock(path: str, ready) -> None:
+    import fcntl
+    import os
+    import time
+
+    fd = os.open(path, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    ready.set()
+    time.sleep(60)
+
+
+def test_a_reader_killed_while_holding_the_lock_does_not_block_the_writer(tmp_path):
+    import threading
+
+    writer = ShmWeightWriter(tmp_path, _state(), "node-a")
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    reader = ctx.Process(target=_hold_shared_lock, args=(writer.channel.path, ready))
+    reader.start()
+    assert ready.wait(30)
+    published = threading.Event()
+    blocked = threading.Thread(target=lambda: (writer.publish(PolicySnapshot(1, _state(1.0))),
+                                               published.set()), daemon=True)
+    blocked.start()
+    assert not published.wait(0.5)  # the live reader's shared lock holds the writer
+    reader.kill()  # SIGKILL: the kernel drops its lock
+    reader.join(10)
+    assert published.wait(10)
+    assert ShmWeightReader(writer.channel).read(-1)[0].version == 1
+    writer.close()
+
+
 def test_a_new_writer_removes_a_dead_learners_file_and_old_readers_keep_their_copy(tmp_path):
     old = ShmWeightWriter(tmp_path, _state(), "node-a")
     old.publish(PolicySnapshot(5, _state(5.0)))
