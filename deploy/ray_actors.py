@@ -19,11 +19,11 @@ import torch
 from actors.rollout import RolloutReport
 from common import config as C
 from common import metrics as M
+from common.errors import CheckpointError
 from common.metrics import MetricsSink, NullSink
 from deploy import build
 from deploy.metrics_record import ShardRecorder, record_learner, record_publish, record_rollout
 from deploy.rundir import RunDir
-from common.errors import CheckpointError
 from deploy.weights_ray import RayWeightSource
 from deploy.weights_shm import ShmWeightWriter, channel_dir
 from learner.loop import LearnerLoop, LearnerReport

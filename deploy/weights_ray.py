@@ -65,9 +65,6 @@ class WeightBoard:
             return (self._version, self._refs if with_refs else None, self._published_at,
                     self._channel)
 
-    async def channel(self) -> ShmChannel | None:
-        return self._channel
-
     async def version(self) -> int:
         return self._version
 
@@ -163,6 +160,7 @@ class RayWeightSource:
             self._close_reader()
             try:
                 self._reader = ShmWeightReader(channel)
+                log.info("event=weight_file_attached path=%s", channel.path)
             except CheckpointError as exc:  # e.g. another machine's /dev/shm: use the store
                 log.warning("event=weight_file_unusable error=%s", exc)
                 self._unusable = channel

@@ -164,8 +164,8 @@ class ShmWeightReader:
     """A rollout actor's side: maps the learner's file read-only.
 
     Raises (constructor):
-        CheckpointError: the file is missing, too short, or its magic or token differ from the
-            channel's (another file, or a newer learner's, is at that path).
+        CheckpointError: the file is missing, too short or malformed, or its magic or token
+            differ from the channel's (another file, or a newer learner's, is at that path).
     """
 
     def __init__(self, channel: ShmChannel) -> None:
@@ -174,24 +174,34 @@ class ShmWeightReader:
         except OSError as exc:
             raise CheckpointError(f"weight file {channel.path!r}: {exc.strerror}") from exc
         try:
-            size = os.fstat(self._fd).st_size
-            if size < HEADER_BYTES:
-                raise CheckpointError(f"weight file {channel.path!r}: {size} bytes, shorter than "
-                                      f"its header")
-            self._map = mmap.mmap(self._fd, size, prot=mmap.PROT_READ)
+            self._map = self._map_checked(channel)
             magic, token, _, _, layout_len = _HEADER.unpack_from(self._map, 0)
-            if magic != MAGIC or token.hex() != channel.token:
-                raise CheckpointError(f"weight file {channel.path!r}: magic {magic!r} token "
-                                      f"{token.hex()} != {MAGIC!r} {channel.token}")
             raw = msgpack.unpackb(self._map[HEADER_BYTES:HEADER_BYTES + layout_len])
-        except BaseException:
+            layout = [(str(n), tuple(int(d) for d in s), str(d)) for n, s, d in raw]
+            slots = _offsets(layout, HEADER_BYTES + layout_len)
+            self._views = [np.frombuffer(self._map, np.dtype(d), int(np.prod(s, dtype=np.int64)), o)
+                           .reshape(s) for (_, s, d), (o, _) in zip(layout, slots)]
+        except CheckpointError:
             os.close(self._fd)
             raise
-        layout = [(str(n), tuple(s), str(d)) for n, s, d in raw]
+        except (ValueError, TypeError, msgpack.UnpackException) as exc:  # a damaged layout
+            os.close(self._fd)
+            raise CheckpointError(f"weight file {channel.path!r}: malformed ({exc})") from exc
         self._names = [n for n, _, _ in layout]
-        self._views = [np.frombuffer(self._map, np.dtype(d), int(np.prod(s, dtype=np.int64)), o)
-                       .reshape(s) for (_, s, d), (o, _) in zip(layout, _offsets(layout, HEADER_BYTES + layout_len))]
         self.channel = channel
+
+    def _map_checked(self, channel: ShmChannel) -> mmap.mmap:
+        size = os.fstat(self._fd).st_size
+        if size < HEADER_BYTES:
+            raise CheckpointError(f"weight file {channel.path!r}: {size} bytes, shorter than its "
+                                  f"header")
+        mapped = mmap.mmap(self._fd, size, prot=mmap.PROT_READ)
+        magic, token = _HEADER.unpack_from(mapped, 0)[:2]
+        if magic != MAGIC or token.hex() != channel.token:
+            mapped.close()
+            raise CheckpointError(f"weight file {channel.path!r}: magic {magic!r} token "
+                                  f"{token.hex()} != {MAGIC!r} {channel.token}")
+        return mapped
 
     def version(self) -> int:
         """The version in the file now, read without the lock (a hint: ``read`` rechecks)."""

@@ -1,5 +1,6 @@
 """The shared-memory weight file: round trip, bad files, torn writes, concurrent readers."""
 import multiprocessing
+import os
 import struct
 from pathlib import Path
 
@@ -70,6 +71,14 @@ def test_a_wrong_token_or_a_missing_file_is_a_clear_error(tmp_path):
     short.write_bytes(b"CTD3")
     with pytest.raises(CheckpointError, match="shorter than its header"):
         ShmWeightReader(ShmChannel(str(short), "00" * 16, "node-a"))
+
+
+def test_a_truncated_file_is_a_clear_error(tmp_path):
+    writer = ShmWeightWriter(tmp_path, _state(), "node-a")
+    os.truncate(writer.channel.path, 200)  # the header and layout stay, the arrays are gone
+    with pytest.raises(CheckpointError, match="malformed"):
+        ShmWeightReader(writer.channel)
+    writer.close()
 
 
 def test_a_write_cut_off_by_a_crash_is_never_read(tmp_path):
