@@ -153,7 +153,10 @@ class ShmWeightWriter:
         return published_at
 
     def close(self) -> None:
-        """Unmaps and deletes the file (readers that mapped it keep their mapping)."""
+        """Unmaps and deletes the file (readers that mapped it keep their mapping); a second
+        call does nothing."""
+        if self._map.closed:
+            return
         self._views = []
         self._map.close()
         os.close(self._fd)

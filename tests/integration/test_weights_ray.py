@@ -53,75 +53,71 @@ def board(ray_local):
     ray.kill(handle)
 
 
-def test_an_actor_on_the_learners_node_reads_the_file(board, tmp_path):
-    node = ray.get_runtime_context().get_node_id()
-    writer = ShmWeightWriter(tmp_path, _state(0.0), node)
-    source = RayWeightSource(board, node)
-    try:
-        for version in (1, 2):
-            _publish(board, writer, version)
-            snapshot = _poll_until(source, version - 1)
-            assert snapshot.version == version and _value(snapshot) == FILE_VALUE
-        versions, latencies, fetches = source.take_broadcasts()
-        assert versions == [1, 2] and all(0.0 <= f <= lat < 30.0 for f, lat in zip(fetches, latencies))
-    finally:
-        source.stop()
-        writer.close()
-
-
-def test_an_actor_on_another_node_fetches_from_the_object_store(board, tmp_path):
+@pytest.fixture
+def learner_file(board, tmp_path):
+    """The learner's weight file on this node (closed at the end if the test did not)."""
     writer = ShmWeightWriter(tmp_path, _state(0.0), ray.get_runtime_context().get_node_id())
-    source = RayWeightSource(board, "another-node")
-    try:
-        _publish(board, writer, 1)
-        snapshot = _poll_until(source, -1)
-        assert snapshot.version == 1 and _value(snapshot) == STORE_VALUE
-    finally:
-        source.stop()
-        writer.close()
+    yield writer
+    writer.close()
 
 
-def test_a_file_that_cannot_be_opened_falls_back_to_the_object_store(board, tmp_path):
-    node = ray.get_runtime_context().get_node_id()
-    writer = ShmWeightWriter(tmp_path, _state(0.0), node)
-    source = RayWeightSource(board, node)
-    try:
-        _publish(board, writer, 1)
-        writer.close()  # the file is gone, the board still names it
-        snapshot = _poll_until(source, -1)
-        assert snapshot.version == 1 and _value(snapshot) == STORE_VALUE
-    finally:
+@pytest.fixture
+def make_source(board):
+    """Builds rollout-side sources on a given node; stops them at the end."""
+    sources = []
+
+    def make(node_id: str | None = None) -> RayWeightSource:
+        sources.append(RayWeightSource(board, node_id or ray.get_runtime_context().get_node_id()))
+        return sources[-1]
+
+    yield make
+    for source in sources:
         source.stop()
 
 
-def test_a_version_published_without_a_file_is_fetched_from_the_object_store(board, tmp_path):
-    node = ray.get_runtime_context().get_node_id()
-    writer = ShmWeightWriter(tmp_path, _state(0.0), node)
-    source = RayWeightSource(board, node)
-    try:
-        _publish(board, writer, 1)
-        assert _value(_poll_until(source, -1)) == FILE_VALUE
-        # The learner's write failed: it posts the version with no channel.
-        ray.get(board.publish.remote(2, [ray.put(_state(STORE_VALUE))], None, None))
-        snapshot = _poll_until(source, 1)
-        assert snapshot.version == 2 and _value(snapshot) == STORE_VALUE
-    finally:
-        source.stop()
-        writer.close()
+def test_an_actor_on_the_learners_node_reads_the_file(board, learner_file, make_source):
+    source = make_source()
+    for version in (1, 2):
+        _publish(board, learner_file, version)
+        snapshot = _poll_until(source, version - 1)
+        assert snapshot.version == version and _value(snapshot) == FILE_VALUE
+    versions, latencies, fetches = source.take_broadcasts()
+    assert versions == [1, 2] and all(0.0 <= f <= lat < 30.0 for f, lat in zip(fetches, latencies))
 
 
-def test_a_restarted_learners_new_file_replaces_the_old_one(board, tmp_path):
-    node = ray.get_runtime_context().get_node_id()
-    first = ShmWeightWriter(tmp_path, _state(0.0), node)
-    source = RayWeightSource(board, node)
-    try:
-        _publish(board, first, 1)
-        assert _value(_poll_until(source, -1)) == FILE_VALUE
-        second = ShmWeightWriter(tmp_path, _state(0.0), node)  # removes the first one's file
-        at = second.publish(PolicySnapshot(2, _state(2.0)))
-        ray.get(board.publish.remote(2, [ray.put(_state(STORE_VALUE))], second.channel, at))
-        snapshot = _poll_until(source, 1)
-        assert snapshot.version == 2 and _value(snapshot) == 2.0  # read from the new file
-        second.close()
-    finally:
-        source.stop()
+def test_an_actor_on_another_node_fetches_from_the_object_store(board, learner_file, make_source):
+    source = make_source("another-node")
+    _publish(board, learner_file, 1)
+    snapshot = _poll_until(source, -1)
+    assert snapshot.version == 1 and _value(snapshot) == STORE_VALUE
+
+
+def test_a_file_that_cannot_be_opened_falls_back_to_the_object_store(board, learner_file, make_source):
+    source = make_source()
+    _publish(board, learner_file, 1)
+    learner_file.close()  # the file is gone, the board still names it
+    snapshot = _poll_until(source, -1)
+    assert snapshot.version == 1 and _value(snapshot) == STORE_VALUE
+
+
+def test_a_version_published_without_a_file_is_fetched_from_the_object_store(board, learner_file,
+                                                                               make_source):
+    source = make_source()
+    _publish(board, learner_file, 1)
+    assert _value(_poll_until(source, -1)) == FILE_VALUE
+    # The learner's write failed: it posts the version with no channel.
+    ray.get(board.publish.remote(2, [ray.put(_state(STORE_VALUE))], None, None))
+    snapshot = _poll_until(source, 1)
+    assert snapshot.version == 2 and _value(snapshot) == STORE_VALUE
+
+
+def test_a_restarted_learners_new_file_replaces_the_old_one(board, learner_file, make_source, tmp_path):
+    source = make_source()
+    _publish(board, learner_file, 1)
+    assert _value(_poll_until(source, -1)) == FILE_VALUE
+    second = ShmWeightWriter(tmp_path, _state(0.0), ray.get_runtime_context().get_node_id())
+    at = second.publish(PolicySnapshot(2, _state(2.0)))  # the first file is removed
+    ray.get(board.publish.remote(2, [ray.put(_state(STORE_VALUE))], second.channel, at))
+    snapshot = _poll_until(source, 1)
+    assert snapshot.version == 2 and _value(snapshot) == 2.0  # read from the new file
+    second.close()
