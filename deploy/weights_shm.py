@@ -13,8 +13,9 @@ while it copies, so a reader never sees half a snapshot. The kernel drops the lo
 that dies. A writer killed mid-write leaves the version at WRITING, which no reader loads.
 
 Lifetime: the driver deletes the run's directory at shutdown and a restarted learner deletes
-its predecessor's file; a run whose driver was killed leaves one file (the policy's size, about
-7.5 MB) in /dev/shm until the run is resumed or the machine restarts.
+its predecessor's file. A learner holds a shared ``flock`` on its directory's ``alive`` file
+while it lives, and a starting learner deletes the other runs' directories whose lock nobody
+holds: what a run whose driver was killed left behind.
 
 File layout: a fixed header (magic, token, version, publish time, layout length), the layout
 (msgpack: name, shape, dtype per array, in order), then the arrays back to back.
@@ -26,6 +27,7 @@ import hashlib
 import mmap
 import os
 import secrets
+import shutil
 import struct
 import tempfile
 import time
@@ -83,6 +85,50 @@ def _offsets(layout, start: int) -> list[tuple[int, int]]:
     return out
 
 
+def _hold_alive(directory: Path) -> int:
+    """A descriptor holding a shared lock on ``directory/alive`` (made under a temporary name
+    and renamed, so no one sees it unlocked) for as long as this process keeps it open."""
+    tmp = directory / f".alive-{secrets.token_hex(4)}"
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    os.replace(tmp, directory / "alive")
+    return fd
+
+
+def _remove_dead_runs(own: Path) -> None:
+    """Deletes the sibling run directories whose ``alive`` lock no process holds."""
+    for other in own.parent.glob("carla-td3-*"):
+        if other == own:
+            continue
+        try:
+            fd = os.open(other / "alive", os.O_RDONLY)
+        except OSError:  # no marker (yet): leave it
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # a live learner holds it
+            os.close(fd)
+            continue
+        shutil.rmtree(other, ignore_errors=True)
+        os.close(fd)
+
+
+def _reserve(path: Path, size: int) -> int:
+    """Creates the file with its pages reserved: a full tmpfs then fails here with ENOSPC (an
+    OSError the learner handles) instead of SIGBUS at the first write through the mapping."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(fd, 0, size)
+        else:
+            os.ftruncate(fd, size)
+    except OSError:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    return fd
+
+
 class ShmWeightWriter:
     """The learner's side: one file per learner incarnation, rewritten at every publish.
 
@@ -96,25 +142,20 @@ class ShmWeightWriter:
     def __init__(self, directory: str | Path, template: Mapping[str, np.ndarray], node_id: str) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        for stale in directory.glob("weights-*"):
-            stale.unlink(missing_ok=True)
-        self._layout = _layout(template)
-        layout_bytes = msgpack.packb([[n, list(s), d] for n, s, d in self._layout])
-        self._slots = _offsets(self._layout, HEADER_BYTES + len(layout_bytes))
-        size = max(HEADER_BYTES + len(layout_bytes), *(o + n for o, n in self._slots))
-        token = secrets.token_hex(16)
-        path = directory / f"weights-{token}"
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        self._alive = _hold_alive(directory)
         try:
-            # Reserve the pages now: a full tmpfs then fails here with ENOSPC (an OSError the
-            # learner handles) instead of SIGBUS at the first write through the mapping.
-            if hasattr(os, "posix_fallocate"):
-                os.posix_fallocate(self._fd, 0, size)
-            else:
-                os.ftruncate(self._fd, size)
-        except OSError:
-            os.close(self._fd)
-            path.unlink(missing_ok=True)
+            _remove_dead_runs(directory)
+            for stale in directory.glob("weights-*"):
+                stale.unlink(missing_ok=True)
+            self._layout = _layout(template)
+            layout_bytes = msgpack.packb([[n, list(s), d] for n, s, d in self._layout])
+            self._slots = _offsets(self._layout, HEADER_BYTES + len(layout_bytes))
+            size = max(HEADER_BYTES + len(layout_bytes), *(o + n for o, n in self._slots))
+            token = secrets.token_hex(16)
+            path = directory / f"weights-{token}"
+            self._fd = _reserve(path, size)
+        except BaseException:
+            os.close(self._alive)
             raise
         self._map = mmap.mmap(self._fd, size)
         self._map[:HEADER_BYTES] = _HEADER.pack(MAGIC, bytes.fromhex(token), WRITING, 0.0,
@@ -160,6 +201,7 @@ class ShmWeightWriter:
         self._views = []
         self._map.close()
         os.close(self._fd)
+        os.close(self._alive)
         Path(self.channel.path).unlink(missing_ok=True)
 
 

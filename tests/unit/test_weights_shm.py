@@ -1,4 +1,5 @@
 """The shared-memory weight file: round trip, bad files, torn writes, concurrent readers."""
+import fcntl
 import multiprocessing
 import os
 import struct
@@ -132,7 +133,7 @@ def test_a_new_writer_removes_a_dead_learners_file_and_old_readers_keep_their_co
     old.publish(PolicySnapshot(5, _state(5.0)))
     reader = ShmWeightReader(old.channel)
     new = ShmWeightWriter(tmp_path, _state(), "node-a")  # the restarted learner
-    assert [p.name for p in tmp_path.iterdir()] == [Path(new.channel.path).name]
+    assert sorted(p.name for p in tmp_path.glob("weights-*")) == [Path(new.channel.path).name]
     assert new.channel.token != old.channel.token
     assert reader.read(-1)[0].version == 5  # the unlinked file stays mapped
     new.close()
@@ -148,7 +149,35 @@ def test_a_full_memory_filesystem_fails_at_creation_and_leaves_no_file(tmp_path,
     monkeypatch.setattr(os, "posix_fallocate", full, raising=False)
     with pytest.raises(OSError, match="No space"):  # the learner falls back to the store
         ShmWeightWriter(tmp_path, _state(), "node-a")
-    assert not list(tmp_path.iterdir())
+    assert [p.name for p in tmp_path.iterdir()] == ["alive"]
+    fcntl.flock(os.open(tmp_path / "alive", os.O_RDONLY), fcntl.LOCK_EX | fcntl.LOCK_NB)  # freed
+
+
+def _write_and_wait(directory: str, ready) -> None:
+    import time
+
+    ShmWeightWriter(directory, _state(), "node-a")
+    ready.set()
+    time.sleep(60)
+
+
+def test_a_starting_learner_removes_the_files_of_runs_whose_learner_died(tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    dead = ctx.Process(target=_write_and_wait, args=(str(tmp_path / "carla-td3-dead"), ready))
+    dead.start()
+    assert ready.wait(60)
+    dead.kill()  # SIGKILL: its driver never cleans up
+    dead.join(10)
+    live = ShmWeightWriter(tmp_path / "carla-td3-live", _state(), "node-a")
+    unrelated = tmp_path / "carla-td3-nomarker"
+    unrelated.mkdir()
+    new = ShmWeightWriter(tmp_path / "carla-td3-new", _state(), "node-a")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "carla-td3-live", "carla-td3-new", "carla-td3-nomarker"]
+    assert ShmWeightReader(live.channel).version() == WRITING  # the live one is untouched
+    live.close()
+    new.close()
 
 
 def test_channel_dir_is_per_run_and_stable(tmp_path):
