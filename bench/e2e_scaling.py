@@ -96,23 +96,27 @@ def measure(actors: int, steps: int, tick_latency_s: float, ratio: float, batch_
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = RunDir.create(tmp, "bench")
         fleet = build_fleet(cfg, run_dir)
+        stop, updates = threading.Event(), []
+        thread = threading.Thread(target=_keep_learner_busy, args=(fleet.learner, stop, updates),
+                                  daemon=True)
         try:
+            # The learner samples from the start: behind the rate limiter, a warm-up longer
+            # than its error buffer would otherwise wait for samples forever.
+            thread.start()
             # Connect, reset, and fill every shard to its minimum size so the learner can run.
             per_shard = -(-actors // len(fleet.shards))
             warm = max(steps // 4, -(-cfg.replay.min_size_to_sample // per_shard) + 10)
             ray.get([a.run_steps.remote(warm, 10**9) for a in fleet.actors])
-            stop, updates = threading.Event(), []
-            thread = threading.Thread(target=_keep_learner_busy, args=(fleet.learner, stop, updates))
-            thread.start()
             time.sleep(1.0)
             first_timed_version = ray.get(fleet.board.version.remote()) + 1
+            updates.clear()  # count the timed window's updates only
             cpu0, t0 = _cpu_by_role(), time.perf_counter()
             reports = ray.get([a.run_steps.remote(steps, 10**9) for a in fleet.actors])
             wall = time.perf_counter() - t0
             cpu1 = _cpu_by_role()
+        finally:
             stop.set()
             thread.join()
-        finally:
             fleet.destroy()
     per_version: dict[int, list[tuple[float, float]]] = {}
     for report in reports:
