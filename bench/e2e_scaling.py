@@ -132,7 +132,8 @@ def measure(actors: int, steps: int, tick_latency_s: float, ratio: float, batch_
     cores = {role: round((cpu1.get(role, 0.0) - cpu0.get(role, 0.0)) / wall, 3)
              for role in cpu1 if cpu1.get(role, 0.0) - cpu0.get(role, 0.0) > 0.0}
     actor_ms = 1e3 * cores.get("actors", 0.0) * wall / (actors * steps)
-    return {"actors": actors, "weights_transport": transport, "env_steps": actors * steps, "wall_seconds": wall,
+    return {"actors": actors, "weights_transport": transport, "env_steps": actors * steps,
+            "wall_seconds": wall,
             "cores_busy": cores, "actor_cpu_ms_per_step": actor_ms,
             "env_steps_per_s": actors * steps / wall, "learner_updates": int(sum(updates)),
             "versions_seen_by_all": len(complete),
@@ -185,11 +186,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         with open(args.json, "w") as f:
             f.write(text)
-    print(f"{'actors':>6} {'weights':>7} {'steps/s':>9} {'efficiency':>10} {'bcast p50 ms':>12} {'bcast p99 ms':>12}"
+    print(f"{'actors':>6} {'weights':>7} {'steps/s':>9} {'efficiency':>10} {'bcast p50 ms':>12}"
+          f" {'bcast p99 ms':>12}"
           f" {'fetch p50 ms':>12} {'fetch p99 ms':>12}")
     for r in rows:
         fmt = lambda v: f"{v:12.1f}" if v is not None else f"{'-':>12}"
-        print(f"{r['actors']:>6} {r['weights_transport']:>7} {r['env_steps_per_s']:9.1f} {r['scaling_efficiency']:10.1%} "
+        print(f"{r['actors']:>6} {r['weights_transport']:>7} {r['env_steps_per_s']:9.1f} "
+              f"{r['scaling_efficiency']:10.1%} "
               f"{fmt(r['broadcast_p50_ms'])} {fmt(r['broadcast_p99_ms'])} "
               f"{fmt(r['fetch_p50_ms'])} {fmt(r['fetch_p99_ms'])}")
 

@@ -114,8 +114,7 @@ class RayWeightSource:
                 if self._refetch.is_set():
                     self._refetch.clear()
                     known = -1
-                with self._lock:
-                    direct = self._direct(self._channel)
+                direct = self._direct(self._channel)  # only this thread writes _channel
                 version, refs, published_at, channel = ray.get(
                     self._board.wait_newer.remote(known, self._poll_timeout_s, not direct))
                 with self._lock:
