@@ -1,29 +1,31 @@
 """The env loop of one rollout actor: env + policy + exploration + writer + weight pulls.
 
 A plain class: deploy/ wraps it in a Ray actor (or runs it in-process in local mode). An env
-step never waits on the learner: new weights are polled every few steps from a non-blocking
-``WeightSource`` and loaded only when the version changed.
+step never waits on the learner: every few steps a non-blocking ``WeightSource`` loads newer
+weights into the policy, if it has any.
 """
 from __future__ import annotations
 
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from actors.exploration import GaussianExploration
 from actors.policy import CpuPolicy
 from actors.writer import ChunkWriter
-from common.weights import RANDOM_POLICY_VERSION, PolicySnapshot
+from common.weights import RANDOM_POLICY_VERSION
 
 log = logging.getLogger(__name__)
 
 
 class WeightSource(Protocol):
-    def poll(self, known_version: int) -> PolicySnapshot | None:
-        """A snapshot newer than ``known_version`` if one is available now, else None."""
+    def load_newer(self, policy: CpuPolicy) -> bool:
+        """Loads into ``policy`` a snapshot newer than ``policy.version`` if one is available
+        now (without waiting); returns whether it did. The source does the load so it can copy
+        from where it keeps the weights straight into the policy's parameters."""
 
 
 class DrivingEnv(Protocol):
@@ -95,9 +97,7 @@ class RolloutWorker:
 
     def _maybe_load_weights(self, report: RolloutReport) -> None:
         t0 = time.perf_counter()
-        snapshot = self.weights.poll(self.policy.version)
-        if snapshot is not None and snapshot.version > self.policy.version:
-            self.policy.load(snapshot)
+        if self.weights.load_newer(self.policy):
             report.weight_loads += 1
         report.weight_wait_seconds += time.perf_counter() - t0
 

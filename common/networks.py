@@ -180,7 +180,11 @@ def to_channels_last(module: nn.Module) -> nn.Module:
 
 
 def load_policy_state(net: nn.Module, state: Mapping[str, np.ndarray]) -> None:
-    """Loads a ``policy_state()`` snapshot (CPU numpy arrays) into ``net`` in place.
+    """Loads a ``policy_state()`` snapshot (CPU numpy arrays) into ``net`` (on the CPU) in place.
+
+    The values are not checked for NaNs here: the learner refuses to publish them
+    (``common.weights.require_finite``), once, instead of every rollout actor scanning every
+    version again. The arrays may be read-only views (the shared-memory weight file's).
 
     Args:
         net: a ``PolicyNet`` built from the same spec and NetworkConfig as the learner's.
@@ -201,8 +205,8 @@ def load_policy_state(net: nn.Module, state: Mapping[str, np.ndarray]) -> None:
                             f"{tuple(target.shape)}")
         if value.dtype.kind != "f":
             raise SpecError(f"policy state {name!r}: dtype {value.dtype} is not floating point")
-        if not np.all(np.isfinite(value)):
-            raise SpecError(f"policy state {name!r}: non-finite values")
     with torch.no_grad():
         for name, target in own.items():
-            target.copy_(torch.from_numpy(np.asarray(state[name])))
+            # One pass straight into the parameter's memory, whatever its strides
+            # (channels-last conv weights); torch.from_numpy warns about read-only views.
+            np.copyto(target.numpy(), state[name], casting="same_kind")

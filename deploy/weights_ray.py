@@ -15,6 +15,7 @@ from typing import Any
 
 import ray
 
+from actors.policy import CpuPolicy
 from common.errors import CheckpointError
 from common.weights import PolicySnapshot
 from deploy.weights_shm import ShmChannel, ShmWeightReader
@@ -72,10 +73,10 @@ class WeightBoard:
 class RayWeightSource:
     """The rollout side: a daemon thread long-polls the board and fetches new snapshots.
 
-    ``poll`` (the WeightSource protocol of actors/rollout.py) takes what the thread has already
-    fetched or, while the board names a shared-memory channel on this node, copies a newer
-    snapshot out of that file itself; the thread then skips the object-store fetch. Broadcast
-    latency (publish -> handed to the env loop) is recorded.
+    ``load_newer`` (the WeightSource protocol of actors/rollout.py) loads what the thread has
+    already fetched or, while the board names a shared-memory channel on this node, copies a
+    newer snapshot out of that file into the policy itself; the thread then skips the
+    object-store fetch. Broadcast latency (publish -> loaded by the env loop) is recorded.
 
     Args:
         board: the WeightBoard actor.
@@ -136,25 +137,29 @@ class RayWeightSource:
                 log.warning("event=weight_poll_failed error=%r", exc)
                 self._stop.wait(0.5)
 
-    def poll(self, known_version: int) -> PolicySnapshot | None:
-        """The newest snapshot if newer than ``known_version``; the caller loads it now, so
-        publish -> now is recorded as that version's broadcast latency."""
-        direct = self._read_channel(known_version)
-        if direct is not None:
-            return direct
+    def load_newer(self, policy: CpuPolicy) -> bool:
+        """Loads the newest snapshot into ``policy`` if it is newer than the policy's version,
+        without waiting: from this node's weight file while the board names one, else what the
+        poll thread fetched. Publish -> loaded is recorded as that version's broadcast latency.
+        Returns whether it loaded."""
+        if self._load_from_channel(policy):
+            return True
         with self._lock:
             latest = self._latest
-            if latest is None or latest.version <= known_version:
-                return None
-            self._record(latest.version, self._latest_published_at, self._latest_fetched_at)
-        return latest
+            if latest is None or latest.version <= policy.version:
+                return False
+            published_at, fetched_at = self._latest_published_at, self._latest_fetched_at
+        policy.load(latest)
+        with self._lock:
+            self._record(latest.version, published_at, fetched_at)
+        return True
 
-    def _read_channel(self, known_version: int) -> PolicySnapshot | None:
+    def _load_from_channel(self, policy: CpuPolicy) -> bool:
         with self._lock:
             channel = self._channel
         if not self._direct(channel):
             self._close_reader()
-            return None
+            return False
         if self._reader is None or self._reader.channel != channel:
             self._close_reader()
             try:
@@ -164,18 +169,22 @@ class RayWeightSource:
                 log.warning("event=weight_file_unusable error=%s", exc)
                 self._unusable = channel
                 self._refetch.set()  # after its current long-poll (poll_timeout_s at most)
-                return None
-        if self._reader.version() <= known_version:
-            return None
+                return False
+        if self._reader.version() <= policy.version:
+            return False
         started = time.time()
-        got = self._reader.read(known_version)
-        if got is None:
-            return None
-        snapshot, published_at = got
+        # Straight from the file into the parameters, under the file's shared lock: one pass
+        # over the 7.5 MB of weights instead of a copy out, a copy in and a NaN scan (the
+        # learner checks that once, before publishing).
+        with self._reader.snapshot_view(policy.version) as got:
+            if got is None:
+                return False
+            snapshot, published_at = got
+            policy.load(snapshot)
         with self._lock:
-            # "fetched" once copied out: the file held it from the moment it was published
+            # "fetched" once loaded: the file held it from the moment it was published
             self._record(snapshot.version, published_at, published_at + time.time() - started)
-        return snapshot
+        return True
 
     def _record(self, version: int, published_at: float, fetched_at: float) -> None:
         self._latencies.append(max(0.0, time.time() - published_at))
@@ -188,9 +197,9 @@ class RayWeightSource:
             self._reader = None
 
     def take_broadcasts(self) -> tuple[list[int], list[float], list[float]]:
-        """Versions handed to the env loop since the last call, with their broadcast latencies
-        (seconds from publish until handed over) and the part of it until the snapshot was
-        fetched (by the poll thread from the object store; for a shared-memory read, the
+        """Versions the env loop loaded since the last call, with their broadcast latencies
+        (seconds from publish until loaded) and the part of it until the snapshot was fetched
+        (by the poll thread from the object store; for the weight file, publish time plus the
         copy's own time), the rest being the env loop reaching its next step."""
         with self._lock:
             out = (self._versions, self._latencies, self._fetch_latencies)

@@ -3,7 +3,7 @@ weights between processes in shared memory the same way).
 
 The learner writes each published snapshot into a file under /dev/shm; a rollout actor on the
 same machine maps it, reads the version number at each poll (a memory read) and copies a newer
-snapshot out. Between publish and use there is no Ray call and no object-store fetch, so the
+snapshot straight into its policy's parameters. Between publish and use there is no Ray call and no object-store fetch, so the
 broadcast latency is the time until each actor's next env step. The Ray weight board stays the
 source of truth (deploy/weights_ray.py): it carries the channel's descriptor, and an actor on
 another machine, or one that cannot open the file, fetches from the object store as before.
@@ -22,6 +22,7 @@ File layout: a fixed header (magic, token, version, publish time, layout length)
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import mmap
@@ -32,7 +33,7 @@ import struct
 import tempfile
 import time
 from pathlib import Path
-from typing import Mapping, NamedTuple
+from typing import Iterator, Mapping, NamedTuple
 
 import msgpack
 import numpy as np
@@ -252,18 +253,26 @@ class ShmWeightReader:
         """The version in the file now, read without the lock (a hint: ``read`` rechecks)."""
         return struct.unpack_from("<q", self._map, _VERSION_AT)[0]
 
-    def read(self, newer_than: int) -> tuple[PolicySnapshot, float] | None:
-        """A copy of the file's snapshot and its publish time, if its version is newer than
-        ``newer_than`` (None otherwise, and while a write is in progress or was cut off)."""
+    @contextlib.contextmanager
+    def snapshot_view(self, newer_than: int) -> Iterator[tuple[PolicySnapshot, float] | None]:
+        """Holds the shared lock for the ``with`` block and gives the file's snapshot, as
+        read-only views into the mapping, with its publish time, if its version is newer than
+        ``newer_than`` (None otherwise, and while a write is in progress or was cut off).
+
+        The views are valid only inside the block: copy them out there (a rollout actor loads
+        them straight into its policy's parameters, one pass over the weights). The writer
+        waits for the block to end.
+        """
         fcntl.flock(self._fd, fcntl.LOCK_SH)
         try:
             version, published_at = struct.unpack_from("<qd", self._map, _VERSION_AT)
             if version <= newer_than:
-                return None
-            state = {name: view.copy() for name, view in zip(self._names, self._views)}
+                yield None
+            else:
+                state = dict(zip(self._names, self._views))
+                yield PolicySnapshot(int(version), state), float(published_at)
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
-        return PolicySnapshot(int(version), state), float(published_at)
 
     def close(self) -> None:
         self._views = []

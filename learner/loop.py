@@ -14,7 +14,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from common.types import SampleBatch
-from common.weights import PolicySnapshot
+from common.weights import PolicySnapshot, require_finite
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +83,17 @@ class LearnerLoop:
         self.version = -1
 
     def publish(self) -> float:
-        """Publishes the current policy; its version is the learner's update count."""
+        """Publishes the current policy; its version is the learner's update count.
+
+        Raises:
+            SpecError: the policy holds a NaN or an infinity (the learner diverged); nothing
+                is published, so the actors keep acting with the last finite version.
+        """
         t0 = time.perf_counter()
-        self.version = int(self.learner.updates)
-        self._publish(PolicySnapshot(self.version, self.learner.policy_state()))
+        snapshot = PolicySnapshot(int(self.learner.updates), self.learner.policy_state())
+        require_finite(snapshot)
+        self.version = snapshot.version
+        self._publish(snapshot)
         return time.perf_counter() - t0
 
     def run_updates(self, n: int, max_seconds: float = float("inf")) -> LearnerReport:

@@ -30,12 +30,28 @@ def _publish(board, writer: ShmWeightWriter, version: int) -> None:
     ray.get(board.publish.remote(version, [ray.put(_state(STORE_VALUE))], writer.channel, at))
 
 
+class RecordingPolicy:
+    """Stands in for the rollout actor's CpuPolicy: keeps a copy of each snapshot it loads."""
+
+    def __init__(self) -> None:
+        self.version = -1
+        self.loaded: list[PolicySnapshot] = []
+
+    def load(self, snapshot: PolicySnapshot) -> None:
+        self.version = snapshot.version
+        self.loaded.append(PolicySnapshot(snapshot.version,
+                                          {k: np.array(a) for k, a in snapshot.state.items()}))
+
+
 def _poll_until(source: RayWeightSource, known: int, timeout_s: float = 30.0) -> PolicySnapshot:
+    """What ``source`` loads into a policy at version ``known`` (polled as the env loop does)."""
+    policy = RecordingPolicy()
+    policy.version = known
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        snapshot = source.poll(known)
-        if snapshot is not None:
-            return snapshot
+        if source.load_newer(policy):
+            assert len(policy.loaded) == 1 and policy.version > known
+            return policy.loaded[0]
         time.sleep(0.01)
     raise AssertionError(f"no version newer than {known} within {timeout_s} s")
 

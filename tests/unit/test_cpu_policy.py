@@ -1,4 +1,6 @@
 """The rollout actor's CPU policy acts as the network it loaded, after every load."""
+import warnings
+
 import numpy as np
 import torch
 
@@ -28,3 +30,16 @@ def test_acts_as_the_loaded_network_after_each_load():
             got = policy.act(obs)
             assert got.dtype == np.float32 and got.shape == (SMALL_SPEC.action_dim,)
             np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_loads_read_only_views_exactly_and_without_warnings():
+    # The weight file hands the policy read-only views of its mapping.
+    policy = CpuPolicy(SMALL_SPEC, small_config().network)
+    _, state = _state(2)
+    for array in state.values():
+        array.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        policy.load(PolicySnapshot(5, state))
+    loaded = policy.net.state_dict()
+    assert policy.version == 5 and all(np.array_equal(loaded[k].numpy(), a) for k, a in state.items())

@@ -1,8 +1,10 @@
-"""Launched (pipelined) updates, packed image batches and the loop that overlaps them."""
+"""Launched (pipelined) updates, packed image batches and the loop that overlaps them and
+publishes."""
 import numpy as np
 import pytest
 import torch
 
+from common.errors import SpecError
 from learner.device import CpuTransfer, packed_frames
 from learner.loop import LearnerLoop
 from learner.td3 import TD3Learner
@@ -101,3 +103,15 @@ def test_idle_pauses_double_up_to_the_cap_and_reset_after_a_batch(monkeypatch):
                        publish_every=100, idle_sleep_s=0.002, max_idle_sleep_s=0.05)
     assert loop.run_updates(2).updates == 2
     assert sleeps == pytest.approx([0.002, 0.004, 0.008, 0.016, 0.032, 0.05, 0.05, 0.002, 0.004])
+
+
+def test_a_policy_holding_a_nan_is_refused_before_publishing():
+    learner = TD3Learner(SMALL_SPEC, small_config(), seed=0)
+    published = []
+    loop = LearnerLoop(learner, lambda: None, published.append, publish_every=1)
+    loop.publish()
+    with torch.no_grad():
+        learner.nets.policy.head[2].bias[1] = float("nan")  # a diverged learner
+    with pytest.raises(SpecError, match=r"policy version 0: 'head.2.bias' holds nan at index \(1,\)"):
+        loop.publish()
+    assert [s.version for s in published] == [0] and loop.version == 0  # the actors keep it

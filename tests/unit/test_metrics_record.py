@@ -57,8 +57,8 @@ class RandomPolicy:
 
 
 class NoWeights:
-    def poll(self, known_version):
-        return None
+    def load_newer(self, policy):
+        return False
 
 
 def _worker(episodes) -> RolloutWorker:

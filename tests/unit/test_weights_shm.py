@@ -20,24 +20,35 @@ def _state(value: float = 0.0) -> dict[str, np.ndarray]:
             "head.0.weight": np.full((7, 3), value, np.float32)}
 
 
+def _read(reader: ShmWeightReader, newer_than: int) -> tuple[PolicySnapshot, float] | None:
+    """A copy of the file's snapshot, taken inside ``snapshot_view`` as a rollout actor's load
+    does."""
+    with reader.snapshot_view(newer_than) as got:
+        if got is None:
+            return None
+        snapshot, at = got
+        assert not any(a.flags.writeable for a in snapshot.state.values())  # views of the file
+        return PolicySnapshot(snapshot.version, {k: a.copy() for k, a in snapshot.state.items()}), at
+
+
 def test_round_trip_copies_every_array_and_the_version(tmp_path):
     rng = np.random.default_rng(0)
     state = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in _state().items()}
     writer = ShmWeightWriter(tmp_path, state, "node-a")
     reader = ShmWeightReader(writer.channel)
-    assert reader.version() == WRITING and reader.read(-1) is None  # nothing published yet
+    assert reader.version() == WRITING and _read(reader, -1) is None  # nothing published yet
     published_at = writer.publish(PolicySnapshot(7, state))
     assert reader.version() == 7
-    snapshot, at = reader.read(-1)
+    snapshot, at = _read(reader, -1)
     assert snapshot.version == 7 and at == published_at
     assert list(snapshot.state) == list(state)
     for name, array in state.items():
         np.testing.assert_array_equal(snapshot.state[name], array)
-    assert reader.read(7) is None  # not newer than what the caller has
+    assert _read(reader, 7) is None  # not newer than what the caller has
     writer.publish(PolicySnapshot(8, state), published_at=123.5)  # the learner's own stamp
-    assert reader.read(7)[1] == 123.5
-    state["head.0.weight"][:] = 5.0  # the copy aliases neither the file nor the source
-    assert not np.any(snapshot.state["head.0.weight"] == 5.0)
+    assert _read(reader, 7)[1] == 123.5
+    state["head.0.weight"][:] = 5.0  # the file does not alias the source
+    assert _read(reader, -1)[0].state["head.0.weight"].max() < 5.0
     reader.close()
     writer.close()
     assert not Path(writer.channel.path).exists()
@@ -56,7 +67,7 @@ def test_a_mismatching_snapshot_is_refused_and_the_stored_one_kept(tmp_path, bad
         del state["encoder.cnn.0.bias"]
     with pytest.raises(CheckpointError, match="head.0.weight|arrays"):
         writer.publish(PolicySnapshot(2, state))
-    snapshot, _ = ShmWeightReader(writer.channel).read(-1)
+    snapshot, _ = _read(ShmWeightReader(writer.channel), -1)
     assert snapshot.version == 1 and all(np.all(a == 1.0) for a in snapshot.state.values())
     writer.close()
 
@@ -90,9 +101,9 @@ def test_a_write_cut_off_by_a_crash_is_never_read(tmp_path):
         f.seek(24)
         f.write(struct.pack("<q", WRITING))
     reader = ShmWeightReader(writer.channel)
-    assert reader.read(-1) is None
+    assert _read(reader, -1) is None
     writer.publish(PolicySnapshot(4, _state(4.0)))
-    assert reader.read(-1)[0].version == 4
+    assert _read(reader, -1)[0].version == 4
     writer.close()
 
 
@@ -124,7 +135,7 @@ def test_a_reader_killed_while_holding_the_lock_does_not_block_the_writer(tmp_pa
     reader.kill()  # SIGKILL: the kernel drops its lock
     reader.join(10)
     assert published.wait(10)
-    assert ShmWeightReader(writer.channel).read(-1)[0].version == 1
+    assert _read(ShmWeightReader(writer.channel), -1)[0].version == 1
     writer.close()
 
 
@@ -135,7 +146,7 @@ def test_a_new_writer_removes_a_dead_learners_file_and_old_readers_keep_their_co
     new = ShmWeightWriter(tmp_path, _state(), "node-a")  # the restarted learner
     assert sorted(p.name for p in tmp_path.glob("weights-*")) == [Path(new.channel.path).name]
     assert new.channel.token != old.channel.token
-    assert reader.read(-1)[0].version == 5  # the unlinked file stays mapped
+    assert _read(reader, -1)[0].version == 5  # the unlinked file stays mapped
     new.close()
 
 
@@ -189,7 +200,7 @@ def _read_many(channel: ShmChannel, reads: int, queue) -> None:
     reader = ShmWeightReader(channel)
     torn, seen, known = 0, set(), -1
     while len(seen) < reads:
-        got = reader.read(known)
+        got = _read(reader, known)
         if got is None:
             continue
         snapshot, _ = got
