@@ -8,6 +8,7 @@ serves a driver's-eye camera and a top-down camera (pitch -90 high above the ego
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -36,6 +37,25 @@ _FACE_INDEX = np.array(_FACES)
 _SHADE = np.array([1.15, 0.95, 0.75, 0.85, 0.65])
 
 
+class _BoxSet(NamedTuple):
+    """Boxes with the geometry the renderer derives from them (``_box_set``)."""
+
+    boxes: np.ndarray  # [N, BOX_COLUMNS]
+    corners: np.ndarray  # [N, 8, 3] world corners
+    normals: np.ndarray  # [N, 5, 3] outward face normals
+    face_centres: np.ndarray  # [N, 5, 3]
+    sphere_centres: np.ndarray  # [N, 3] bounding spheres
+    radii: np.ndarray  # [N]
+
+
+def _box_set(boxes: np.ndarray) -> _BoxSet:
+    boxes = np.asarray(boxes, np.float64).reshape(-1, BOX_COLUMNS)
+    corners, normals = _box_geometry(boxes)
+    centres = np.stack([boxes[:, 0], boxes[:, 1], boxes[:, 2] + boxes[:, 6] / 2.0], axis=1)
+    radii = np.sqrt(boxes[:, 4] ** 2 + boxes[:, 5] ** 2 + (boxes[:, 6] / 2.0) ** 2)
+    return _BoxSet(boxes, corners, normals, corners[:, _FACE_INDEX].mean(axis=2), centres, radii)
+
+
 class CameraRenderer:
     """Renders BGRA images of one size and field of view.
 
@@ -44,10 +64,14 @@ class CameraRenderer:
         width: image width in pixels.
         height: image height in pixels.
         fov_deg: horizontal field of view in degrees.
+        static_boxes: float [N, BOX_COLUMNS] boxes drawn in every frame (the map's poles):
+            their corners, normals and bounding spheres are computed once, here.
     """
 
-    def __init__(self, raster: Raster, width: int, height: int, fov_deg: float) -> None:
+    def __init__(self, raster: Raster, width: int, height: int, fov_deg: float,
+                 static_boxes: np.ndarray | None = None) -> None:
         self._raster = raster
+        self._static = _box_set(np.zeros((0, BOX_COLUMNS)) if static_boxes is None else static_boxes)
         self.width, self.height = width, height
         self.focal = width / (2.0 * math.tan(math.radians(fov_deg) / 2.0))
         # Camera-frame ray of pixel (u, v) = A @ (u, v, 1): x forward, y right, z up.
@@ -71,13 +95,18 @@ class CameraRenderer:
 
         Args:
             camera_matrix: 4x4 world-from-camera matrix (CARLA axes: x forward, y right, z up).
-            boxes: float [N, BOX_COLUMNS] solid boxes standing on the ground.
+            boxes: float [N, BOX_COLUMNS] solid boxes standing on the ground, drawn with the
+                static boxes.
 
         Returns:
             uint8 [height, width, 4] BGRA image.
         """
         image = self._ground(np.asarray(camera_matrix, np.float64))
-        self._draw_boxes(image, np.asarray(camera_matrix, np.float64), boxes)
+        if len(boxes) == 0:
+            scene = self._static
+        else:
+            scene = _BoxSet(*(np.concatenate([a, b]) for a, b in zip(self._static, _box_set(boxes))))
+        self._draw_boxes(image, np.asarray(camera_matrix, np.float64), scene)
         return image
 
     def _ground(self, camera_matrix: np.ndarray) -> np.ndarray:
@@ -129,33 +158,32 @@ class CameraRenderer:
             return 0
         return int(min(math.ceil(math.log2(ratio)), len(self._raster.levels) - 1))
 
-    def _draw_boxes(self, image: np.ndarray, camera_matrix: np.ndarray, boxes: np.ndarray) -> None:
-        if len(boxes) == 0:
+    def _draw_boxes(self, image: np.ndarray, camera_matrix: np.ndarray, scene: _BoxSet) -> None:
+        if len(scene.boxes) == 0:
             return
         rotation, position = camera_matrix[:3, :3], camera_matrix[:3, 3]
-        distance = np.hypot(boxes[:, 0] - position[0], boxes[:, 1] - position[1])
+        distance = np.hypot(scene.boxes[:, 0] - position[0], scene.boxes[:, 1] - position[1])
         keep = distance < MAX_BOX_M
         # Boxes whose bounding sphere lies outside the frustum cannot be visible: dropped
         # before the corner geometry (most of the map's poles, every frame).
-        centre = np.stack([boxes[:, 0], boxes[:, 1], boxes[:, 2] + boxes[:, 6] / 2.0], axis=1)
-        radius = np.sqrt(boxes[:, 4] ** 2 + boxes[:, 5] ** 2 + (boxes[:, 6] / 2.0) ** 2)
-        keep &= ~self._sphere_outside_frustum((centre - position) @ rotation, radius)
-        boxes, distance = boxes[keep], distance[keep]
-        if len(boxes) == 0:
+        keep &= ~self._sphere_outside_frustum((scene.sphere_centres - position) @ rotation,
+                                              scene.radii)
+        if not keep.any():
             return
-        corners, normals = _box_geometry(boxes)
+        boxes, corners, normals, face_centres = (
+            a[keep] for a in (scene.boxes, scene.corners, scene.normals, scene.face_centres))
+        distance = distance[keep]
         cam = (corners - position) @ rotation  # [N, 8, 3] in the camera frame
         visible = ~self._outside_frustum(cam)
         if not visible.any():
             return
-        boxes, distance, corners, normals, cam = (
-            a[visible] for a in (boxes, distance, corners, normals, cam))
+        boxes, distance, normals, face_centres, cam = (
+            a[visible] for a in (boxes, distance, normals, face_centres, cam))
         depth = np.maximum(cam[..., 0], NEAR_M)
         u = self.width / 2.0 + self.focal * cam[..., 1] / depth
         v = self.height / 2.0 - self.focal * cam[..., 2] / depth
         pixels = np.round(np.clip(np.stack([u, v], -1), -1e5, 1e5) * 16.0).astype(np.int32)
         face_in_front = (cam[..., 0] >= NEAR_M)[:, _FACE_INDEX].all(axis=2)  # [N, 5]
-        face_centres = corners[:, _FACE_INDEX].mean(axis=2)  # [N, 5, 3]
         facing = np.einsum("nfk,nfk->nf", normals, position - face_centres) > 0.0
         # Far to near (painter's order), each box's facing faces in face order.
         order = np.argsort(-distance)

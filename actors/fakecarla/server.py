@@ -261,7 +261,7 @@ class Server:
         width, height, fov = int(attrs["image_size_x"]), int(attrs["image_size_y"]), float(attrs["fov"])
         key = (width, height, fov)
         if key not in self._renderers:
-            self._renderers[key] = CameraRenderer(self.assets.raster, width, height, fov)
+            self._renderers[key] = CameraRenderer(self.assets.raster, width, height, fov, self._poles)
         transform = camera._transform()
         matrix = np.array(transform.get_matrix())
         pixels = self._renderers[key].render(matrix, self._boxes(camera, transform))
@@ -271,7 +271,8 @@ class Server:
                             lambda data: camera._callback is callback and callback(data), image)
 
     def _boxes(self, camera: Sensor, transform: carla.Transform) -> np.ndarray:
-        """Vehicles and poles as renderer boxes; a parent that encloses the camera is left out."""
+        """Vehicles as renderer boxes (the renderer holds the poles); a parent that encloses the
+        camera is left out."""
         rows = []
         for actor in self.actors.values():
             if not isinstance(actor, Vehicle):
@@ -280,8 +281,7 @@ class Server:
             if actor is camera.parent and _encloses(actor, transform.location):
                 continue
             rows.append((b.x, b.y, 0.0, b.yaw, m.half_length, m.half_width, 2 * m.half_height, actor.id % 7))
-        vehicles = np.array(rows, np.float64).reshape(-1, BOX_COLUMNS)
-        return np.concatenate([self._poles, vehicles])
+        return np.array(rows, np.float64).reshape(-1, BOX_COLUMNS)
 
     def _blocked(self, vehicle: Vehicle) -> bool:
         corners = _footprint(vehicle)

@@ -124,10 +124,35 @@ def test_sphere_culling_never_drops_a_box_the_corner_test_keeps():
     cy, sy, cp, sp = np.cos(yaw), np.sin(yaw), np.cos(pitch), np.sin(pitch)
     rotation = np.array([[cy * cp, -sy, -cy * sp], [sy * cp, cy, -sy * sp], [sp, 0.0, cp]])
     position = np.array([1.0, 2.0, 1.7])
-    corners, _ = R._box_geometry(boxes)
-    by_corners = cam._outside_frustum((corners - position) @ rotation)
-    centre = np.stack([boxes[:, 0], boxes[:, 1], boxes[:, 2] + boxes[:, 6] / 2], axis=1)
-    radius = np.sqrt(boxes[:, 4] ** 2 + boxes[:, 5] ** 2 + (boxes[:, 6] / 2) ** 2)
-    by_sphere = cam._sphere_outside_frustum((centre - position) @ rotation, radius)
+    scene = R._box_set(boxes)
+    by_corners = cam._outside_frustum((scene.corners - position) @ rotation)
+    by_sphere = cam._sphere_outside_frustum((scene.sphere_centres - position) @ rotation,
+                                            scene.radii)
     assert not (by_sphere & ~by_corners).any()
     assert by_sphere.sum() > n / 3  # and it does cull: most of these lie off to the sides
+
+
+def test_static_boxes_render_as_if_passed_with_every_frame():
+    # The server hands the map's poles to the renderer once; the images must not change.
+    from actors.fakecarla import renderer as R
+    from actors.fakecarla.mapdata import load_assets
+    raster = load_assets(FakeCarlaConfig().xodr_path).raster
+    rng = np.random.default_rng(1)
+    n = 60
+    boxes = np.zeros((n, R.BOX_COLUMNS))
+    boxes[:, 0:2] = rng.uniform(-30, 30, (n, 2))
+    boxes[:, 3] = rng.uniform(-np.pi, np.pi, n)
+    boxes[:, 4:6] = rng.uniform(0.2, 2.0, (n, 2))
+    boxes[:, 6] = rng.uniform(0.5, 3.0, n)
+    boxes[:, 7] = rng.integers(0, 9, n)
+    every_frame = R.CameraRenderer(raster, WIDTH, HEIGHT, 90.0)
+    static = R.CameraRenderer(raster, WIDTH, HEIGHT, 90.0, boxes[:40])
+    drawn = 0
+    for yaw in np.linspace(-np.pi, np.pi, 8, endpoint=False):
+        matrix = np.eye(4)
+        matrix[:2, :2] = [[np.cos(yaw), -np.sin(yaw)], [np.sin(yaw), np.cos(yaw)]]
+        matrix[:3, 3] = [0.0, 0.0, 1.7]
+        expected = every_frame.render(matrix, boxes)
+        np.testing.assert_array_equal(static.render(matrix, boxes[40:]), expected)
+        drawn += int((expected != every_frame.render(matrix, boxes[:0])).any())
+    assert drawn >= 6  # the boxes are in view in most directions
