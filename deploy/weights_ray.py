@@ -53,18 +53,28 @@ class WeightBoard:
             self._published_at = time.time() if published_at is None else published_at
             cond.notify_all()
 
-    async def wait_newer(self, known_version: int, timeout_s: float, with_refs: bool = True
+    async def wait_newer(self, known_version: int, timeout_s: float
                          ) -> tuple[int, list[Any] | None, float, ShmChannel | None]:
         """Returns as soon as a version newer than ``known_version`` exists, or at the timeout:
-        (version, [ref] or None when ``with_refs`` is False, publish time, channel)."""
+        (version, [ref], publish time, channel)."""
+        return await self._wait(lambda: self._version > known_version, timeout_s)
+
+    async def wait_channel(self, channel: ShmChannel | None, timeout_s: float
+                           ) -> tuple[int, list[Any] | None, float, ShmChannel | None]:
+        """Returns as soon as the posted channel is no longer ``channel`` (a restarted learner's
+        new file, or a version posted without one), or at the timeout; same tuple as
+        ``wait_newer``. An actor that reads the file itself waits here, so a publish does not
+        wake every actor's poll thread at once."""
+        return await self._wait(lambda: self._channel != channel, timeout_s)
+
+    async def _wait(self, ready, timeout_s: float):
         cond = self._condition()
         async with cond:
             try:
-                await asyncio.wait_for(cond.wait_for(lambda: self._version > known_version), timeout_s)
+                await asyncio.wait_for(cond.wait_for(ready), timeout_s)
             except asyncio.TimeoutError:
                 pass
-            return (self._version, self._refs if with_refs else None, self._published_at,
-                    self._channel)
+            return self._version, self._refs, self._published_at, self._channel
 
     async def version(self) -> int:
         return self._version
@@ -76,7 +86,8 @@ class RayWeightSource:
     ``load_newer`` (the WeightSource protocol of actors/rollout.py) loads what the thread has
     already fetched or, while the board names a shared-memory channel on this node, copies a
     newer snapshot out of that file into the policy itself; the thread then skips the
-    object-store fetch. Broadcast latency (publish -> loaded by the env loop) is recorded.
+    object-store fetch and waits at the board only for the channel to change. Broadcast
+    latency (publish -> loaded by the env loop) is recorded.
 
     Args:
         board: the WeightBoard actor.
@@ -109,23 +120,24 @@ class RayWeightSource:
                 and channel.node_id == self._node_id and channel != self._unusable)
 
     def _run(self) -> None:
-        known = -1
+        known = -1  # the newest version fetched from the object store
         while not self._stop.is_set():
             try:
                 if self._refetch.is_set():
                     self._refetch.clear()
                     known = -1
-                direct = self._direct(self._channel)  # only this thread writes _channel
-                version, refs, published_at, channel = ray.get(
-                    self._board.wait_newer.remote(known, self._poll_timeout_s, not direct))
+                channel = self._channel  # only this thread writes it
+                if self._direct(channel):
+                    # The env loop reads each version from the file: wake only when the
+                    # channel changes. At 16 actors, waking every poll thread at each publish
+                    # put 16 Ray calls on the CPU at the moment the actors load the file.
+                    call = self._board.wait_channel.remote(channel, self._poll_timeout_s)
+                else:
+                    call = self._board.wait_newer.remote(known, self._poll_timeout_s)
+                version, refs, published_at, channel = ray.get(call)
                 with self._lock:
                     self._channel = channel
-                if version <= known:
-                    continue
-                if self._direct(channel):
-                    known = version  # the env loop copies it from the file
-                    continue
-                if not refs:  # asked without the reference, or nothing published yet
+                if self._direct(channel) or version <= known or not refs:
                     continue
                 state = ray.get(refs[0])
                 with self._lock:

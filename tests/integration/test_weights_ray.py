@@ -137,3 +137,17 @@ def test_a_restarted_learners_new_file_replaces_the_old_one(board, learner_file,
     snapshot = _poll_until(source, 1)
     assert snapshot.version == 2 and _value(snapshot) == 2.0  # read from the new file
     second.close()
+
+
+def test_the_board_wakes_a_file_reader_only_when_the_channel_changes(board, learner_file):
+    _publish(board, learner_file, 1)
+    channel = learner_file.channel
+    waiting = board.wait_channel.remote(channel, 1.0)
+    _publish(board, learner_file, 2)  # a new version in the same file: no wake-up
+    started = time.monotonic()
+    version, _, _, got = ray.get(waiting)
+    assert time.monotonic() - started > 0.5 and (version, got) == (2, channel)  # the timeout
+    waiting = board.wait_channel.remote(channel, 30.0)
+    ray.get(board.publish.remote(3, [ray.put(_state(STORE_VALUE))], None, None))  # no file
+    version, refs, _, got = ray.get(waiting, timeout=10)
+    assert (version, got) == (3, None) and len(refs) == 1
