@@ -49,6 +49,18 @@ class SamplerKind(str, enum.Enum):
     PRIORITIZED = "prioritized"
 
 
+class CpuScheduling(str, enum.Enum):
+    """The Linux scheduling class of a learner that trains on the CPU (deploy/ray_actors.py).
+
+    BATCH: SCHED_BATCH, for a throughput job: its share of the CPU is unchanged, but a rollout
+    actor that wakes (its simulator tick done) preempts it at once instead of waiting for its
+    time slice. NORMAL: the default class, as for every other process.
+    """
+
+    BATCH = "batch"
+    NORMAL = "normal"
+
+
 class SimulatorBackend(str, enum.Enum):
     """FAKE: the in-process stand-in (actors/fakecarla); CARLA: a real server at host:port."""
 
@@ -156,6 +168,8 @@ class LearnerConfig:
         publish_shm: also write each published snapshot into a shared-memory file that
             rollout actors on the learner's machine read directly (deploy/weights_shm.py);
             actors elsewhere fetch it from the object store either way.
+        cpu_scheduling: the scheduling class of a learner on the CPU (``CpuScheduling``);
+            a CUDA learner keeps the default class.
     """
 
     device: str = "auto"
@@ -169,6 +183,7 @@ class LearnerConfig:
     cuda_graphs: bool = False
     cpu_threads: int = 0
     publish_shm: bool = True
+    cpu_scheduling: CpuScheduling = CpuScheduling.BATCH
 
 
 @dataclass(frozen=True)

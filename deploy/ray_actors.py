@@ -43,6 +43,22 @@ def learner_checkpoint(checkpoint: Path) -> Path:
     return checkpoint / "learner.pt"
 
 
+def schedule_as_batch() -> int:
+    """Moves every thread of this process into Linux's SCHED_BATCH class (threads it starts
+    later inherit it from their creator); returns how many moved, 0 where the platform has no
+    such class. See common.config.CpuScheduling."""
+    if not hasattr(os, "SCHED_BATCH") or not os.path.isdir("/proc/self/task"):
+        return 0
+    moved = 0
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setscheduler(int(tid), os.SCHED_BATCH, os.sched_param(0))
+            moved += 1
+        except OSError:  # the thread ended meanwhile
+            pass
+    return moved
+
+
 def _restarted() -> bool:
     """Whether Ray restarted the current actor (one GCS lookup; call it once, at construction)."""
     with warnings.catch_warnings():  # Ray 2.60's property reads its own deprecated actor_id
@@ -147,6 +163,11 @@ class LearnerActor:
         self.metrics = metrics or NullSink()
         torch.set_num_threads(cfg.learner.cpu_threads or os.cpu_count() or 1)
         self.learner = TD3Learner(cfg.spec, cfg.learner, seed)
+        if self.learner.device.type == "cpu" and cfg.learner.cpu_scheduling is C.CpuScheduling.BATCH:
+            # The rollout actors on these cores wait on their simulators, then need the CPU
+            # at once; a learner in SCHED_BATCH lets them preempt it (docs/benchmarks.md,
+            # end to end).
+            log.info("event=learner_scheduling class=batch threads=%d", schedule_as_batch())
         latest = RunDir(run_dir).latest_checkpoint()
         if latest is not None:
             self.learner.load(learner_checkpoint(latest))
