@@ -11,7 +11,7 @@ import asyncio
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import ray
 
@@ -56,7 +56,7 @@ class WeightBoard:
     async def wait_newer(self, known_version: int, timeout_s: float
                          ) -> tuple[int, list[Any] | None, float, ShmChannel | None]:
         """Returns as soon as a version newer than ``known_version`` exists, or at the timeout:
-        (version, [ref], publish time, channel)."""
+        (version, [ref] (None before the first publish), publish time, channel)."""
         return await self._wait(lambda: self._version > known_version, timeout_s)
 
     async def wait_channel(self, channel: ShmChannel | None, timeout_s: float
@@ -67,7 +67,8 @@ class WeightBoard:
         wake every actor's poll thread at once."""
         return await self._wait(lambda: self._channel != channel, timeout_s)
 
-    async def _wait(self, ready, timeout_s: float):
+    async def _wait(self, ready: Callable[[], bool], timeout_s: float
+                    ) -> tuple[int, list[Any] | None, float, ShmChannel | None]:
         cond = self._condition()
         async with cond:
             try:
