@@ -21,6 +21,11 @@ class CheckpointError(CarlaTD3Error):
     """A checkpoint is missing, corrupt, truncated or does not match the current setup."""
 
 
+class LearnerDiverged(CarlaTD3Error):
+    """The learner's policy weights hold NaNs or infinities; the run stops without writing a
+    checkpoint, so a resume continues from the last finite one."""
+
+
 class SimulatorError(CarlaTD3Error):
     """The CARLA server is unreachable, timed out or failed."""
 

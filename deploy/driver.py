@@ -16,6 +16,7 @@ from typing import Any
 import ray
 
 from common import config as C
+from common.errors import LearnerDiverged, SpecError
 from deploy import build
 from deploy.metrics_ray import component_sink
 from deploy.progress import Progress, RunCounters, summary
@@ -82,6 +83,7 @@ class Driver:
         self.progress = Progress(self.counters)
         self.fleet: Fleet | None = None
         self._next_checkpoint = self._round_up(self.counters.updates)
+        self._diverged: str | None = None  # why the learner's weights cannot be published
 
     def _round_up(self, updates: int) -> int:
         every = self.cfg.learner.checkpoint_every
@@ -100,6 +102,12 @@ class Driver:
         finally:
             self.counters.wall_seconds = wall0 + time.monotonic() - start
             self._shutdown(fleet)
+        if self._diverged is not None:
+            latest = self.run_dir.latest_checkpoint()
+            raise LearnerDiverged(
+                f"the learner diverged ({self._diverged}); the run stopped without a final "
+                f"checkpoint: --resume continues from "
+                f"{latest if latest is not None else 'the start (no checkpoint yet)'}")
         out = summary(self.counters, {"interrupted": interrupted,
                                       "learner_device": "gpu" if fleet.learner_on_gpu else "cpu"})
         self.run_dir.write_summary(out)
@@ -112,7 +120,7 @@ class Driver:
             pending[actor.run_steps.remote(cfg.train.actor_steps_per_call, counters.env_steps)] = ("actor", i)
         pending[self._learner_call(fleet)] = ("learner", 0)
         next_report = time.monotonic() + cfg.train.progress_every_s
-        while counters.env_steps < cfg.train.env_steps:
+        while counters.env_steps < cfg.train.env_steps and self._diverged is None:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
             for ref in ready:
                 kind, i = pending.pop(ref)
@@ -123,18 +131,24 @@ class Driver:
                         pending[call] = ("actor", i)
                 else:
                     self._on_learner(ref)
-                    pending[self._learner_call(fleet)] = ("learner", 0)
+                    if self._diverged is None:
+                        pending[self._learner_call(fleet)] = ("learner", 0)
             if time.monotonic() >= next_report:
                 counters.wall_seconds = wall0 + time.monotonic() - start
                 self._report(fleet)
                 next_report = time.monotonic() + cfg.train.progress_every_s
-            if counters.updates >= self._next_checkpoint:
+            if counters.updates >= self._next_checkpoint and self._diverged is None:
                 try:
                     self.checkpoint()
                 except ray.exceptions.RayError as exc:  # a shard is restarting: next interval
                     log.warning("event=checkpoint_skipped error=%s", type(exc).__name__)
                 self._next_checkpoint = self._round_up(counters.updates)
-        self._drain(fleet, pending)
+        self._drain(fleet, pending, timeout_s=self._drain_limit(None))
+
+    def _drain_limit(self, normal: float | None) -> float | None:
+        """How long a drain waits: a diverged learner samples no more, so actors whose inserts
+        the rate limiter holds would wait for good; they get a few seconds, then are killed."""
+        return normal if self._diverged is None else 10.0
 
     def _drain(self, fleet: Fleet, pending: dict[Any, tuple[str, int]],
                timeout_s: float | None = None) -> None:
@@ -154,7 +168,7 @@ class Driver:
                     self._on_actor(ref, i)
                 elif kind == "learner":
                     self._on_learner(ref)
-                    if any(k != "learner" for k, _ in pending.values()):
+                    if self._diverged is None and any(k != "learner" for k, _ in pending.values()):
                         pending[self._learner_call(fleet)] = ("learner", 0)
                 # a finished "close" has nothing to count
 
@@ -178,6 +192,12 @@ class Driver:
         try:
             report = ray.get(ref)
         except ray.exceptions.RayError as exc:
+            if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(exc.cause, SpecError):
+                # LearnerLoop.publish found NaNs in the policy: more updates cannot repair it.
+                self._diverged = str(exc.cause)
+                log.error("event=learner_diverged error=%s action=stop_without_checkpoint",
+                          exc.cause)
+                return
             log.warning("event=learner_failed error=%s action=restart_from_checkpoint", type(exc).__name__)
             return
         self.counters.add_learner(report)
@@ -213,13 +233,17 @@ class Driver:
     def _shutdown(self, fleet: Fleet) -> None:
         t0 = time.monotonic()
         closes = {a.close.remote(): ("close", i) for i, a in enumerate(fleet.actors)}
-        closes[self._learner_call(fleet)] = ("learner", 0)
-        self._drain(fleet, closes, timeout_s=60)
+        if self._diverged is None:
+            closes[self._learner_call(fleet)] = ("learner", 0)
+        self._drain(fleet, closes, timeout_s=self._drain_limit(60.0))
         t1 = time.monotonic()
-        try:
-            self.checkpoint()
-        except Exception as exc:
-            log.error("event=final_checkpoint_failed error=%r", exc)
+        if self._diverged is not None:  # a checkpoint would hold the learner's NaNs
+            log.error("event=final_checkpoint_skipped reason=learner_diverged")
+        else:
+            try:
+                self.checkpoint()
+            except Exception as exc:
+                log.error("event=final_checkpoint_failed error=%r", exc)
         t2 = time.monotonic()
         fleet.destroy()
         log.info("event=shutdown drain_seconds=%.1f checkpoint_seconds=%.1f destroy_seconds=%.1f",

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import ray
 import torch
 
+from common.errors import LearnerDiverged
 from deploy import launch
 from deploy.driver import Driver
 from deploy.ray_actors import learner_checkpoint, shard_checkpoint
@@ -122,3 +124,19 @@ def test_killed_rollout_actor_is_restarted_and_the_run_finishes(local_ray, tmp_p
     assert result["env_steps"] >= cfg.train.env_steps
     assert result["actor_restarts"] >= 1
     assert pid_before > 0
+
+
+def test_a_diverged_learner_stops_the_run_without_a_checkpoint(local_ray, tmp_path):
+    # Adam steps of 1e30 overflow the networks within two updates; the publish after them
+    # finds NaNs in the policy (LearnerLoop.publish) and the driver stops the run.
+    cfg = tiny_config(env_steps=5000)
+    td3 = replace(cfg.learner.td3, encoder_lr=1e30, head_lr=1e30)
+    cfg = replace(cfg, learner=replace(cfg.learner, td3=td3, checkpoint_every=1000))
+    run_dir = RunDir.create(tmp_path, "diverge")
+    run_dir.write_config(cfg, {})
+    driver = Driver(cfg, run_dir)
+    with pytest.raises(LearnerDiverged, match=r"holds (nan|inf|-inf) at index .*no checkpoint yet"):
+        driver.run()
+    assert driver.counters.env_steps < cfg.train.env_steps
+    assert run_dir.latest_checkpoint() is None  # nothing holding the NaNs was written
+    assert not channel_dir(run_dir.path).exists()  # the fleet was shut down
