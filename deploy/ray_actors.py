@@ -163,7 +163,8 @@ class LearnerActor:
         self.metrics = metrics or NullSink()
         torch.set_num_threads(cfg.learner.cpu_threads or os.cpu_count() or 1)
         self.learner = TD3Learner(cfg.spec, cfg.learner, seed)
-        if self.learner.device.type == "cpu" and cfg.learner.cpu_scheduling is C.CpuScheduling.BATCH:
+        batch = cfg.learner.cpu_scheduling is C.CpuScheduling.BATCH
+        if self.learner.device.type == "cpu" and batch:
             # The rollout actors on these cores wait on their simulators, then need the CPU
             # at once; a learner in SCHED_BATCH lets them preempt it (docs/benchmarks.md,
             # end to end).

@@ -3,10 +3,11 @@ weights between processes in shared memory the same way).
 
 The learner writes each published snapshot into a file under /dev/shm; a rollout actor on the
 same machine maps it, reads the version number at each poll (a memory read) and copies a newer
-snapshot straight into its policy's parameters. Between publish and use there is no Ray call and no object-store fetch, so the
-broadcast latency is the time until each actor's next env step. The Ray weight board stays the
-source of truth (deploy/weights_ray.py): it carries the channel's descriptor, and an actor on
-another machine, or one that cannot open the file, fetches from the object store as before.
+snapshot straight into its policy's parameters. Between publish and use there is no Ray call
+and no object-store fetch, so the broadcast latency is the time until each actor's next env
+step. The Ray weight board stays the source of truth (deploy/weights_ray.py): it carries the
+channel's descriptor, and an actor on another machine, or one that cannot open the file,
+fetches from the object store as before.
 
 Consistency: the writer holds an exclusive ``flock`` while it writes and a reader a shared one
 while it copies, so a reader never sees half a snapshot. The kernel drops the lock of a process
