@@ -13,7 +13,8 @@ sample. The policy never shares the critic's encoder (see ``EncoderTopology``).
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+import warnings
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -179,6 +180,21 @@ def to_channels_last(module: nn.Module) -> nn.Module:
     return module
 
 
+def _check_policy_state(net: nn.Module, state: Mapping[str, np.ndarray]) -> None:
+    own = net.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise SpecError(f"policy state keys do not match the network: missing {missing}, "
+                        f"unexpected {unexpected}")
+    for name, target in own.items():
+        value = np.asarray(state[name])
+        if tuple(value.shape) != tuple(target.shape):
+            raise SpecError(f"policy state {name!r}: shape {tuple(value.shape)} != network's "
+                            f"{tuple(target.shape)}")
+        if value.dtype.kind != "f":
+            raise SpecError(f"policy state {name!r}: dtype {value.dtype} is not floating point")
+
+
 def load_policy_state(net: nn.Module, state: Mapping[str, np.ndarray]) -> None:
     """Loads a ``policy_state()`` snapshot (CPU numpy arrays) into ``net`` (on the CPU) in place.
 
@@ -193,20 +209,37 @@ def load_policy_state(net: nn.Module, state: Mapping[str, np.ndarray]) -> None:
     Raises:
         SpecError: naming missing or unexpected keys, or the first shape or dtype mismatch.
     """
-    own = net.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise SpecError(f"policy state keys do not match the network: missing {missing}, "
-                        f"unexpected {unexpected}")
-    for name, target in own.items():
-        value = np.asarray(state[name])
-        if tuple(value.shape) != tuple(target.shape):
-            raise SpecError(f"policy state {name!r}: shape {tuple(value.shape)} != network's "
-                            f"{tuple(target.shape)}")
-        if value.dtype.kind != "f":
-            raise SpecError(f"policy state {name!r}: dtype {value.dtype} is not floating point")
+    _check_policy_state(net, state)
     with torch.no_grad():
-        for name, target in own.items():
+        for name, target in net.state_dict().items():
             # One pass straight into the parameter's memory, whatever its strides
             # (channels-last conv weights); torch.from_numpy warns about read-only views.
             np.copyto(target.numpy(), state[name], casting="same_kind")
+
+
+def view_policy_state(build: Callable[[], nn.Module], state: Mapping[str, np.ndarray]) -> nn.Module:
+    """A network whose parameters ARE ``state``'s arrays: no copy, for weights that many
+    processes share (deploy/weights_shm.py). Inference only, under ``torch.inference_mode``;
+    the arrays may be read-only (a write through a parameter would then fault), and they must
+    stay valid and unchanged while the network is used.
+
+    Args:
+        build: makes the network (called on the meta device: no memory, no initialisation).
+        state: parameter name -> array, exactly the network's ``state_dict()`` keys, float32
+            (4-d weights best channels-last, as the CPU convolutions take them).
+
+    Raises:
+        SpecError: naming missing or unexpected keys, or the first shape or dtype mismatch.
+    """
+    with torch.device("meta"):
+        net = build()
+    _check_policy_state(net, state)
+    for name, value in state.items():
+        if np.asarray(value).dtype != np.float32:
+            raise SpecError(f"policy state {name!r}: dtype {np.asarray(value).dtype} is not "
+                            f"float32, which a network cannot use in place")
+    with warnings.catch_warnings():  # read-only arrays: "PyTorch does not support non-writable"
+        warnings.simplefilter("ignore", UserWarning)
+        tensors = {name: torch.from_numpy(np.asarray(value)) for name, value in state.items()}
+    net.load_state_dict(tensors, assign=True)
+    return net.requires_grad_(False).eval()

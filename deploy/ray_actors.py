@@ -191,7 +191,9 @@ class LearnerActor:
                 self._shm = ShmWeightWriter(channel_dir(self._run_dir), snapshot.state,
                                             ray.get_runtime_context().get_node_id())
             if self._shm is not None:
-                self._shm.publish(snapshot, published_at)
+                if self._shm.publish(snapshot, published_at) is None:
+                    # Actors still run on every older slot; they take the next version.
+                    log.warning("event=weight_file_busy version=%d", snapshot.version)
                 channel = self._shm.channel
         except (OSError, CheckpointError) as exc:  # actors fetch this version from the store
             log.warning("event=weight_file_failed error=%r", exc)

@@ -1,29 +1,37 @@
-"""Node-local weight broadcast through one shared-memory file (Sample Factory shares its policy
-weights between processes in shared memory the same way).
+"""Node-local weight broadcast through shared-memory files that rollout actors run on in place
+(Sample Factory shares its policy weights between processes in shared memory the same way).
 
-The learner writes each published snapshot into a file under /dev/shm; a rollout actor on the
-same machine maps it, reads the version number at each poll (a memory read) and copies a newer
-snapshot straight into its policy's parameters. Between publish and use there is no Ray call
-and no object-store fetch, so the broadcast latency is the time until each actor's next env
-step. The Ray weight board stays the source of truth (deploy/weights_ray.py): it carries the
-channel's descriptor, and an actor on another machine, or one that cannot open the file,
-fetches from the object store as before.
+The learner writes each published snapshot into one of a few slot files under /dev/shm. A
+rollout actor on the same machine maps them read-only, reads their version numbers at each
+step (memory reads) and, when one is newer than what it runs, points its policy's parameters at
+that slot's arrays: no copy, no Ray call, no object-store fetch between publish and use, so the
+broadcast latency is the time until each actor's next env step, and all actors share one copy
+of the weights in memory and in the CPU's caches. The Ray weight board stays the source of
+truth (deploy/weights_ray.py): it carries the channel's descriptor, and an actor on another
+machine, or one that cannot open the files, fetches from the object store.
 
-Consistency: the writer holds an exclusive ``flock`` while it writes and a reader a shared one
-while it copies, so a reader never sees half a snapshot. The kernel drops the lock of a process
-that dies. A writer killed mid-write leaves the version at WRITING, which no reader loads.
+Consistency: a reader holds a shared ``flock`` on the slot its policy runs on for as long as it
+runs on it, and the writer writes a slot only under an exclusive lock that it takes without
+waiting: it writes the oldest slot that no reader holds and never the newest one, and skips a
+publish (``publish`` returns None) when every older slot is held. So a reader never sees half a
+snapshot, and the learner never waits for an actor. The kernel drops the locks of a process
+that dies. A writer killed mid-write leaves that slot's version at WRITING, which no reader
+takes. With ``SLOTS`` = 3, a publish is skipped only while two actors still run two different
+older versions; actors move to the newest at their next step.
 
 Lifetime: the driver deletes the run's directory at shutdown and a restarted learner deletes
-its predecessor's file. A learner holds a shared ``flock`` on its directory's ``alive`` file
+its predecessor's files. A learner holds a shared ``flock`` on its directory's ``alive`` file
 while it lives, and a starting learner deletes the other runs' directories whose lock nobody
 holds: what a run whose driver was killed left behind.
 
-File layout: a fixed header (magic, token, version, publish time, layout length), the layout
-(msgpack: name, shape, dtype per array, in order), then the arrays back to back.
+Slot file layout: a fixed header (magic, token, version, publish time, layout length), the
+layout (msgpack: name, shape, dtype per array, in order), then the arrays back to back, each
+64-byte aligned. A 4-d array (a convolution's weight, [out, in, h, w]) is stored channels-last,
+in [out, h, w, in] order, the layout the CPU convolutions run on, so a policy can use it in
+place; ``_views`` gives every array in its logical shape.
 """
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import mmap
@@ -34,7 +42,7 @@ import struct
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator, Mapping, NamedTuple
+from typing import Mapping, NamedTuple
 
 import msgpack
 import numpy as np
@@ -42,26 +50,32 @@ import numpy as np
 from common.errors import CheckpointError
 from common.weights import PolicySnapshot
 
-MAGIC = b"CTD3WTS1"
+MAGIC = b"CTD3WTS2"
 _HEADER = struct.Struct("<8s16sqdQ")  # magic, token, version, published_at, layout bytes
 _VERSION_AT = 24  # byte offset of the version field
 HEADER_BYTES = 64
 WRITING = -2  # the version while a write is in progress (or was cut off by a crash)
 _ALIGN = 64
+SLOTS = 3  # slot files per learner (see the module docstring)
 
 
 class ShmChannel(NamedTuple):
-    """Where a rollout actor finds the learner's weight file (travels through the board).
+    """Where a rollout actor finds the learner's weight files (travels through the board).
 
     Attributes:
-        path: the file.
-        token: random hex naming this file's incarnation; the header must carry it.
-        node_id: the Ray node the file lives on; actors on other nodes cannot open it.
+        path: the slot files' common prefix; slot k is ``slot_path(k)``.
+        token: random hex naming this learner incarnation's files; each header must carry it.
+        node_id: the Ray node the files live on; actors on other nodes cannot open them.
+        slots: how many slot files there are.
     """
 
     path: str
     token: str
     node_id: str
+    slots: int = SLOTS
+
+    def slot_path(self, k: int) -> str:
+        return f"{self.path}.{k}"
 
 
 def channel_dir(run_path: str | Path) -> Path:
@@ -74,6 +88,20 @@ def channel_dir(run_path: str | Path) -> Path:
 def _layout(state: Mapping[str, np.ndarray]) -> list[tuple[str, tuple[int, ...], str]]:
     return [(name, tuple(int(d) for d in np.shape(a)), np.asarray(a).dtype.str)
             for name, a in state.items()]
+
+
+def _views(buffer: mmap.mmap, layout, start: int) -> list[np.ndarray]:
+    """Each array of ``layout`` as a view into ``buffer`` in its logical shape (4-d arrays
+    channels-last in memory; see the module docstring)."""
+    views = []
+    for (_, shape, dtype), (offset, _) in zip(layout, _offsets(layout, start)):
+        flat = np.frombuffer(buffer, np.dtype(dtype), int(np.prod(shape, dtype=np.int64)), offset)
+        if len(shape) == 4:
+            out, inp, h, w = shape
+            views.append(flat.reshape(out, h, w, inp).transpose(0, 3, 1, 2))
+        else:
+            views.append(flat.reshape(shape))
+    return views
 
 
 def _offsets(layout, start: int) -> list[tuple[int, int]]:
@@ -131,45 +159,60 @@ def _reserve(path: Path, size: int) -> int:
     return fd
 
 
+class _WriterSlot(NamedTuple):
+    fd: int
+    map: mmap.mmap
+    views: list[np.ndarray]
+
+
 class ShmWeightWriter:
-    """The learner's side: one file per learner incarnation, rewritten at every publish.
+    """The learner's side: ``slots`` files per learner incarnation, written in turn.
 
     Args:
-        directory: where to create the file (``channel_dir`` of the run); older files there,
+        directory: where to create the files (``channel_dir`` of the run); older files there,
             left by a learner that died, are removed.
         template: a snapshot state giving the names, shapes and dtypes every publish must have.
         node_id: the Ray node this process runs on.
+        slots: slot files (at least 2: the newest is never rewritten).
     """
 
-    def __init__(self, directory: str | Path, template: Mapping[str, np.ndarray], node_id: str) -> None:
+    def __init__(self, directory: str | Path, template: Mapping[str, np.ndarray], node_id: str,
+                 slots: int = SLOTS) -> None:
+        if slots < 2:
+            raise ValueError(f"slots={slots}: the weight file needs at least 2")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self._alive = _hold_alive(directory)
+        self._slots: list[_WriterSlot] = []
         try:
             _remove_dead_runs(directory)
             for stale in directory.glob("weights-*"):
                 stale.unlink(missing_ok=True)
             self._layout = _layout(template)
             layout_bytes = msgpack.packb([[n, list(s), d] for n, s, d in self._layout])
-            self._slots = _offsets(self._layout, HEADER_BYTES + len(layout_bytes))
-            size = max(HEADER_BYTES + len(layout_bytes), *(o + n for o, n in self._slots))
+            start = HEADER_BYTES + len(layout_bytes)
+            size = max(start, *(o + n for o, n in _offsets(self._layout, start)))
             token = secrets.token_hex(16)
-            path = directory / f"weights-{token}"
-            self._fd = _reserve(path, size)
+            self.channel = ShmChannel(str(directory / f"weights-{token}"), token, node_id, slots)
+            header = _HEADER.pack(MAGIC, bytes.fromhex(token), WRITING, 0.0, len(layout_bytes))
+            for k in range(slots):
+                fd = _reserve(Path(self.channel.slot_path(k)), size)
+                mapped = mmap.mmap(fd, size)
+                mapped[:HEADER_BYTES] = header.ljust(HEADER_BYTES, b"\0")
+                mapped[HEADER_BYTES:start] = layout_bytes
+                self._slots.append(_WriterSlot(fd, mapped, _views(mapped, self._layout, start)))
         except BaseException:
-            os.close(self._alive)
+            self._unlink_all()
             raise
-        self._map = mmap.mmap(self._fd, size)
-        self._map[:HEADER_BYTES] = _HEADER.pack(MAGIC, bytes.fromhex(token), WRITING, 0.0,
-                                                len(layout_bytes)).ljust(HEADER_BYTES, b"\0")
-        self._map[HEADER_BYTES:HEADER_BYTES + len(layout_bytes)] = layout_bytes
-        self._views = [np.frombuffer(self._map, np.dtype(d), int(np.prod(s, dtype=np.int64)), o)
-                       .reshape(s) for (_, s, d), (o, _) in zip(self._layout, self._slots)]
-        self.channel = ShmChannel(str(path), token, node_id)
 
-    def publish(self, snapshot: PolicySnapshot, published_at: float | None = None) -> float:
+    def _version(self, slot: _WriterSlot) -> int:
+        return struct.unpack_from("<q", slot.map, _VERSION_AT)[0]
+
+    def publish(self, snapshot: PolicySnapshot, published_at: float | None = None) -> float | None:
         """Writes the snapshot with its publish time (``time.time()`` when not given), which
-        readers measure broadcast latency from; returns that time.
+        readers measure broadcast latency from, into the oldest slot no reader holds; returns
+        that time, or None without writing when readers hold every slot but the newest (the
+        actors then run on until the next publish; the learner does not wait for them).
 
         Raises:
             CheckpointError: naming the array whose name, shape or dtype differs from the
@@ -183,99 +226,161 @@ class ShmWeightWriter:
             if _layout({name: array})[0] != want:
                 raise CheckpointError(f"snapshot array {_layout({name: array})[0]} does not match "
                                       f"the weight file's {want}")
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
-        try:
-            struct.pack_into("<q", self._map, _VERSION_AT, WRITING)
-            for view, (_, array) in zip(self._views, arrays):
-                np.copyto(view, array, casting="no")
-            if published_at is None:
-                published_at = time.time()
-            struct.pack_into("<qd", self._map, _VERSION_AT, int(snapshot.version), published_at)
-        finally:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-        return published_at
+        by_age = sorted(self._slots, key=self._version)
+        for slot in by_age[:-1]:  # never the newest: readers are moving to it
+            try:
+                fcntl.flock(slot.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # an actor still runs on this one
+                continue
+            try:
+                struct.pack_into("<q", slot.map, _VERSION_AT, WRITING)
+                for view, (_, array) in zip(slot.views, arrays):
+                    np.copyto(view, array, casting="no")
+                if published_at is None:
+                    published_at = time.time()
+                struct.pack_into("<qd", slot.map, _VERSION_AT, int(snapshot.version), published_at)
+            finally:
+                fcntl.flock(slot.fd, fcntl.LOCK_UN)
+            return published_at
+        return None
+
+    def _unlink_all(self) -> None:
+        for slot in self._slots:
+            slot.views.clear()
+            slot.map.close()
+            os.close(slot.fd)
+        self._slots = []
+        if hasattr(self, "channel"):
+            for k in range(self.channel.slots):
+                Path(self.channel.slot_path(k)).unlink(missing_ok=True)
+        os.close(self._alive)
 
     def close(self) -> None:
-        """Unmaps and deletes the file (readers that mapped it keep their mapping); a second
-        call does nothing."""
-        if self._map.closed:
+        """Unmaps and deletes the files (readers that mapped them keep their mappings); a
+        second call does nothing."""
+        if self._alive < 0:
             return
-        self._views = []
-        self._map.close()
-        os.close(self._fd)
-        os.close(self._alive)
-        Path(self.channel.path).unlink(missing_ok=True)
+        self._unlink_all()
+        self._alive = -1
+
+
+class _ReaderSlot:
+    """One slot file, mapped read-only."""
+
+    def __init__(self, path: str, token: str) -> None:
+        try:
+            self.fd = os.open(path, os.O_RDONLY)
+        except OSError as exc:
+            raise CheckpointError(f"weight file {path!r}: {exc.strerror}") from exc
+        try:
+            size = os.fstat(self.fd).st_size
+            if size < HEADER_BYTES:
+                raise CheckpointError(f"weight file {path!r}: {size} bytes, shorter than its "
+                                      f"header")
+            self.map = mmap.mmap(self.fd, size, prot=mmap.PROT_READ)
+            magic, got, _, _, layout_len = _HEADER.unpack_from(self.map, 0)
+            if magic != MAGIC or got.hex() != token:
+                self.map.close()
+                raise CheckpointError(f"weight file {path!r}: magic {magic!r} token {got.hex()} "
+                                      f"!= {MAGIC!r} {token}")
+            try:
+                raw = msgpack.unpackb(self.map[HEADER_BYTES:HEADER_BYTES + layout_len])
+                layout = [(str(n), tuple(int(d) for d in s), str(d)) for n, s, d in raw]
+                self.views = _views(self.map, layout, HEADER_BYTES + layout_len)
+            except (ValueError, TypeError, msgpack.UnpackException) as exc:  # a damaged layout
+                self.map.close()
+                raise CheckpointError(f"weight file {path!r}: malformed ({exc})") from exc
+        except BaseException:
+            os.close(self.fd)
+            raise
+        self.names = [n for n, _, _ in layout]
+
+    def stamp(self) -> tuple[int, float]:
+        """(version, publish time), read without the lock."""
+        version, published_at = struct.unpack_from("<qd", self.map, _VERSION_AT)
+        return int(version), float(published_at)
+
+    def close(self) -> None:
+        self.views = []
+        try:
+            self.map.close()
+        except BufferError:  # a policy still holds views: the mapping goes with the last one
+            pass
+        os.close(self.fd)  # drops the lock, if held
+
+
+class Held(NamedTuple):
+    """A slot a reader holds: its snapshot (read-only views into the mapping, valid and
+    unchanged while held) and its publish time."""
+
+    slot: int
+    snapshot: PolicySnapshot
+    published_at: float
 
 
 class ShmWeightReader:
-    """A rollout actor's side: maps the learner's file read-only.
+    """A rollout actor's side: maps the learner's slot files read-only and holds the one its
+    policy runs on.
 
     Raises (constructor):
-        CheckpointError: the file is missing, too short or malformed, or its magic or token
+        CheckpointError: a file is missing, too short or malformed, or its magic or token
             differ from the channel's (another file, or a newer learner's, is at that path).
     """
 
     def __init__(self, channel: ShmChannel) -> None:
+        self._slots: list[_ReaderSlot] = []
         try:
-            self._fd = os.open(channel.path, os.O_RDONLY)
-        except OSError as exc:
-            raise CheckpointError(f"weight file {channel.path!r}: {exc.strerror}") from exc
-        try:
-            self._map = self._map_checked(channel)
-            magic, token, _, _, layout_len = _HEADER.unpack_from(self._map, 0)
-            raw = msgpack.unpackb(self._map[HEADER_BYTES:HEADER_BYTES + layout_len])
-            layout = [(str(n), tuple(int(d) for d in s), str(d)) for n, s, d in raw]
-            slots = _offsets(layout, HEADER_BYTES + layout_len)
-            self._views = [np.frombuffer(self._map, np.dtype(d), int(np.prod(s, dtype=np.int64)), o)
-                           .reshape(s) for (_, s, d), (o, _) in zip(layout, slots)]
-        except CheckpointError:
-            os.close(self._fd)
+            for k in range(channel.slots):
+                self._slots.append(_ReaderSlot(channel.slot_path(k), channel.token))
+        except BaseException:
+            self.close()
             raise
-        except (ValueError, TypeError, msgpack.UnpackException) as exc:  # a damaged layout
-            os.close(self._fd)
-            raise CheckpointError(f"weight file {channel.path!r}: malformed ({exc})") from exc
-        self._names = [n for n, _, _ in layout]
+        self._held: int | None = None
         self.channel = channel
 
-    def _map_checked(self, channel: ShmChannel) -> mmap.mmap:
-        size = os.fstat(self._fd).st_size
-        if size < HEADER_BYTES:
-            raise CheckpointError(f"weight file {channel.path!r}: {size} bytes, shorter than its "
-                                  f"header")
-        mapped = mmap.mmap(self._fd, size, prot=mmap.PROT_READ)
-        magic, token = _HEADER.unpack_from(mapped, 0)[:2]
-        if magic != MAGIC or token.hex() != channel.token:
-            mapped.close()
-            raise CheckpointError(f"weight file {channel.path!r}: magic {magic!r} token "
-                                  f"{token.hex()} != {MAGIC!r} {channel.token}")
-        return mapped
+    def states(self) -> list[dict[str, np.ndarray]]:
+        """Each slot's arrays as read-only views, to build networks on ahead of time: their
+        contents are a snapshot only while ``hold_newest`` holds that slot."""
+        return [dict(zip(slot.names, slot.views)) for slot in self._slots]
 
     def version(self) -> int:
-        """The version in the file now, read without the lock (a hint: ``read`` rechecks)."""
-        return struct.unpack_from("<q", self._map, _VERSION_AT)[0]
+        """The newest version in the files now, read without a lock (a hint)."""
+        return max(slot.stamp()[0] for slot in self._slots)
 
-    @contextlib.contextmanager
-    def snapshot_view(self, newer_than: int) -> Iterator[tuple[PolicySnapshot, float] | None]:
-        """Holds the shared lock for the ``with`` block and gives the file's snapshot, as
-        read-only views into the mapping, with its publish time, if its version is newer than
-        ``newer_than`` (None otherwise, and while a write is in progress or was cut off).
+    def hold_newest(self, newer_than: int) -> Held | None:
+        """Takes a shared lock on the slot holding the newest version if that version is
+        newer than ``newer_than``, lets go of the slot held before, and gives the new one's
+        snapshot. None, keeping the slot held before, when no slot is newer or the writer is
+        writing the newest (the next call takes it).
 
-        The views are valid only inside the block: copy them out there (a rollout actor loads
-        them straight into its policy's parameters, one pass over the weights). The writer
-        waits for the block to end.
+        The views stay valid and unchanged until the next successful call, ``release`` or
+        ``close``: the writer leaves a held slot alone.
         """
-        fcntl.flock(self._fd, fcntl.LOCK_SH)
+        stamps = [slot.stamp() for slot in self._slots]
+        k = max(range(len(stamps)), key=lambda i: stamps[i][0])
+        if stamps[k][0] <= newer_than or k == self._held:
+            return None
+        slot = self._slots[k]
         try:
-            version, published_at = struct.unpack_from("<qd", self._map, _VERSION_AT)
-            if version <= newer_than:
-                yield None
-            else:
-                state = dict(zip(self._names, self._views))
-                yield PolicySnapshot(int(version), state), float(published_at)
-        finally:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            fcntl.flock(slot.fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:  # the writer is in it
+            return None
+        version, published_at = slot.stamp()  # under the lock now
+        if version <= newer_than:  # rewritten with WRITING, or older, since the first look
+            fcntl.flock(slot.fd, fcntl.LOCK_UN)
+            return None
+        self.release()
+        self._held = k
+        return Held(k, PolicySnapshot(version, dict(zip(slot.names, slot.views))), published_at)
+
+    def release(self) -> None:
+        """Lets go of the held slot (its views must no longer be used)."""
+        if self._held is not None:
+            fcntl.flock(self._slots[self._held].fd, fcntl.LOCK_UN)
+            self._held = None
 
     def close(self) -> None:
-        self._views = []
-        self._map.close()
-        os.close(self._fd)
+        self._held = None
+        for slot in self._slots:
+            slot.close()
+        self._slots = []

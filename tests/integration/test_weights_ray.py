@@ -31,22 +31,39 @@ def _publish(board, writer: ShmWeightWriter, version: int) -> None:
 
 
 class RecordingPolicy:
-    """Stands in for the rollout actor's CpuPolicy: keeps a copy of each snapshot it loads."""
+    """Stands in for the rollout actor's CpuPolicy: keeps a copy of each snapshot it loads or
+    is bound to (its "network" from ``view`` is the arrays themselves)."""
 
     def __init__(self) -> None:
         self.version = -1
         self.loaded: list[PolicySnapshot] = []
+        self.net: dict[str, np.ndarray] | None = None
+
+    @property
+    def bound(self) -> bool:
+        return self.net is not None
 
     def load(self, snapshot: PolicySnapshot) -> None:
+        self.net = None
         self.version = snapshot.version
         self.loaded.append(PolicySnapshot(snapshot.version,
                                           {k: np.array(a) for k, a in snapshot.state.items()}))
 
+    def view(self, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return state
 
-def _poll_until(source: RayWeightSource, known: int, timeout_s: float = 30.0) -> PolicySnapshot:
-    """What ``source`` loads into a policy at version ``known`` (polled as the env loop does)."""
-    policy = RecordingPolicy()
-    policy.version = known
+    def bind(self, net: dict[str, np.ndarray], version: int) -> None:
+        self.load(PolicySnapshot(version, net))
+        self.net = net
+
+    def unbind(self) -> None:
+        self.net = None
+
+
+def _poll_with(source: RayWeightSource, policy: RecordingPolicy,
+               timeout_s: float = 30.0) -> PolicySnapshot:
+    """What ``source`` loads into ``policy`` (polled as the env loop does)."""
+    known = policy.version
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if source.load_newer(policy):
@@ -54,6 +71,13 @@ def _poll_until(source: RayWeightSource, known: int, timeout_s: float = 30.0) ->
             return policy.loaded[0]
         time.sleep(0.01)
     raise AssertionError(f"no version newer than {known} within {timeout_s} s")
+
+
+def _poll_until(source: RayWeightSource, known: int, timeout_s: float = 30.0) -> PolicySnapshot:
+    """What ``source`` loads into a fresh policy at version ``known``."""
+    policy = RecordingPolicy()
+    policy.version = known
+    return _poll_with(source, policy, timeout_s)
 
 
 def _value(snapshot: PolicySnapshot) -> float:
@@ -130,12 +154,15 @@ def test_a_version_published_without_a_file_is_fetched_from_the_object_store(boa
 def test_a_restarted_learners_new_file_replaces_the_old_one(board, learner_file, make_source, tmp_path):
     source = make_source()
     _publish(board, learner_file, 1)
-    assert _value(_poll_until(source, -1)) == FILE_VALUE
+    first = RecordingPolicy()
+    _poll_with(source, first)
+    assert first.bound and _value(first.loaded[0]) == FILE_VALUE  # runs on the file's arrays
     second = ShmWeightWriter(tmp_path, _state(0.0), ray.get_runtime_context().get_node_id())
     at = second.publish(PolicySnapshot(2, _state(2.0)))  # the first file is removed
     ray.get(board.publish.remote(2, [ray.put(_state(STORE_VALUE))], second.channel, at))
     snapshot = _poll_until(source, 1)
     assert snapshot.version == 2 and _value(snapshot) == 2.0  # read from the new file
+    assert not first.bound  # the old files given up: the policy bound to them copied out
     second.close()
 
 

@@ -43,3 +43,57 @@ def test_loads_read_only_views_exactly_and_without_warnings():
         policy.load(PolicySnapshot(5, state))
     loaded = policy.net.state_dict()
     assert policy.version == 5 and all(np.array_equal(loaded[k].numpy(), a) for k, a in state.items())
+
+
+def _act_all(policy: CpuPolicy, batch) -> np.ndarray:
+    return np.stack([policy.act({"image": batch.obs_image[i], "vector": batch.obs_vector[i]})
+                     for i in range(len(batch.obs_image))])
+
+
+def test_runs_in_place_on_a_weight_files_arrays_as_it_would_on_a_copy(tmp_path):
+    # The rollout actor's path on the learner's node: the policy's parameters are the
+    # read-only, channels-last mapped arrays of the file's slot, not copies of them.
+    from deploy.weights_shm import ShmWeightReader, ShmWeightWriter
+
+    batch = random_batch(SMALL_SPEC, 3, seed=1)
+    _, state = _state(3)
+    copied = CpuPolicy(SMALL_SPEC, small_config().network)
+    copied.load(PolicySnapshot(4, state))
+    writer = ShmWeightWriter(tmp_path, state, "node-a")
+    writer.publish(PolicySnapshot(4, state))
+    reader = ShmWeightReader(writer.channel)
+    policy = CpuPolicy(SMALL_SPEC, small_config().network)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        nets = [policy.view(s) for s in reader.states()]
+        held = reader.hold_newest(-1)
+        policy.bind(nets[held.slot], held.snapshot.version)
+    assert policy.bound and policy.version == 4
+    file_arrays = held.snapshot.state
+    for name, param in policy.net.state_dict().items():
+        assert param.data_ptr() == file_arrays[name].ctypes.data  # no copy
+    conv = policy.net.encoder.cnn[0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    np.testing.assert_array_equal(_act_all(policy, batch), _act_all(copied, batch))
+    # Giving the file up: the weights are copied into the policy's own, which acts the same.
+    policy.unbind()
+    assert not policy.bound and policy.version == 4
+    reader.close()
+    writer.close()
+    np.testing.assert_array_equal(_act_all(policy, batch), _act_all(copied, batch))
+
+
+def test_a_view_of_a_mismatching_state_is_refused_naming_the_array():
+    import pytest
+
+    from common.errors import SpecError
+
+    policy = CpuPolicy(SMALL_SPEC, small_config().network)
+    _, state = _state(0)
+    name = next(iter(state))
+    with pytest.raises(SpecError, match=name):
+        policy.view({**state, name: state[name][:1]})
+    with pytest.raises(SpecError, match="float32"):
+        policy.view({**state, name: state[name].astype(np.float64)})
+    with pytest.raises(SpecError, match="missing"):
+        policy.view({k: v for k, v in state.items() if k != name})

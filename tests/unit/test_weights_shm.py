@@ -3,7 +3,6 @@ import fcntl
 import multiprocessing
 import os
 import struct
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,14 +20,15 @@ def _state(value: float = 0.0) -> dict[str, np.ndarray]:
 
 
 def _read(reader: ShmWeightReader, newer_than: int) -> tuple[PolicySnapshot, float] | None:
-    """A copy of the file's snapshot, taken inside ``snapshot_view`` as a rollout actor's load
-    does."""
-    with reader.snapshot_view(newer_than) as got:
-        if got is None:
-            return None
-        snapshot, at = got
-        assert not any(a.flags.writeable for a in snapshot.state.values())  # views of the file
-        return PolicySnapshot(snapshot.version, {k: a.copy() for k, a in snapshot.state.items()}), at
+    """A copy of the newest slot's snapshot, taken while ``hold_newest`` holds it (the reader
+    keeps holding it, as a rollout actor does while its policy runs on it)."""
+    held = reader.hold_newest(newer_than)
+    if held is None:
+        return None
+    state = held.snapshot.state
+    assert not any(a.flags.writeable for a in state.values())  # views of the file
+    return PolicySnapshot(held.snapshot.version, {k: a.copy() for k, a in state.items()}), \
+        held.published_at
 
 
 def test_round_trip_copies_every_array_and_the_version(tmp_path):
@@ -48,10 +48,51 @@ def test_round_trip_copies_every_array_and_the_version(tmp_path):
     writer.publish(PolicySnapshot(8, state), published_at=123.5)  # the learner's own stamp
     assert _read(reader, 7)[1] == 123.5
     state["head.0.weight"][:] = 5.0  # the file does not alias the source
-    assert _read(reader, -1)[0].state["head.0.weight"].max() < 5.0
+    writer.publish(PolicySnapshot(9, _state(1.0)))
+    assert _read(reader, 8)[0].state["head.0.weight"].max() == 1.0
     reader.close()
     writer.close()
-    assert not Path(writer.channel.path).exists()
+    assert not list(tmp_path.glob("weights-*"))
+
+
+def test_conv_weights_are_stored_channels_last(tmp_path):
+    # What lets a policy run on the file's arrays in place (CpuPolicy.view).
+    state = _state()
+    state["encoder.cnn.0.weight"] = np.arange(32 * 4 * 8 * 8, dtype=np.float32).reshape(32, 4, 8, 8)
+    writer = ShmWeightWriter(tmp_path, state, "node-a")
+    writer.publish(PolicySnapshot(1, state))
+    reader = ShmWeightReader(writer.channel)
+    conv = reader.hold_newest(-1).snapshot.state["encoder.cnn.0.weight"]
+    np.testing.assert_array_equal(conv, state["encoder.cnn.0.weight"])
+    assert conv.strides == (4 * 8 * 8 * 4, 4, 8 * 4 * 4, 4 * 4)  # [out, h, w, in] in memory
+    reader.close()
+    writer.close()
+
+
+def test_the_writer_leaves_held_slots_alone_and_never_waits(tmp_path):
+    writer = ShmWeightWriter(tmp_path, _state(), "node-a")
+    first, second = ShmWeightReader(writer.channel), ShmWeightReader(writer.channel)
+    writer.publish(PolicySnapshot(1, _state(1.0)))
+    one = first.hold_newest(-1).snapshot  # an actor runs on version 1
+    writer.publish(PolicySnapshot(2, _state(2.0)))
+    two = second.hold_newest(-1).snapshot  # another on version 2
+    writer.publish(PolicySnapshot(3, _state(3.0)))  # the one free slot
+    # Readers hold both older slots and the newest is never rewritten: skipped, not waited for.
+    assert writer.publish(PolicySnapshot(4, _state(4.0))) is None
+    assert np.all(one.state["head.0.weight"] == 1.0) and np.all(two.state["head.0.weight"] == 2.0)
+    assert first.hold_newest(1).snapshot.version == 3  # moving on lets go of version 1's slot
+    assert writer.publish(PolicySnapshot(4, _state(4.0))) is not None
+    assert np.all(two.state["head.0.weight"] == 2.0)  # still held, still intact
+    assert second.hold_newest(2).snapshot.version == 4
+    first.release()
+    second.close()
+    first.close()
+    writer.close()
+
+
+def test_fewer_than_two_slots_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="slots=1"):
+        ShmWeightWriter(tmp_path, _state(), "node-a", slots=1)
 
 
 @pytest.mark.parametrize("bad", ["shape", "dtype", "missing"])
@@ -77,17 +118,17 @@ def test_a_wrong_token_or_a_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match="token"):
         ShmWeightReader(writer.channel._replace(token="00" * 16))
     writer.close()
-    with pytest.raises(CheckpointError, match=writer.channel.path):
+    with pytest.raises(CheckpointError, match=writer.channel.slot_path(0)):
         ShmWeightReader(writer.channel)
-    short = tmp_path / "weights-short"
-    short.write_bytes(b"CTD3")
+    for k in range(3):
+        (tmp_path / f"weights-short.{k}").write_bytes(b"CTD3")
     with pytest.raises(CheckpointError, match="shorter than its header"):
-        ShmWeightReader(ShmChannel(str(short), "00" * 16, "node-a"))
+        ShmWeightReader(ShmChannel(str(tmp_path / "weights-short"), "00" * 16, "node-a"))
 
 
 def test_a_truncated_file_is_a_clear_error(tmp_path):
     writer = ShmWeightWriter(tmp_path, _state(), "node-a")
-    os.truncate(writer.channel.path, 200)  # the header and layout stay, the arrays are gone
+    os.truncate(writer.channel.slot_path(2), 200)  # the header and layout stay, the arrays go
     with pytest.raises(CheckpointError, match="malformed"):
         ShmWeightReader(writer.channel)
     writer.close()
@@ -95,9 +136,9 @@ def test_a_truncated_file_is_a_clear_error(tmp_path):
 
 def test_a_write_cut_off_by_a_crash_is_never_read(tmp_path):
     writer = ShmWeightWriter(tmp_path, _state(), "node-a")
-    writer.publish(PolicySnapshot(3, _state(3.0)))
+    writer.publish(PolicySnapshot(3, _state(3.0)))  # into slot 0, the first of three empty ones
     # What a learner killed in the middle of publish leaves: the version marked WRITING.
-    with open(writer.channel.path, "r+b") as f:
+    with open(writer.channel.slot_path(0), "r+b") as f:
         f.seek(24)
         f.write(struct.pack("<q", WRITING))
     reader = ShmWeightReader(writer.channel)
@@ -118,24 +159,19 @@ def _hold_shared_lock(path: str, ready) -> None:
     time.sleep(60)
 
 
-def test_a_reader_killed_while_holding_the_lock_does_not_block_the_writer(tmp_path):
-    import threading
-
-    writer = ShmWeightWriter(tmp_path, _state(), "node-a")
+def test_a_reader_killed_while_holding_a_slot_frees_it(tmp_path):
+    writer = ShmWeightWriter(tmp_path, _state(), "node-a", slots=2)
+    writer.publish(PolicySnapshot(1, _state(1.0)))  # slot 0; slot 1 is the only one to write
     ctx = multiprocessing.get_context("spawn")
     ready = ctx.Event()
-    reader = ctx.Process(target=_hold_shared_lock, args=(writer.channel.path, ready))
+    reader = ctx.Process(target=_hold_shared_lock, args=(writer.channel.slot_path(1), ready))
     reader.start()
     assert ready.wait(30)
-    published = threading.Event()
-    blocked = threading.Thread(target=lambda: (writer.publish(PolicySnapshot(1, _state(1.0))),
-                                               published.set()), daemon=True)
-    blocked.start()
-    assert not published.wait(0.5)  # the live reader's shared lock holds the writer
+    assert writer.publish(PolicySnapshot(2, _state(2.0))) is None  # held: skipped at once
     reader.kill()  # SIGKILL: the kernel drops its lock
     reader.join(10)
-    assert published.wait(10)
-    assert _read(ShmWeightReader(writer.channel), -1)[0].version == 1
+    assert writer.publish(PolicySnapshot(2, _state(2.0))) is not None
+    assert _read(ShmWeightReader(writer.channel), -1)[0].version == 2
     writer.close()
 
 
@@ -144,7 +180,8 @@ def test_a_new_writer_removes_a_dead_learners_file_and_old_readers_keep_their_co
     old.publish(PolicySnapshot(5, _state(5.0)))
     reader = ShmWeightReader(old.channel)
     new = ShmWeightWriter(tmp_path, _state(), "node-a")  # the restarted learner
-    assert sorted(p.name for p in tmp_path.glob("weights-*")) == [Path(new.channel.path).name]
+    assert sorted(str(p) for p in tmp_path.glob("weights-*")) == [
+        new.channel.slot_path(k) for k in range(3)]
     assert new.channel.token != old.channel.token
     assert _read(reader, -1)[0].version == 5  # the unlinked file stays mapped
     new.close()
@@ -197,20 +234,23 @@ def test_channel_dir_is_per_run_and_stable(tmp_path):
 
 
 def _read_many(channel: ShmChannel, reads: int, queue) -> None:
+    import time
+
     reader = ShmWeightReader(channel)
     torn, seen, known = 0, set(), -1
     while len(seen) < reads:
-        got = _read(reader, known)
-        if got is None:
+        held = reader.hold_newest(known)
+        if held is None:
             continue
-        snapshot, _ = got
-        known = snapshot.version
+        known = held.snapshot.version
         seen.add(known)
-        torn += sum(int(np.any(a != float(known))) for a in snapshot.state.values())
+        time.sleep(0.002)  # the writer publishes on meanwhile; the held slot must stay intact
+        torn += sum(int(np.any(a != float(known))) for a in held.snapshot.state.values())
     queue.put((torn, len(seen)))
 
 
 def test_readers_in_other_processes_never_see_half_a_snapshot(tmp_path):
+    # Each reader checks a snapshot while holding its slot, as a policy runs on it.
     big = {"a": np.zeros(2_000_000, np.float32), "b": np.zeros((64, 64), np.float32)}
     writer = ShmWeightWriter(tmp_path, big, "node-a")
     writer.publish(PolicySnapshot(0, {k: np.full_like(v, 0.0) for k, v in big.items()}))
