@@ -1,15 +1,15 @@
 """The env loop of one rollout actor: env + policy + exploration + writer + weight pulls.
 
 A plain class: deploy/ wraps it in a Ray actor (or runs it in-process in local mode). An env
-step never waits on the learner: every few steps a non-blocking ``WeightSource`` loads newer
-weights into the policy, if it has any.
+step never waits on the learner: each inference runs inside a non-blocking ``WeightSource``
+block, which gives the policy newer weights first if it has any.
 """
 from __future__ import annotations
 
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ContextManager, Protocol
 
 import numpy as np
 
@@ -22,10 +22,13 @@ log = logging.getLogger(__name__)
 
 
 class WeightSource(Protocol):
-    def load_newer(self, policy: CpuPolicy) -> bool:
-        """Loads into ``policy`` a snapshot newer than ``policy.version`` if one is available
-        now (without waiting); returns whether it did. The source does the load so it can copy
-        from where it keeps the weights straight into the policy's parameters."""
+    def acting(self, policy: CpuPolicy, poll: bool) -> ContextManager[bool]:
+        """A block around one inference of ``policy``: on entry, gives the policy a snapshot
+        newer than ``policy.version`` if one is available now (without waiting; if ``poll``,
+        or always where the policy runs on weights the source shares with it), and keeps the
+        weights the policy runs on unchanged until the block ends. Yields whether it gave a
+        newer version. The source does the load so it can bind the policy to where it keeps
+        the weights, or copy from there straight into the policy's parameters."""
 
 
 class DrivingEnv(Protocol):
@@ -95,11 +98,12 @@ class RolloutWorker:
         self._ret, self._len = 0.0, 0
         self.writer.add_first(self._obs)
 
-    def _maybe_load_weights(self, report: RolloutReport) -> None:
+    def _act(self, global_env_steps: int, report: RolloutReport) -> tuple[np.ndarray, int]:
         t0 = time.perf_counter()
-        if self.weights.load_newer(self.policy):
-            report.weight_loads += 1
-        report.weight_wait_seconds += time.perf_counter() - t0
+        with self.weights.acting(self.policy, self._steps % self.weight_poll_every == 0) as new:
+            report.weight_wait_seconds += time.perf_counter() - t0
+            report.weight_loads += int(new)
+            return self._choose(global_env_steps)
 
     def _choose(self, global_env_steps: int) -> tuple[np.ndarray, int]:
         if global_env_steps < self.learning_starts or not self.policy.ready:
@@ -120,9 +124,7 @@ class RolloutWorker:
                 # After a simulator timeout the env reconnects in reset (actors/carla_env.py).
                 report.reconnects += int(self._timed_out)
                 self._reset()
-            if self._steps % self.weight_poll_every == 0:
-                self._maybe_load_weights(report)
-            action, version = self._choose(global_env_steps + i)
+            action, version = self._act(global_env_steps + i, report)
             t_step = time.perf_counter()
             obs, reward, terminated, truncated, info = self.env.step(action)
             report.tick_seconds.append(time.perf_counter() - t_step)

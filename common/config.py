@@ -437,8 +437,10 @@ class RolloutConfig:
         exploration_noise: std of the Gaussian noise added to the policy's action.
         noise_spread: Ape-X style per-actor noise: actor i of N uses
             exploration_noise ** (1 + noise_spread * i / (N - 1)); 0 gives every actor the same.
-        weight_poll_every: env steps between two checks for a new policy version (a check reads
-            what a background thread fetched: no remote call, so every step is cheap).
+        weight_poll_every: env steps between two checks for a new policy version fetched from
+            the object store (a check reads what a background thread fetched: no remote call,
+            so every step is cheap); an actor on the learner's node checks the weight files at
+            every step.
         cpu_threads: threads of torch (the CPU policy) and OpenCV (image preprocessing) in
             each actor.
     """

@@ -9,10 +9,11 @@ call or copy in between)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import ray
 
@@ -85,12 +86,12 @@ class WeightBoard:
 class RayWeightSource:
     """The rollout side: a daemon thread long-polls the board and fetches new snapshots.
 
-    ``load_newer`` (the WeightSource protocol of actors/rollout.py) loads what the thread has
-    already fetched or, while the board names a shared-memory channel on this node, binds the
-    policy to the newest slot of those files (``CpuPolicy.bind``: it runs on the file's arrays,
-    and the slot stays locked until the policy moves on); the thread then skips the
-    object-store fetch and waits at the board only for the channel to change. Broadcast
-    latency (publish -> the env loop runs it) is recorded.
+    ``acting`` (the WeightSource protocol of actors/rollout.py), around each inference, loads
+    what the thread has already fetched or, while the board names a shared-memory channel on
+    this node, binds the policy to the newest slot of those files and holds it for the
+    inference (``CpuPolicy.bind``: the policy runs on the file's arrays); the thread then skips
+    the object-store fetch and waits at the board only for the channel to change. Broadcast
+    latency (publish -> the first inference on it) is recorded.
 
     Args:
         board: the WeightBoard actor.
@@ -154,13 +155,33 @@ class RayWeightSource:
                 log.warning("event=weight_poll_failed error=%r", exc)
                 self._stop.wait(0.5)
 
-    def load_newer(self, policy: CpuPolicy) -> bool:
-        """Loads the newest snapshot into ``policy`` if it is newer than the policy's version,
-        without waiting: from this node's weight files while the board names them (the policy
-        then runs on their arrays in place), else what the poll thread fetched. Publish -> loaded is recorded as that version's broadcast latency.
-        Returns whether it loaded."""
-        if self._load_from_channel(policy):
-            return True
+    @contextlib.contextmanager
+    def acting(self, policy: CpuPolicy, poll: bool = True) -> Iterator[bool]:
+        """The WeightSource protocol (actors/rollout.py): around one inference of ``policy``.
+
+        While the board names weight files on this node, the policy runs on the newest
+        slot's arrays in place, that slot locked for the block (``CpuPolicy.bind``, at every
+        step whatever ``poll`` says: a few memory reads and two ``flock`` calls). Otherwise, if
+        ``poll``, it loads what the poll thread fetched from the object store if that is newer.
+        Publish -> the first inference on a version is recorded as its broadcast latency.
+        Yields whether the policy took a newer version."""
+        reader = self._attached(policy)
+        if reader is None:
+            yield poll and self._load_fetched(policy)
+            return
+        with reader.newest() as held:
+            taken = held is not None and held.snapshot.version > policy.version
+            if taken:
+                # No copy: where each actor copied 7.5 MB per version, 2 ms of its CPU and,
+                # on a full machine, 20 to 80 ms of wall time in its step.
+                policy.bind(self._nets[held.slot], held.snapshot.version)
+                self._policy = policy
+                with self._lock:
+                    # "fetched" at publish: the file held it from that moment
+                    self._record(held.snapshot.version, held.published_at, held.published_at)
+            yield taken
+
+    def _load_fetched(self, policy: CpuPolicy) -> bool:
         with self._lock:
             latest = self._latest
             if latest is None or latest.version <= policy.version:
@@ -171,12 +192,14 @@ class RayWeightSource:
             self._record(latest.version, published_at, fetched_at)
         return True
 
-    def _load_from_channel(self, policy: CpuPolicy) -> bool:
+    def _attached(self, policy: CpuPolicy) -> ShmWeightReader | None:
+        """The reader of the weight files the board names, opened (with a network per slot)
+        on first use; None where the env loop uses the object store."""
         with self._lock:
             channel = self._channel
         if not self._direct(channel):
             self._close_reader()
-            return False
+            return None
         if self._reader is None or self._reader.channel != channel:
             self._close_reader()
             try:
@@ -185,7 +208,7 @@ class RayWeightSource:
                 log.warning("event=weight_file_unusable error=%s", exc)
                 self._unusable = channel
                 self._refetch.set()  # after its current long-poll (poll_timeout_s at most)
-                return False
+                return None
             try:  # one network per slot, its parameters the slot's arrays
                 self._nets = [policy.view(state) for state in reader.states()]
             except SpecError:  # not this policy's layout: loading from the store raises too
@@ -195,20 +218,7 @@ class RayWeightSource:
                 raise
             self._reader = reader
             log.info("event=weight_file_attached path=%s slots=%d", channel.path, channel.slots)
-        if self._reader.version() <= policy.version:
-            return False
-        # The newest slot, held (so the learner leaves it alone) while the policy runs on it:
-        # no copy at all, where a load cost each actor 2 ms of CPU and, on a full machine,
-        # 20 to 80 ms of wall time per version.
-        held = self._reader.hold_newest(policy.version)
-        if held is None:
-            return False
-        policy.bind(self._nets[held.slot], held.snapshot.version)
-        self._policy = policy
-        with self._lock:
-            # "fetched" at publish: the file held it from that moment
-            self._record(held.snapshot.version, held.published_at, held.published_at)
-        return True
+        return self._reader
 
     def _record(self, version: int, published_at: float, fetched_at: float) -> None:
         self._latencies.append(max(0.0, time.time() - published_at))
@@ -216,20 +226,25 @@ class RayWeightSource:
         self._versions.append(version)
 
     def _close_reader(self) -> None:
-        """Gives the weight files up; a policy running on them first copies the weights."""
+        """Gives the weight files up; a policy bound to them first copies the newest slot's
+        weights (its version, or a newer one)."""
         if self._reader is not None:
-            if self._policy is not None and self._policy.bound:
-                self._policy.unbind()
+            policy = self._policy
+            if policy is not None and policy.bound:
+                with self._reader.newest() as held:  # not None: the policy is bound to one
+                    policy.bind(self._nets[held.slot], held.snapshot.version)
+                    policy.unbind()
             self._policy = None
             self._nets = []
             self._reader.close()
             self._reader = None
 
     def take_broadcasts(self) -> tuple[list[int], list[float], list[float]]:
-        """Versions the env loop loaded since the last call, with their broadcast latencies
-        (seconds from publish until loaded) and the part of it until the snapshot was fetched
-        (by the poll thread from the object store; for the weight file, publish time plus the
-        copy's own time), the rest being the env loop reaching its next step."""
+        """Versions the env loop took since the last call, with their broadcast latencies
+        (seconds from publish until its first inference on it) and the part of it until the
+        snapshot was fetched (by the poll thread from the object store; none for the weight
+        files, which hold it from the publish), the rest being the env loop reaching its next
+        inference."""
         with self._lock:
             out = (self._versions, self._latencies, self._fetch_latencies)
             self._versions, self._latencies, self._fetch_latencies = [], [], []

@@ -10,14 +10,16 @@ of the weights in memory and in the CPU's caches. The Ray weight board stays the
 truth (deploy/weights_ray.py): it carries the channel's descriptor, and an actor on another
 machine, or one that cannot open the files, fetches from the object store.
 
-Consistency: a reader holds a shared ``flock`` on the slot its policy runs on for as long as it
-runs on it, and the writer writes a slot only under an exclusive lock that it takes without
-waiting: it writes the oldest slot that no reader holds and never the newest one, and skips a
-publish (``publish`` returns None) when every older slot is held. So a reader never sees half a
-snapshot, and the learner never waits for an actor. The kernel drops the locks of a process
-that dies. A writer killed mid-write leaves that slot's version at WRITING, which no reader
-takes. With ``SLOTS`` = 3, a publish is skipped only while two actors still run two different
-older versions; actors move to the newest at their next step.
+Consistency: a reader holds a shared ``flock`` on the newest slot while its policy runs one
+inference on it, and binds its policy to that slot's arrays at that moment if they are newer
+than what it ran before. The writer writes a slot only under an exclusive lock that it takes
+without waiting: it writes the oldest slot that no reader holds and never the newest one, and
+skips a publish (``publish`` returns None) when readers hold every older slot. So a reader
+never sees half a snapshot, the learner never waits for an actor, and an actor stalled between
+two inferences (a simulator timeout, a full replay) holds nothing. The kernel drops the locks
+of a process that dies. A writer killed mid-write leaves that slot's version at WRITING, which
+no reader takes. With ``SLOTS`` = 3, a publish is skipped only while two actors are in the
+middle of inferences on two different older versions.
 
 Lifetime: the driver deletes the run's directory at shutdown and a restarted learner deletes
 its predecessor's files. A learner holds a shared ``flock`` on its directory's ``alive`` file
@@ -32,6 +34,7 @@ place; ``_views`` gives every array in its logical shape.
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import mmap
@@ -42,7 +45,7 @@ import struct
 import tempfile
 import time
 from pathlib import Path
-from typing import Mapping, NamedTuple
+from typing import Iterator, Mapping, NamedTuple
 
 import msgpack
 import numpy as np
@@ -310,8 +313,8 @@ class _ReaderSlot:
 
 
 class Held(NamedTuple):
-    """A slot a reader holds: its snapshot (read-only views into the mapping, valid and
-    unchanged while held) and its publish time."""
+    """A slot a reader holds: its snapshot (read-only views into the mapping, unchanged while
+    held) and its publish time."""
 
     slot: int
     snapshot: PolicySnapshot
@@ -319,8 +322,8 @@ class Held(NamedTuple):
 
 
 class ShmWeightReader:
-    """A rollout actor's side: maps the learner's slot files read-only and holds the one its
-    policy runs on.
+    """A rollout actor's side: maps the learner's slot files read-only; its policy runs on the
+    newest slot while ``newest`` holds it, one inference at a time.
 
     Raises (constructor):
         CheckpointError: a file is missing, too short or malformed, or its magic or token
@@ -335,52 +338,45 @@ class ShmWeightReader:
         except BaseException:
             self.close()
             raise
-        self._held: int | None = None
         self.channel = channel
 
     def states(self) -> list[dict[str, np.ndarray]]:
         """Each slot's arrays as read-only views, to build networks on ahead of time: their
-        contents are a snapshot only while ``hold_newest`` holds that slot."""
+        contents are a snapshot only while ``newest`` holds that slot."""
         return [dict(zip(slot.names, slot.views)) for slot in self._slots]
 
     def version(self) -> int:
         """The newest version in the files now, read without a lock (a hint)."""
         return max(slot.stamp()[0] for slot in self._slots)
 
-    def hold_newest(self, newer_than: int) -> Held | None:
-        """Takes a shared lock on the slot holding the newest version if that version is
-        newer than ``newer_than``, lets go of the slot held before, and gives the new one's
-        snapshot. None, keeping the slot held before, when no slot is newer or the writer is
-        writing the newest (the next call takes it).
-
-        The views stay valid and unchanged until the next successful call, ``release`` or
-        ``close``: the writer leaves a held slot alone.
-        """
-        stamps = [slot.stamp() for slot in self._slots]
-        k = max(range(len(stamps)), key=lambda i: stamps[i][0])
-        if stamps[k][0] <= newer_than or k == self._held:
-            return None
-        slot = self._slots[k]
+    @contextlib.contextmanager
+    def newest(self) -> Iterator[Held | None]:
+        """Holds a shared lock on the slot with the newest version for the ``with`` block and
+        gives it (None before the first publish): its arrays stay unchanged until the block
+        ends. Never waits: the writer never writes the newest slot, and when the slot read as
+        newest is taken by the writer in between (two publishes since the look), the look is
+        taken again."""
+        while True:
+            stamps = [slot.stamp()[0] for slot in self._slots]
+            k = max(range(len(stamps)), key=stamps.__getitem__)
+            if stamps[k] == WRITING:  # nothing published yet
+                yield None
+                return
+            slot = self._slots[k]
+            try:
+                fcntl.flock(slot.fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:  # the writer took it since the look
+                continue
+            version, published_at = slot.stamp()
+            if version == stamps[k]:
+                break
+            fcntl.flock(slot.fd, fcntl.LOCK_UN)  # rewritten between the look and the lock
         try:
-            fcntl.flock(slot.fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:  # the writer is in it
-            return None
-        version, published_at = slot.stamp()  # under the lock now
-        if version <= newer_than:  # rewritten with WRITING, or older, since the first look
+            yield Held(k, PolicySnapshot(version, dict(zip(slot.names, slot.views))), published_at)
+        finally:
             fcntl.flock(slot.fd, fcntl.LOCK_UN)
-            return None
-        self.release()
-        self._held = k
-        return Held(k, PolicySnapshot(version, dict(zip(slot.names, slot.views))), published_at)
-
-    def release(self) -> None:
-        """Lets go of the held slot (its views must no longer be used)."""
-        if self._held is not None:
-            fcntl.flock(self._slots[self._held].fd, fcntl.LOCK_UN)
-            self._held = None
 
     def close(self) -> None:
-        self._held = None
         for slot in self._slots:
             slot.close()
         self._slots = []

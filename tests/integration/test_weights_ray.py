@@ -66,7 +66,9 @@ def _poll_with(source: RayWeightSource, policy: RecordingPolicy,
     known = policy.version
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if source.load_newer(policy):
+        with source.acting(policy) as taken:
+            pass
+        if taken:
             assert len(policy.loaded) == 1 and policy.version > known
             return policy.loaded[0]
         time.sleep(0.01)
@@ -178,3 +180,16 @@ def test_the_board_wakes_a_file_reader_only_when_the_channel_changes(board, lear
     ray.get(board.publish.remote(3, [ray.put(_state(STORE_VALUE))], None, None))  # no file
     version, refs, _, got = ray.get(waiting, timeout=10)
     assert (version, got) == (3, None) and len(refs) == 1
+
+
+def test_an_actor_between_two_inferences_holds_no_slot(board, learner_file, make_source):
+    # A stalled actor (a simulator timeout, a full replay) must not keep the learner from
+    # writing: it locks a slot only inside an inference.
+    source = make_source()
+    policy = RecordingPolicy()
+    _publish(board, learner_file, 1)
+    _poll_with(source, policy)  # bound to version 1's slot
+    for version in (2, 3, 4, 5):  # every slot is rewritten while the actor waits
+        assert learner_file.publish(PolicySnapshot(version, _state(FILE_VALUE))) is not None
+    with source.acting(policy) as taken:
+        assert taken and policy.version == 5

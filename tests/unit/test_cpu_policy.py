@@ -63,20 +63,19 @@ def test_runs_in_place_on_a_weight_files_arrays_as_it_would_on_a_copy(tmp_path):
     writer.publish(PolicySnapshot(4, state))
     reader = ShmWeightReader(writer.channel)
     policy = CpuPolicy(SMALL_SPEC, small_config().network)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), reader.newest() as held:
         warnings.simplefilter("error")
         nets = [policy.view(s) for s in reader.states()]
-        held = reader.hold_newest(-1)
         policy.bind(nets[held.slot], held.snapshot.version)
-    assert policy.bound and policy.version == 4
-    file_arrays = held.snapshot.state
-    for name, param in policy.net.state_dict().items():
-        assert param.data_ptr() == file_arrays[name].ctypes.data  # no copy
-    conv = policy.net.encoder.cnn[0].weight
-    assert conv.is_contiguous(memory_format=torch.channels_last)
-    np.testing.assert_array_equal(_act_all(policy, batch), _act_all(copied, batch))
-    # Giving the file up: the weights are copied into the policy's own, which acts the same.
-    policy.unbind()
+        assert policy.bound and policy.version == 4
+        file_arrays = held.snapshot.state
+        for name, param in policy.net.state_dict().items():
+            assert param.data_ptr() == file_arrays[name].ctypes.data  # no copy
+        conv = policy.net.encoder.cnn[0].weight
+        assert conv.is_contiguous(memory_format=torch.channels_last)
+        np.testing.assert_array_equal(_act_all(policy, batch), _act_all(copied, batch))
+        # Giving the file up: the weights are copied into the policy's own, acting the same.
+        policy.unbind()
     assert not policy.bound and policy.version == 4
     reader.close()
     writer.close()

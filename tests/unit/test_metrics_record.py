@@ -2,6 +2,7 @@
 the report fields the rollout worker and the learner loop fill for it."""
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -57,8 +58,9 @@ class RandomPolicy:
 
 
 class NoWeights:
-    def load_newer(self, policy):
-        return False
+    @contextlib.contextmanager
+    def acting(self, policy, poll):
+        yield False
 
 
 def _worker(episodes) -> RolloutWorker:

@@ -20,15 +20,15 @@ def _state(value: float = 0.0) -> dict[str, np.ndarray]:
 
 
 def _read(reader: ShmWeightReader, newer_than: int) -> tuple[PolicySnapshot, float] | None:
-    """A copy of the newest slot's snapshot, taken while ``hold_newest`` holds it (the reader
-    keeps holding it, as a rollout actor does while its policy runs on it)."""
-    held = reader.hold_newest(newer_than)
-    if held is None:
-        return None
-    state = held.snapshot.state
-    assert not any(a.flags.writeable for a in state.values())  # views of the file
-    return PolicySnapshot(held.snapshot.version, {k: a.copy() for k, a in state.items()}), \
-        held.published_at
+    """A copy of the newest slot's snapshot if newer than ``newer_than``, taken while
+    ``newest`` holds it, as a rollout actor's inference runs on it."""
+    with reader.newest() as held:
+        if held is None or held.snapshot.version <= newer_than:
+            return None
+        state = held.snapshot.state
+        assert not any(a.flags.writeable for a in state.values())  # views of the file
+        return (PolicySnapshot(held.snapshot.version, {k: a.copy() for k, a in state.items()}),
+                held.published_at)
 
 
 def test_round_trip_copies_every_array_and_the_version(tmp_path):
@@ -62,9 +62,10 @@ def test_conv_weights_are_stored_channels_last(tmp_path):
     writer = ShmWeightWriter(tmp_path, state, "node-a")
     writer.publish(PolicySnapshot(1, state))
     reader = ShmWeightReader(writer.channel)
-    conv = reader.hold_newest(-1).snapshot.state["encoder.cnn.0.weight"]
-    np.testing.assert_array_equal(conv, state["encoder.cnn.0.weight"])
-    assert conv.strides == (4 * 8 * 8 * 4, 4, 8 * 4 * 4, 4 * 4)  # [out, h, w, in] in memory
+    with reader.newest() as held:
+        conv = held.snapshot.state["encoder.cnn.0.weight"]
+        np.testing.assert_array_equal(conv, state["encoder.cnn.0.weight"])
+        assert conv.strides == (4 * 8 * 8 * 4, 4, 8 * 4 * 4, 4 * 4)  # [out, h, w, in] in memory
     reader.close()
     writer.close()
 
@@ -73,18 +74,20 @@ def test_the_writer_leaves_held_slots_alone_and_never_waits(tmp_path):
     writer = ShmWeightWriter(tmp_path, _state(), "node-a")
     first, second = ShmWeightReader(writer.channel), ShmWeightReader(writer.channel)
     writer.publish(PolicySnapshot(1, _state(1.0)))
-    one = first.hold_newest(-1).snapshot  # an actor runs on version 1
-    writer.publish(PolicySnapshot(2, _state(2.0)))
-    two = second.hold_newest(-1).snapshot  # another on version 2
-    writer.publish(PolicySnapshot(3, _state(3.0)))  # the one free slot
-    # Readers hold both older slots and the newest is never rewritten: skipped, not waited for.
-    assert writer.publish(PolicySnapshot(4, _state(4.0))) is None
-    assert np.all(one.state["head.0.weight"] == 1.0) and np.all(two.state["head.0.weight"] == 2.0)
-    assert first.hold_newest(1).snapshot.version == 3  # moving on lets go of version 1's slot
-    assert writer.publish(PolicySnapshot(4, _state(4.0))) is not None
-    assert np.all(two.state["head.0.weight"] == 2.0)  # still held, still intact
-    assert second.hold_newest(2).snapshot.version == 4
-    first.release()
+    with first.newest() as one:  # an actor in the middle of an inference on version 1
+        writer.publish(PolicySnapshot(2, _state(2.0)))
+        with second.newest() as two:  # another on version 2
+            assert (one.snapshot.version, two.snapshot.version) == (1, 2)
+            writer.publish(PolicySnapshot(3, _state(3.0)))  # the one free slot
+            # Both older slots held and the newest never rewritten: skipped, not waited for.
+            assert writer.publish(PolicySnapshot(4, _state(4.0))) is None
+            assert np.all(one.snapshot.state["head.0.weight"] == 1.0)
+            assert np.all(two.snapshot.state["head.0.weight"] == 2.0)
+        # The second inference is over: its slot is free again.
+        assert writer.publish(PolicySnapshot(4, _state(4.0))) is not None
+        assert np.all(one.snapshot.state["head.0.weight"] == 1.0)  # still held, intact
+    with first.newest() as held:
+        assert held.snapshot.version == 4 and np.all(held.snapshot.state["head.0.weight"] == 4.0)
     second.close()
     first.close()
     writer.close()
@@ -239,13 +242,13 @@ def _read_many(channel: ShmChannel, reads: int, queue) -> None:
     reader = ShmWeightReader(channel)
     torn, seen, known = 0, set(), -1
     while len(seen) < reads:
-        held = reader.hold_newest(known)
-        if held is None:
-            continue
-        known = held.snapshot.version
-        seen.add(known)
-        time.sleep(0.002)  # the writer publishes on meanwhile; the held slot must stay intact
-        torn += sum(int(np.any(a != float(known))) for a in held.snapshot.state.values())
+        with reader.newest() as held:
+            if held is None or held.snapshot.version <= known:
+                continue
+            known = held.snapshot.version
+            seen.add(known)
+            time.sleep(0.002)  # the writer publishes on meanwhile; the held slot must stay intact
+            torn += sum(int(np.any(a != float(known))) for a in held.snapshot.state.values())
     queue.put((torn, len(seen)))
 
 
