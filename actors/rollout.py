@@ -68,6 +68,8 @@ class RolloutReport:
     broadcast_versions: list[int] = field(default_factory=list)
     broadcast_latencies: list[float] = field(default_factory=list)  # publish -> env loop has it
     broadcast_fetch_latencies: list[float] = field(default_factory=list)  # publish -> fetched
+    broadcast_published_at: list[float] = field(default_factory=list)  # time.time() of publish
+    reset_spans: list[tuple[float, float]] = field(default_factory=list)  # time.time() in, out
 
 
 class RolloutWorker:
@@ -123,7 +125,9 @@ class RolloutWorker:
             if self._obs is None:
                 # After a simulator timeout the env reconnects in reset (actors/carla_env.py).
                 report.reconnects += int(self._timed_out)
+                started = time.time()
                 self._reset()
+                report.reset_spans.append((started, time.time()))
             action, version = self._act(global_env_steps + i, report)
             t_step = time.perf_counter()
             obs, reward, terminated, truncated, info = self.env.step(action)

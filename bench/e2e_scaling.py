@@ -8,7 +8,9 @@ publishing (publish_every=1) in the background. Scaling efficiency at N is
 steps/s(N) / (N x steps/s(1)).
 
 Broadcast latency: for each published version, the time from publish until EVERY rollout actor
-runs it (the max over actors of publish -> handed to the env loop), p50 and p99.
+runs it (the max over actors of publish -> its first inference on it), p50 and p99; and the
+same over the actors that were in the middle of an episode (no episode reset between the
+publish and that inference: a reset ticks the simulator and spawns actors, and runs no policy).
 
 ``--transports shm,board`` measures every actor count with each weight transport in turn: the
 shared-memory weight file (``learner.publish_shm``, the default) and the weight board's
@@ -89,6 +91,10 @@ def _keep_learner_busy(learner, stop: threading.Event, updates: list[int]) -> No
         updates.append(report.updates)
 
 
+def _ms(values: list[float], q: float) -> float | None:
+    return float(np.percentile(values, q) * 1e3) if values else None
+
+
 def measure(actors: int, steps: int, tick_latency_s: float, ratio: float, batch_size: int,
             transport: str = "shm") -> dict:
     cfg = bench_config(actors, tick_latency_s, ratio, batch_size, transport)
@@ -118,16 +124,22 @@ def measure(actors: int, steps: int, tick_latency_s: float, ratio: float, batch_
             stop.set()
             thread.join()
             fleet.destroy()
-    per_version: dict[int, list[tuple[float, float]]] = {}
+    per_version: dict[int, list[tuple[float, float, bool]]] = {}
     for report in reports:
-        for version, latency, fetch in zip(report.broadcast_versions, report.broadcast_latencies,
-                                           report.broadcast_fetch_latencies):
-            per_version.setdefault(version, []).append((latency, fetch))
+        for version, latency, fetch, published in zip(
+                report.broadcast_versions, report.broadcast_latencies,
+                report.broadcast_fetch_latencies, report.broadcast_published_at):
+            reset = any(start < published + latency and end > published
+                        for start, end in report.reset_spans)
+            per_version.setdefault(version, []).append((latency, fetch, reset))
     # A version counts once every actor ran it; its latency is the slowest actor's.
     timed = [lats for v, lats in per_version.items()
              if len(lats) == actors and v >= first_timed_version]
-    complete = [max(lat for lat, _ in lats) for lats in timed]
-    fetched = [max(fetch for _, fetch in lats) for lats in timed]
+    complete = [max(lat for lat, _, _ in lats) for lats in timed]
+    fetched = [max(fetch for _, fetch, _ in lats) for lats in timed]
+    mid_episode = [max(lat for lat, _, reset in lats if not reset) for lats in timed
+                   if not all(reset for _, _, reset in lats)]
+    met_reset = sum(any(reset for _, _, reset in lats) for lats in timed)
     # Cores each role kept busy during the timed window (2.0 = both cores of the CI machine).
     cores = {role: round((cpu1.get(role, 0.0) - cpu0.get(role, 0.0)) / wall, 3)
              for role in cpu1 if cpu1.get(role, 0.0) - cpu0.get(role, 0.0) > 0.0}
@@ -139,6 +151,9 @@ def measure(actors: int, steps: int, tick_latency_s: float, ratio: float, batch_
             "versions_seen_by_all": len(complete),
             "broadcast_p50_ms": float(np.percentile(complete, 50) * 1e3) if complete else None,
             "broadcast_p99_ms": float(np.percentile(complete, 99) * 1e3) if complete else None,
+            # the same, over the actors with no episode reset between publish and first use
+            "versions_met_by_a_reset": int(met_reset),
+            "mid_episode_p50_ms": _ms(mid_episode, 50), "mid_episode_p99_ms": _ms(mid_episode, 99),
             # publish -> the slowest actor's poll thread has the snapshot (the rest of the
             # latency is that actor's env loop finishing its current step)
             "fetch_p50_ms": float(np.percentile(fetched, 50) * 1e3) if fetched else None,
@@ -187,13 +202,14 @@ def main(argv: list[str] | None = None) -> None:
         with open(args.json, "w") as f:
             f.write(text)
     print(f"{'actors':>6} {'weights':>7} {'steps/s':>9} {'efficiency':>10} {'bcast p50 ms':>12}"
-          f" {'bcast p99 ms':>12}"
+          f" {'bcast p99 ms':>12} {'mid-ep p50':>12} {'mid-ep p99':>12}"
           f" {'fetch p50 ms':>12} {'fetch p99 ms':>12}")
     for r in rows:
         fmt = lambda v: f"{v:12.1f}" if v is not None else f"{'-':>12}"
         print(f"{r['actors']:>6} {r['weights_transport']:>7} {r['env_steps_per_s']:9.1f} "
               f"{r['scaling_efficiency']:10.1%} "
               f"{fmt(r['broadcast_p50_ms'])} {fmt(r['broadcast_p99_ms'])} "
+              f"{fmt(r['mid_episode_p50_ms'])} {fmt(r['mid_episode_p99_ms'])} "
               f"{fmt(r['fetch_p50_ms'])} {fmt(r['fetch_p99_ms'])}")
 
 

@@ -126,8 +126,8 @@ class RolloutActor:
 
     def run_steps(self, n: int, global_env_steps: int) -> RolloutReport:
         report = self.worker.run_steps(n, global_env_steps)
-        (report.broadcast_versions, report.broadcast_latencies,
-         report.broadcast_fetch_latencies) = self.weights.take_broadcasts()
+        (report.broadcast_versions, report.broadcast_latencies, report.broadcast_fetch_latencies,
+         report.broadcast_published_at) = self.weights.take_broadcasts()
         record_rollout(self.metrics, report)
         return report
 

@@ -116,6 +116,7 @@ class RayWeightSource:
         self._latencies: list[float] = []
         self._fetch_latencies: list[float] = []
         self._versions: list[int] = []
+        self._published: list[float] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="weight-poll", daemon=True)
         self._thread.start()
@@ -224,6 +225,7 @@ class RayWeightSource:
         self._latencies.append(max(0.0, time.time() - published_at))
         self._fetch_latencies.append(max(0.0, fetched_at - published_at))
         self._versions.append(version)
+        self._published.append(published_at)
 
     def _close_reader(self) -> None:
         """Gives the weight files up; a policy bound to them first copies the newest slot's
@@ -239,15 +241,16 @@ class RayWeightSource:
             self._reader.close()
             self._reader = None
 
-    def take_broadcasts(self) -> tuple[list[int], list[float], list[float]]:
+    def take_broadcasts(self) -> tuple[list[int], list[float], list[float], list[float]]:
         """Versions the env loop took since the last call, with their broadcast latencies
         (seconds from publish until its first inference on it) and the part of it until the
         snapshot was fetched (by the poll thread from the object store; none for the weight
         files, which hold it from the publish), the rest being the env loop reaching its next
-        inference."""
+        inference; and each version's publish time."""
         with self._lock:
-            out = (self._versions, self._latencies, self._fetch_latencies)
+            out = (self._versions, self._latencies, self._fetch_latencies, self._published)
             self._versions, self._latencies, self._fetch_latencies = [], [], []
+            self._published = []
         return out
 
     def stop(self) -> None:

@@ -118,13 +118,15 @@ def make_source(board):
 
 
 def test_an_actor_on_the_learners_node_reads_the_file(board, learner_file, make_source):
+    started = time.time()
     source = make_source()
     for version in (1, 2):
         _publish(board, learner_file, version)
         snapshot = _poll_until(source, version - 1)
         assert snapshot.version == version and _value(snapshot) == FILE_VALUE
-    versions, latencies, fetches = source.take_broadcasts()
+    versions, latencies, fetches, published = source.take_broadcasts()
     assert versions == [1, 2] and all(0.0 <= f <= lat < 30.0 for f, lat in zip(fetches, latencies))
+    assert started <= published[0] <= published[1] <= time.time()  # the learner's stamps
 
 
 def test_an_actor_on_another_node_fetches_from_the_object_store(board, learner_file, make_source):

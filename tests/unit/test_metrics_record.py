@@ -77,6 +77,7 @@ def test_rollout_worker_reports_step_times_endings_timeouts_and_reconnects():
     report = worker.run_steps(5)
     assert len(report.tick_seconds) == 5 and all(s >= 0 for s in report.tick_seconds)
     assert report.simulator_timeouts == 1 and report.reconnects == 1  # the reset after it
+    assert len(report.reset_spans) == 2 and all(a <= b for a, b in report.reset_spans)
     assert [(e.truncated, e.reason) for e in report.episodes] == [(True, "simulator_timeout")]
     report = worker.run_steps(5)
     assert report.reconnects == 0 and report.simulator_timeouts == 0
