@@ -1,15 +1,15 @@
 """The env loop of one rollout actor: env + policy + exploration + writer + weight pulls.
 
 A plain class: deploy/ wraps it in a Ray actor (or runs it in-process in local mode). An env
-step never waits on the learner: each inference runs inside a non-blocking ``WeightSource``
-block, which gives the policy newer weights first if it has any.
+step never waits on the learner: before each inference a non-blocking ``WeightSource`` gives
+the policy newer weights if it has any.
 """
 from __future__ import annotations
 
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, ContextManager, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -22,13 +22,17 @@ log = logging.getLogger(__name__)
 
 
 class WeightSource(Protocol):
-    def acting(self, policy: CpuPolicy, poll: bool) -> ContextManager[bool]:
-        """A block around one inference of ``policy``: on entry, gives the policy a snapshot
-        newer than ``policy.version`` if one is available now (without waiting; if ``poll``,
-        or always where the policy runs on weights the source shares with it), and keeps the
-        weights the policy runs on unchanged until the block ends. Yields whether it gave a
-        newer version. The source does the load so it can bind the policy to where it keeps
-        the weights, or copy from there straight into the policy's parameters."""
+    """Gives the policy newer weights between inferences, never waiting for them."""
+
+    def before_inference(self, policy: CpuPolicy, poll: bool) -> bool:
+        """Gives ``policy`` a snapshot newer than ``policy.version`` if one is available now
+        (if ``poll``, or always where the policy runs on weights the source shares with it),
+        and keeps the weights the policy runs on unchanged until ``after_inference``. Returns
+        whether it gave a newer version. The source does the load so it can bind the policy
+        to where it keeps the weights, or copy from there straight into its parameters."""
+
+    def after_inference(self) -> None:
+        """The inference is over (called even when it failed)."""
 
 
 class DrivingEnv(Protocol):
@@ -102,10 +106,13 @@ class RolloutWorker:
 
     def _act(self, global_env_steps: int, report: RolloutReport) -> tuple[np.ndarray, int]:
         t0 = time.perf_counter()
-        with self.weights.acting(self.policy, self._steps % self.weight_poll_every == 0) as new:
+        poll = self._steps % self.weight_poll_every == 0
+        try:
+            report.weight_loads += int(self.weights.before_inference(self.policy, poll))
             report.weight_wait_seconds += time.perf_counter() - t0
-            report.weight_loads += int(new)
             return self._choose(global_env_steps)
+        finally:
+            self.weights.after_inference()
 
     def _choose(self, global_env_steps: int) -> tuple[np.ndarray, int]:
         if global_env_steps < self.learning_starts or not self.policy.ready:

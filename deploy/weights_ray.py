@@ -9,11 +9,10 @@ call or copy in between)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import ray
 
@@ -86,9 +85,9 @@ class WeightBoard:
 class RayWeightSource:
     """The rollout side: a daemon thread long-polls the board and fetches new snapshots.
 
-    ``acting`` (the WeightSource protocol of actors/rollout.py), around each inference, loads
-    what the thread has already fetched or, while the board names a shared-memory channel on
-    this node, binds the policy to the newest slot of those files and holds it for the
+    ``before_inference`` / ``after_inference`` (the WeightSource protocol of actors/rollout.py)
+    load what the thread has already fetched or, while the board names a shared-memory channel
+    on this node, bind the policy to the newest slot of those files and lock it for the
     inference (``CpuPolicy.bind``: the policy runs on the file's arrays); the thread then skips
     the object-store fetch and waits at the board only for the channel to change. Broadcast
     latency (publish -> the first inference on it) is recorded.
@@ -112,6 +111,7 @@ class RayWeightSource:
         self._refetch = threading.Event()  # the thread must fetch the newest version again
         self._reader: ShmWeightReader | None = None  # used by the env loop's thread only
         self._nets: list[Any] = []  # per slot of the reader: a network on its arrays
+        self._locked = -1  # the slot locked for the inference in progress
         self._policy: CpuPolicy | None = None  # the policy bound to the reader's slots
         self._latencies: list[float] = []
         self._fetch_latencies: list[float] = []
@@ -156,31 +156,37 @@ class RayWeightSource:
                 log.warning("event=weight_poll_failed error=%r", exc)
                 self._stop.wait(0.5)
 
-    @contextlib.contextmanager
-    def acting(self, policy: CpuPolicy, poll: bool = True) -> Iterator[bool]:
-        """The WeightSource protocol (actors/rollout.py): around one inference of ``policy``.
+    def before_inference(self, policy: CpuPolicy, poll: bool = True) -> bool:
+        """The WeightSource protocol (actors/rollout.py), before one inference of ``policy``.
 
         While the board names weight files on this node, the policy runs on the newest
-        slot's arrays in place, that slot locked for the block (``CpuPolicy.bind``, at every
-        step whatever ``poll`` says: a few memory reads and two ``flock`` calls). Otherwise, if
-        ``poll``, it loads what the poll thread fetched from the object store if that is newer.
-        Publish -> the first inference on a version is recorded as its broadcast latency.
-        Yields whether the policy took a newer version."""
+        slot's arrays in place, that slot locked until ``after_inference``
+        (``CpuPolicy.bind``; at every step, whatever ``poll`` says: a few memory reads and two
+        ``flock`` calls). Otherwise, if ``poll``, it loads what the poll thread fetched from
+        the object store if that is newer. Publish -> the first inference on a version is
+        recorded as its broadcast latency. Returns whether the policy took a newer version."""
         reader = self._attached(policy)
         if reader is None:
-            yield poll and self._load_fetched(policy)
-            return
-        with reader.newest() as held:
-            taken = held is not None and held.snapshot.version > policy.version
-            if taken:
-                # No copy: where each actor copied 7.5 MB per version, 2 ms of its CPU and,
-                # on a full machine, 20 to 80 ms of wall time in its step.
-                policy.bind(self._nets[held.slot], held.snapshot.version)
-                self._policy = policy
-                with self._lock:
-                    # "fetched" at publish: the file held it from that moment
-                    self._record(held.snapshot.version, held.published_at, held.published_at)
-            yield taken
+            return poll and self._load_fetched(policy)
+        slot, version = reader.lock_newest()
+        self._locked = slot
+        if version <= policy.version:
+            return False
+        # No copy: where each actor copied 7.5 MB per version, 2 ms of its CPU and, on a full
+        # machine, 20 to 80 ms of wall time in its step.
+        held = reader.held(slot)
+        policy.bind(self._nets[slot], version)
+        self._policy = policy
+        with self._lock:
+            # "fetched" at publish: the file held it from that moment
+            self._record(version, held.published_at, held.published_at)
+        return True
+
+    def after_inference(self) -> None:
+        """Lets go of the slot ``before_inference`` locked, if any."""
+        if self._locked >= 0:
+            self._reader.unlock(self._locked)
+            self._locked = -1
 
     def _load_fetched(self, policy: CpuPolicy) -> bool:
         with self._lock:

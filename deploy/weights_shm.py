@@ -56,6 +56,7 @@ from common.weights import PolicySnapshot
 MAGIC = b"CTD3WTS2"
 _HEADER = struct.Struct("<8s16sqdQ")  # magic, token, version, published_at, layout bytes
 _VERSION_AT = 24  # byte offset of the version field
+_VERSION = struct.Struct("<q")
 HEADER_BYTES = 64
 WRITING = -2  # the version while a write is in progress (or was cut off by a crash)
 _ALIGN = 64
@@ -323,7 +324,7 @@ class Held(NamedTuple):
 
 class ShmWeightReader:
     """A rollout actor's side: maps the learner's slot files read-only; its policy runs on the
-    newest slot while ``newest`` holds it, one inference at a time.
+    newest slot, locked (``lock_newest``/``unlock``) for one inference at a time.
 
     Raises (constructor):
         CheckpointError: a file is missing, too short or malformed, or its magic or token
@@ -338,45 +339,68 @@ class ShmWeightReader:
         except BaseException:
             self.close()
             raise
+        self._maps = [slot.map for slot in self._slots]
+        self._fds = [slot.fd for slot in self._slots]
+        self._states = [dict(zip(slot.names, slot.views)) for slot in self._slots]
         self.channel = channel
 
     def states(self) -> list[dict[str, np.ndarray]]:
         """Each slot's arrays as read-only views, to build networks on ahead of time: their
-        contents are a snapshot only while ``newest`` holds that slot."""
-        return [dict(zip(slot.names, slot.views)) for slot in self._slots]
+        contents are a snapshot only while the slot is locked."""
+        return list(self._states)
 
     def version(self) -> int:
         """The newest version in the files now, read without a lock (a hint)."""
         return max(slot.stamp()[0] for slot in self._slots)
 
-    @contextlib.contextmanager
-    def newest(self) -> Iterator[Held | None]:
-        """Holds a shared lock on the slot with the newest version for the ``with`` block and
-        gives it (None before the first publish): its arrays stay unchanged until the block
-        ends. Never waits: the writer never writes the newest slot, and when the slot read as
-        newest is taken by the writer in between (two publishes since the look), the look is
-        taken again."""
+    def lock_newest(self) -> tuple[int, int]:
+        """Takes a shared lock on the slot with the newest version; returns (slot, version),
+        or (-1, WRITING) with nothing locked before the first publish. The slot's arrays stay
+        unchanged until ``unlock(slot)``. Never waits: the writer never writes the newest
+        slot, and when the slot read as newest is taken by the writer in between (two
+        publishes since the look), the look is taken again. Lean: it runs before every
+        inference, cache-cold after the simulator's tick (58 against 139 us of CPU for the
+        same steps through a generator context manager and per-call snapshot objects)."""
+        maps, fds = self._maps, self._fds
         while True:
-            stamps = [slot.stamp()[0] for slot in self._slots]
-            k = max(range(len(stamps)), key=stamps.__getitem__)
-            if stamps[k] == WRITING:  # nothing published yet
-                yield None
-                return
-            slot = self._slots[k]
+            best, k = WRITING, -1
+            for i, mapped in enumerate(maps):
+                version = _VERSION.unpack_from(mapped, _VERSION_AT)[0]
+                if version > best:
+                    best, k = version, i
+            if k < 0:  # nothing published yet
+                return -1, WRITING
             try:
-                fcntl.flock(slot.fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                fcntl.flock(fds[k], fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:  # the writer took it since the look
                 continue
-            version, published_at = slot.stamp()
-            if version == stamps[k]:
-                break
-            fcntl.flock(slot.fd, fcntl.LOCK_UN)  # rewritten between the look and the lock
+            if _VERSION.unpack_from(maps[k], _VERSION_AT)[0] == best:
+                return k, best
+            fcntl.flock(fds[k], fcntl.LOCK_UN)  # rewritten between the look and the lock
+
+    def unlock(self, slot: int) -> None:
+        fcntl.flock(self._fds[slot], fcntl.LOCK_UN)
+
+    def held(self, slot: int) -> Held:
+        """A slot locked by ``lock_newest``: its snapshot (read-only views) and publish time."""
+        version, published_at = self._slots[slot].stamp()
+        return Held(slot, PolicySnapshot(version, self._states[slot]), published_at)
+
+    @contextlib.contextmanager
+    def newest(self) -> Iterator[Held | None]:
+        """``lock_newest`` for a ``with`` block: gives the newest slot (None before the first
+        publish), unchanged until the block ends."""
+        slot, _ = self.lock_newest()
+        if slot < 0:
+            yield None
+            return
         try:
-            yield Held(k, PolicySnapshot(version, dict(zip(slot.names, slot.views))), published_at)
+            yield self.held(slot)
         finally:
-            fcntl.flock(slot.fd, fcntl.LOCK_UN)
+            self.unlock(slot)
 
     def close(self) -> None:
+        self._maps, self._fds, self._states = [], [], []
         for slot in self._slots:
             slot.close()
         self._slots = []

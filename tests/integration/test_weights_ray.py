@@ -66,8 +66,8 @@ def _poll_with(source: RayWeightSource, policy: RecordingPolicy,
     known = policy.version
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        with source.acting(policy) as taken:
-            pass
+        taken = source.before_inference(policy)
+        source.after_inference()
         if taken:
             assert len(policy.loaded) == 1 and policy.version > known
             return policy.loaded[0]
@@ -193,5 +193,5 @@ def test_an_actor_between_two_inferences_holds_no_slot(board, learner_file, make
     _poll_with(source, policy)  # bound to version 1's slot
     for version in (2, 3, 4, 5):  # every slot is rewritten while the actor waits
         assert learner_file.publish(PolicySnapshot(version, _state(FILE_VALUE))) is not None
-    with source.acting(policy) as taken:
-        assert taken and policy.version == 5
+    assert source.before_inference(policy) and policy.version == 5
+    source.after_inference()

@@ -2,7 +2,6 @@
 the report fields the rollout worker and the learner loop fill for it."""
 from __future__ import annotations
 
-import contextlib
 import math
 
 import numpy as np
@@ -58,9 +57,17 @@ class RandomPolicy:
 
 
 class NoWeights:
-    @contextlib.contextmanager
-    def acting(self, policy, poll):
-        yield False
+    """Never a new version; records the calls (every inference between a before and an after)."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def before_inference(self, policy, poll):
+        self.calls.append("before")
+        return False
+
+    def after_inference(self):
+        self.calls.append("after")
 
 
 def _worker(episodes) -> RolloutWorker:
@@ -82,6 +89,19 @@ def test_rollout_worker_reports_step_times_endings_timeouts_and_reconnects():
     report = worker.run_steps(5)
     assert report.reconnects == 0 and report.simulator_timeouts == 0
     assert [(e.truncated, e.success) for e in report.episodes] == [(False, True)]
+    assert worker.weights.calls == ["before", "after"] * 10
+
+
+def test_an_inference_that_fails_still_ends_the_weight_sources_block():
+    worker = _worker([(100, False, "step_limit", False)])
+
+    def broken(global_env_steps):
+        raise RuntimeError("inference failed")
+
+    worker._choose = broken
+    with pytest.raises(RuntimeError, match="inference failed"):
+        worker.run_steps(1)
+    assert worker.weights.calls == ["before", "after"]  # the weight slot is let go
 
 
 def test_record_rollout_counts_steps_episodes_by_ending_and_carla_health():
