@@ -46,14 +46,15 @@ def _load(path: Path) -> dict[str, Any]:
 
 
 def _e2e_series(result: dict[str, Any], source: Path) -> dict[str, list[tuple]]:
-    """Rows per weight transport, by actor count: (actors, steps/s, p50, p99). Runs before
-    the shared-memory transport existed have no ``weights_transport``: they used the board."""
+    """Rows per weight transport, by actor count: (actors, steps/s, p50, p99, mid-episode p99
+    or None). Runs before the shared-memory transport existed have no ``weights_transport``:
+    they used the board; runs before the split by episode resets have no mid-episode p99."""
     series: dict[str, list[tuple]] = {}
     try:
         for r in sorted(result["rows"], key=lambda r: r["actors"]):
             series.setdefault(str(r.get("weights_transport", "board")), []).append(
                 (int(r["actors"]), float(r["env_steps_per_s"]), r["broadcast_p50_ms"],
-                 r["broadcast_p99_ms"]))
+                 r["broadcast_p99_ms"], r.get("mid_episode_p99_ms")))
     except (KeyError, TypeError) as exc:
         raise BadResults(f"{source}: e2e rows lack {exc}") from None
     if not series or any(rows[0][0] != 1 for rows in series.values()):
@@ -73,13 +74,17 @@ def plot_e2e(result: dict[str, Any], out: Path, source: Path) -> Path:
     for k, (transport, rows) in enumerate(series.items()):
         label = f" ({transport})" if len(series) > 1 else ""
         line, = left.plot([r[0] for r in rows], [r[1] for r in rows], "o-", label=f"measured{label}")
-        for n, steps, _, _ in rows:  # one series' labels below the points, the next above
+        for n, steps, *_ in rows:  # one series' labels below the points, the next above
             left.annotate(f"{100 * steps / (rows[0][1] * n):.0f}%", (n, steps),
                           textcoords="offset points", xytext=(4, -12 if k % 2 == 0 else 6),
                           fontsize=8, color=line.get_color())
         timed = [r for r in rows if r[2] is not None and r[3] is not None]
         right.plot([t[0] for t in timed], [t[2] for t in timed], "o-", label=f"p50{label}")
         right.plot([t[0] for t in timed], [t[3] for t in timed], "s-", label=f"p99{label}")
+        mid = [t for t in timed if t[4] is not None]
+        if mid:
+            right.plot([t[0] for t in mid], [t[4] for t in mid], "^:",
+                       label=f"p99 mid-episode{label}")
     left.set(xscale="log", yscale="log", xlabel="rollout actors", ylabel="env steps / s",
              title=f"Scaling, {result.get('tick_latency_s', 0.05) * 1e3:.0f} ms per tick")
     left.set_xticks(actors, [str(n) for n in actors])

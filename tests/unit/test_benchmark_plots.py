@@ -48,3 +48,12 @@ def test_a_malformed_file_is_named(tmp_path, capsys):
 def test_missing_files_are_skipped(tmp_path):
     assert BP.main(["--dir", str(tmp_path)]) == 0
     assert not list(tmp_path.iterdir())
+
+
+def test_the_mid_episode_p99_is_drawn_where_a_run_has_it(tmp_path):
+    run = _e2e()
+    run["rows"][-1]["mid_episode_p99_ms"] = 70.0
+    series = BP._e2e_series(run, tmp_path / BP.E2E)
+    assert [r[4] for r in series["board"]] == [None, None, None, 70.0]
+    (tmp_path / BP.E2E).write_text(json.dumps(run))
+    assert BP.main(["--dir", str(tmp_path)]) == 0
