@@ -210,7 +210,7 @@ class ShmWeightWriter:
             raise
 
     def _version(self, slot: _WriterSlot) -> int:
-        return struct.unpack_from("<q", slot.map, _VERSION_AT)[0]
+        return _VERSION.unpack_from(slot.map, _VERSION_AT)[0]
 
     def publish(self, snapshot: PolicySnapshot, published_at: float | None = None) -> float | None:
         """Writes the snapshot with its publish time (``time.time()`` when not given), which
@@ -231,13 +231,15 @@ class ShmWeightWriter:
                 raise CheckpointError(f"snapshot array {_layout({name: array})[0]} does not match "
                                       f"the weight file's {want}")
         by_age = sorted(self._slots, key=self._version)
-        for slot in by_age[:-1]:  # never the newest: readers are moving to it
+        # Never the newest: readers lock it without waiting, and so the newest version in
+        # the files never goes back (a policy newer than every slot runs on its own copy).
+        for slot in by_age[:-1]:
             try:
                 fcntl.flock(slot.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:  # an actor still runs on this one
                 continue
             try:
-                struct.pack_into("<q", slot.map, _VERSION_AT, WRITING)
+                _VERSION.pack_into(slot.map, _VERSION_AT, WRITING)
                 for view, (_, array) in zip(slot.views, arrays):
                     np.copyto(view, array, casting="no")
                 if published_at is None:
@@ -292,7 +294,8 @@ class _ReaderSlot:
                 layout = [(str(n), tuple(int(d) for d in s), str(d)) for n, s, d in raw]
                 self.views = _views(self.map, layout, HEADER_BYTES + layout_len)
             except (ValueError, TypeError, msgpack.UnpackException) as exc:  # a damaged layout
-                self.map.close()
+                # Views made before the failure live on in the traceback: the mapping goes
+                # with them, not here (closing it would raise BufferError).
                 raise CheckpointError(f"weight file {path!r}: malformed ({exc})") from exc
         except BaseException:
             os.close(self.fd)

@@ -129,9 +129,12 @@ def test_a_wrong_token_or_a_missing_file_is_a_clear_error(tmp_path):
         ShmWeightReader(ShmChannel(str(tmp_path / "weights-short"), "00" * 16, "node-a"))
 
 
-def test_a_truncated_file_is_a_clear_error(tmp_path):
+@pytest.mark.parametrize("keep", [200, -4])
+def test_a_truncated_file_is_a_clear_error(tmp_path, keep):
     writer = ShmWeightWriter(tmp_path, _state(), "node-a")
-    os.truncate(writer.channel.slot_path(2), 200)  # the header and layout stay, the arrays go
+    path = writer.channel.slot_path(2)
+    # 200: the header and layout stay, the arrays go; -4: only the last array is cut short
+    os.truncate(path, keep if keep > 0 else os.path.getsize(path) + keep)
     with pytest.raises(CheckpointError, match="malformed"):
         ShmWeightReader(writer.channel)
     writer.close()
