@@ -5,7 +5,8 @@ import torch
 
 from common.config import NetworkConfig
 from common.errors import SpecError
-from common.networks import FlattenHWC, ImageEncoder, PolicyNet, QNet, load_policy_state, to_channels_last
+from common.networks import (FlattenHWC, ImageEncoder, PolicyNet, QNet, interleave_frames,
+                             load_policy_state, to_channels_last)
 from common.specs import EnvSpec
 
 SPEC = EnvSpec(frames=4, image_size=84, num_waypoints=10)
@@ -103,3 +104,17 @@ def test_load_policy_state_rejects_mismatches(name, mutate, message):
     with pytest.raises(SpecError, match=message):
         load_policy_state(net, state)
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items()), name
+
+
+@pytest.mark.parametrize("case", ["obs view", "next view", "one frame", "strided rows", "batch 1"])
+def test_frames_interleaved_on_the_cpu_equal_torchs_channels_last_copy(case):
+    # The learner's stacks are views of one [B, F + 1, H, W] block (B = 40 takes OpenCV's path
+    # in prepare); the actor's is a batch of 1 (torch's path).
+    block = torch.randint(0, 256, (40, 5, 12, 10), dtype=torch.uint8)
+    image = {"obs view": block[:, :4], "next view": block[:, 1:], "one frame": block[:, :1],
+             "strided rows": block[:, :4, ::2], "batch 1": block[:1, :4]}[case]
+    out = interleave_frames(image)
+    assert out.is_contiguous(memory_format=torch.channels_last) and torch.equal(out, image)
+    prepared = ImageEncoder.prepare(image)
+    assert prepared.dtype == torch.float32 and torch.equal(prepared, image.float())
+    assert prepared.is_contiguous(memory_format=torch.channels_last)
