@@ -352,10 +352,6 @@ class ShmWeightReader:
         contents are a snapshot only while the slot is locked."""
         return list(self._states)
 
-    def version(self) -> int:
-        """The newest version in the files now, read without a lock (a hint)."""
-        return max(slot.stamp()[0] for slot in self._slots)
-
     def lock_newest(self) -> tuple[int, int]:
         """Takes a shared lock on the slot with the newest version; returns (slot, version),
         or (-1, WRITING) with nothing locked before the first publish. The slot's arrays stay

@@ -36,9 +36,11 @@ def test_round_trip_copies_every_array_and_the_version(tmp_path):
     state = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in _state().items()}
     writer = ShmWeightWriter(tmp_path, state, "node-a")
     reader = ShmWeightReader(writer.channel)
-    assert reader.version() == WRITING and _read(reader, -1) is None  # nothing published yet
+    assert reader.lock_newest() == (-1, WRITING) and _read(reader, -1) is None  # none yet
     published_at = writer.publish(PolicySnapshot(7, state))
-    assert reader.version() == 7
+    slot, version = reader.lock_newest()
+    assert version == 7
+    reader.unlock(slot)
     snapshot, at = _read(reader, -1)
     assert snapshot.version == 7 and at == published_at
     assert list(snapshot.state) == list(state)
@@ -229,7 +231,7 @@ def test_a_starting_learner_removes_the_files_of_runs_whose_learner_died(tmp_pat
     new = ShmWeightWriter(tmp_path / "carla-td3-new", _state(), "node-a")
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "carla-td3-live", "carla-td3-new", "carla-td3-nomarker"]
-    assert ShmWeightReader(live.channel).version() == WRITING  # the live one is untouched
+    assert ShmWeightReader(live.channel).lock_newest() == (-1, WRITING)  # the live one is intact
     live.close()
     new.close()
 
