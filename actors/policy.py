@@ -56,16 +56,10 @@ class CpuPolicy:
 
     def bind(self, net: PolicyNet, version: int) -> None:
         """Runs on ``net`` (from ``view``) as ``version`` from now on: the caller keeps its
-        arrays valid and unchanged until the next ``bind``, ``load`` or ``unbind``."""
+        arrays valid and unchanged until the next ``bind`` or ``load`` (which copies a snapshot,
+        e.g. the shared one, into the policy's own weights before it gives the arrays up)."""
         self.version = version
         self._use(net)
-
-    def unbind(self) -> None:
-        """Copies the weights of a bound network into the policy's own and runs on those (the
-        caller is about to give the shared arrays up)."""
-        if self.bound:
-            load_policy_state(self._own, {k: v.numpy() for k, v in self.net.state_dict().items()})
-            self._use(self._own)
 
     def _use(self, net: PolicyNet) -> None:
         self.net = net

@@ -70,7 +70,7 @@ class RolloutReport:
     reconnects: int = 0  # resets that rebuilt the connection after a simulator timeout
     tick_seconds: list[float] = field(default_factory=list)  # wall time of each env.step
     broadcast_versions: list[int] = field(default_factory=list)
-    broadcast_latencies: list[float] = field(default_factory=list)  # publish -> env loop has it
+    broadcast_latencies: list[float] = field(default_factory=list)  # publish -> 1st inference
     broadcast_fetch_latencies: list[float] = field(default_factory=list)  # publish -> fetched
     broadcast_published_at: list[float] = field(default_factory=list)  # time.time() of publish
     reset_spans: list[tuple[float, float]] = field(default_factory=list)  # time.time() in, out

@@ -234,14 +234,13 @@ class RayWeightSource:
         self._published.append(published_at)
 
     def _close_reader(self) -> None:
-        """Gives the weight files up; a policy bound to them first copies the newest slot's
-        weights (its version, or a newer one)."""
+        """Gives the weight files up; a policy bound to them first loads a copy of the newest
+        slot (its version, or a newer one)."""
         if self._reader is not None:
             policy = self._policy
             if policy is not None and policy.bound:
                 with self._reader.newest() as held:  # not None: the policy is bound to one
-                    policy.bind(self._nets[held.slot], held.snapshot.version)
-                    policy.unbind()
+                    policy.load(held.snapshot)
             self._policy = None
             self._nets = []
             self._reader.close()

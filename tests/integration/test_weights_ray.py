@@ -56,9 +56,6 @@ class RecordingPolicy:
         self.load(PolicySnapshot(version, net))
         self.net = net
 
-    def unbind(self) -> None:
-        self.net = None
-
 
 def _poll_with(source: RayWeightSource, policy: RecordingPolicy,
                timeout_s: float = 30.0) -> PolicySnapshot:

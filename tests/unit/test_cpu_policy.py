@@ -74,8 +74,8 @@ def test_runs_in_place_on_a_weight_files_arrays_as_it_would_on_a_copy(tmp_path):
         conv = policy.net.encoder.cnn[0].weight
         assert conv.is_contiguous(memory_format=torch.channels_last)
         np.testing.assert_array_equal(_act_all(policy, batch), _act_all(copied, batch))
-        # Giving the file up: the weights are copied into the policy's own, acting the same.
-        policy.unbind()
+        # Giving the file up: the slot is copied into the policy's own weights, acting the same.
+        policy.load(held.snapshot)
     assert not policy.bound and policy.version == 4
     reader.close()
     writer.close()
