@@ -7,7 +7,7 @@ import itertools
 import logging
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import carla
 import numpy as np
@@ -110,29 +110,61 @@ class Delivery:
                 log.exception("sensor_callback_failed frame=%s", getattr(data, "frame", None))
 
 
-def crossed_markings(carla_map: carla.Map, before: np.ndarray, after: np.ndarray) -> list[carla.LaneMarking]:
-    """Lane markings crossed by a footprint moving from ``before`` to ``after`` (corners [k, 2]).
+# LibCarla's LaneCrossingCalculator reads marks on these lane types only (its FLAGS)
+MARKED_LANES = int(carla.LaneType.Driving | carla.LaneType.Bidirectional | carla.LaneType.Biking
+                   | carla.LaneType.Parking)
 
-    A corner crosses when it leaves the driving lane it was on sideways: its new lateral offset
-    from that lane's centre exceeds half the lane width and it is no longer in that lane. The
-    marking is the lane's marking on that side (left/right relative to the lane's direction).
-    Running along a lane into the next road or junction is not a crossing.
+
+class CornerPlace(NamedTuple):
+    """Where one corner of a vehicle's box is on the map, as LaneCrossingCalculator sees it."""
+
+    x: float
+    y: float
+    waypoint: Any  # the nearest waypoint on a marked lane (projected to the road), or None
+    off_road: bool  # not inside any marked lane
+
+
+def corner_places(carla_map: carla.Map, corners: np.ndarray) -> list[CornerPlace]:
+    """The places of a footprint's corners ([k, 2]); kept from tick to tick, so each corner is
+    looked up once per tick."""
+    places = []
+    for x, y in corners:
+        location = carla.Location(x=float(x), y=float(y))
+        waypoint = carla_map.get_waypoint(location, project_to_road=True, lane_type=MARKED_LANES)
+        inside = carla_map.get_waypoint(location, project_to_road=False, lane_type=MARKED_LANES)
+        places.append(CornerPlace(float(x), float(y), waypoint, inside is None))
+    return places
+
+
+def crossed_markings(before: list[CornerPlace], after: list[CornerPlace]) -> list[carla.LaneMarking]:
+    """Lane markings crossed by a footprint's corners moving from ``before`` to ``after``.
+
+    LibCarla's rule (``LaneCrossingCalculator::Calculate``, per corner, as its lane-invasion
+    sensor calls it): nothing when the two places are on different roads or lane sections, when
+    either is in a junction, or when both are off the marked lanes; nothing when both are on the
+    same lane. Otherwise the marking on the side the corner moved to, relative to the lane it
+    came from: that lane's own marking, or, coming back from off the road, the lane it lands
+    on's marking on the other side. So cutting a corner inside a junction, where a real town has
+    no markings, is no invasion, and running along a lane into the next road is none either.
     """
     found: dict[str, carla.LaneMarking] = {}
-    for (bx, by), (ax, ay) in zip(before, after):
-        was = carla_map.get_waypoint(carla.Location(x=float(bx), y=float(by)), project_to_road=False,
-                                     lane_type=carla.LaneType.Driving)
-        if was is None:
+    for was, now in zip(before, after):
+        w0, w1 = was.waypoint, now.waypoint
+        if w0 is None or w1 is None:
             continue
-        now = carla_map.get_waypoint(carla.Location(x=float(ax), y=float(ay)), project_to_road=False,
-                                     lane_type=carla.LaneType.Driving)
-        if now is not None and (now.road_id, now.lane_id) == (was.road_id, was.lane_id):
+        if (w0.road_id, w0.section_id) != (w1.road_id, w1.section_id) or w0.is_junction or w1.is_junction:
             continue
-        centre = was.transform.location
-        right = was.transform.get_right_vector()
-        lateral = (ax - centre.x) * right.x + (ay - centre.y) * right.y
-        if abs(lateral) <= was.lane_width / 2.0:
+        if was.off_road and now.off_road:
             continue
-        marking = was.right_lane_marking if lateral > 0 else was.left_lane_marking
-        found.setdefault(str(marking.type), marking)
+        if w0.lane_id == w1.lane_id and not was.off_road and not now.off_road:
+            continue
+        forward = w0.transform.get_forward_vector()
+        dx, dy = now.x - was.x, now.y - was.y
+        to_right = -forward.x * dy + forward.y * dx < 0.0  # CARLA's frame: +y is right of +x
+        if to_right:
+            marking = w1.left_lane_marking if was.off_road else w0.right_lane_marking
+        else:
+            marking = w1.right_lane_marking if was.off_road else w0.left_lane_marking
+        if marking is not None:
+            found.setdefault(str(marking.type), marking)
     return list(found.values())

@@ -24,7 +24,8 @@ from actors.fakecarla.actors import Actor, LaneInvasionSensor, Sensor, ServerSid
 from actors.fakecarla.blueprints import VEHICLE_MODELS, ActorBlueprint
 from actors.fakecarla.mapdata import OBSTACLE_HALF_M, OBSTACLE_HEIGHT_M, MapAssets
 from actors.fakecarla.renderer import BOX_COLUMNS, POLE_COLOUR, CameraRenderer
-from actors.fakecarla.sensors import CollisionEvent, Delivery, Image, LaneInvasionEvent, crossed_markings
+from actors.fakecarla.sensors import (CollisionEvent, CornerPlace, Delivery, Image, LaneInvasionEvent, corner_places,
+                                      crossed_markings)
 from actors.fakecarla.traffic import TrafficManager
 from common.config import FakeCarlaConfig
 
@@ -80,7 +81,7 @@ class Server:
         self._delay_rng = random.Random(life)
         self._renderers: dict[tuple[int, int, float], CameraRenderer] = {}
         self._poles = _pole_boxes(assets.obstacles)
-        self._prev_corners: dict[int, np.ndarray] = {}
+        self._prev_corners: dict[int, list[CornerPlace]] = {}
 
     # -- actors --------------------------------------------------------------------------------
     def spawn(self, conn: Connection, blueprint: ActorBlueprint, transform: carla.Transform,
@@ -242,12 +243,12 @@ class Server:
         if not listeners:
             self._prev_corners.pop(vehicle.id, None)
             return
-        corners = _footprint(vehicle)
+        corners = corner_places(self.assets.map, _footprint(vehicle))
         before = self._prev_corners.get(vehicle.id)
         self._prev_corners[vehicle.id] = corners
         if before is None:
             return
-        crossed = crossed_markings(self.assets.map, before, corners)
+        crossed = crossed_markings(before, corners)
         if crossed:
             for sensor in listeners:
                 sensor._callback(LaneInvasionEvent(self.frame, self.elapsed_s, sensor._transform(), vehicle, crossed))

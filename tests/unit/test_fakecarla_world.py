@@ -260,3 +260,45 @@ def test_snapshot_and_settings():
     fresh = client.load_world("Town01")
     assert not fresh.get_settings().synchronous_mode and fresh.get_map().name == "FakeTown"
     assert np.isclose(world.get_map().get_waypoint(carla.Location(x=60, y=-1.75)).lane_width, 3.5)
+
+
+def _moves_across(carla, carla_map, waypoint, metres):
+    """crossed_markings for one corner moving ``metres`` to the right of ``waypoint``'s lane."""
+    from actors.fakecarla.sensors import corner_places, crossed_markings
+
+    start = waypoint.transform.location
+    right = waypoint.transform.get_right_vector()
+    before = np.array([[start.x, start.y]])
+    after = np.array([[start.x + right.x * metres, start.y + right.y * metres]])
+    return crossed_markings(corner_places(carla_map, before), corner_places(carla_map, after))
+
+
+def test_lane_crossing_follows_libcarla_inside_junctions_and_off_the_road():
+    """LibCarla's LaneCrossingCalculator: a move across lanes on a road reports the marking on
+    that side; the same move inside a junction (no markings in a real town) reports nothing;
+    leaving the road and coming back onto it both report the road's edge line."""
+    carla = make_module(FakeCarlaConfig())
+    carla_map = load_assets("").map
+    road = carla_map.get_waypoint(carla.Location(x=LANE_M1[0], y=LANE_M1[1]))
+    assert not road.is_junction and road.lane_id == -1
+    [broken] = _moves_across(carla, carla_map, road, 3.5)
+    assert broken.type == carla.LaneMarkingType.Broken
+    [centre] = _moves_across(carla, carla_map, road, -3.5)
+    assert centre.type == carla.LaneMarkingType.Solid
+
+    junction = next(w for w in carla_map.generate_waypoints(2.0) if w.is_junction)
+    assert _moves_across(carla, carla_map, junction, 3.5) == []
+    assert _moves_across(carla, carla_map, junction, -3.5) == []
+
+    outer = road.get_right_lane()
+    assert outer.lane_id == -2
+    [edge] = _moves_across(carla, carla_map, outer, 3.0)
+    assert edge.type == carla.LaneMarkingType.Solid
+    off = outer.transform.location + outer.transform.get_right_vector() * 3.0
+    back = carla_map.get_waypoint(off, project_to_road=True)
+    assert carla_map.get_waypoint(off, project_to_road=False) is None and back.lane_id == -2
+    from actors.fakecarla.sensors import corner_places, crossed_markings
+    places = corner_places(carla_map, np.array([[off.x, off.y], [outer.transform.location.x,
+                                                                 outer.transform.location.y]]))
+    [edge_back] = crossed_markings(places[:1], places[1:])
+    assert edge_back.type == carla.LaneMarkingType.Solid
