@@ -18,7 +18,8 @@ from common.errors import ConfigError
 TRAINED_ARMS = ("separate", "shared")
 BASELINE_ARMS = ("random", "scripted")
 ARMS = TRAINED_ARMS + BASELINE_ARMS
-METRICS = ("success_rate", "route_completion", "mean_return", "mean_episode_length")
+METRICS = ("success_rate", "strict_success_rate", "route_completion", "mean_return",
+           "mean_episode_length")
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,9 @@ class LearningPoint:
         wall_seconds: training wall time up to the checkpoint (Ray start and evaluations
             excluded).
         success_rate: fraction of evaluation episodes that completed the route without a
-            collision or leaving the lane.
+            collision or a lane invasion (as CARLA's lane-invasion sensor reports one).
+        strict_success_rate: fraction that succeeded with the vehicle's centre inside its lane
+            of the route at every step, junctions included (where the sensor reports nothing).
         route_completion: mean fraction of the route driven.
         mean_return: mean undiscounted episode return.
         mean_episode_length: mean env steps per evaluation episode.
@@ -50,6 +53,7 @@ class LearningPoint:
     updates: int
     wall_seconds: float
     success_rate: float
+    strict_success_rate: float
     route_completion: float
     mean_return: float
     mean_episode_length: float
@@ -75,6 +79,7 @@ def point_from_eval(arm: str, seed: int, milestone: int, counters: dict[str, Any
         env_steps=int(counters.get("env_steps", 0)), updates=int(counters.get("updates", 0)),
         wall_seconds=float(counters.get("wall_seconds", 0.0)),
         success_rate=float(evaluation["success_rate"]),
+        strict_success_rate=float(evaluation["strict_success_rate"]),
         route_completion=float(evaluation["route_completion"]),
         mean_return=float(evaluation["mean_return"]),
         mean_episode_length=float(evaluation["mean_episode_length"]),
@@ -196,8 +201,8 @@ def final(aggregates: Iterable[Aggregate], arm: str) -> Aggregate | None:
 
 # -- the table ----------------------------------------------------------------------------
 
-TABLE_HEADER = ("arm", "env steps", "seeds", "success rate", "route completion", "return",
-                "episode length", "train wall s")
+TABLE_HEADER = ("arm", "env steps", "seeds", "success rate", "strict success", "route completion",
+                "return", "episode length", "train wall s")
 
 
 def _pm(a: Aggregate, metric: str, digits: int) -> str:
@@ -210,7 +215,8 @@ def table_rows(aggregates: Iterable[Aggregate]) -> list[tuple[str, ...]]:
     for a in aggregates:
         trained = a.arm in TRAINED_ARMS
         rows.append((a.arm, f"{a.milestone:,}" if trained else "-", str(a.seeds),
-                     _pm(a, "success_rate", 2), _pm(a, "route_completion", 2),
+                     _pm(a, "success_rate", 2), _pm(a, "strict_success_rate", 2),
+                     _pm(a, "route_completion", 2),
                      _pm(a, "mean_return", 1), _pm(a, "mean_episode_length", 0),
                      f"{a.wall_seconds:,.0f}" if trained else "-"))
     return rows

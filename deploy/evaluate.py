@@ -46,23 +46,34 @@ def load_policy(cfg: C.RunConfig, checkpoint: Path) -> CpuPolicy:
 
 
 def run_episodes(env: Any, act: Callable[[dict], np.ndarray], episodes: int, seed: int) -> dict[str, Any]:
-    """Runs ``episodes`` episodes with seeds seed, seed+1, ...; aggregates the env's info."""
-    results, lengths = [], []
+    """Runs ``episodes`` episodes with seeds seed, seed+1, ...; aggregates the env's info.
+
+    ``success_rate`` is the env's success (route completed, no collision, no lane invasion as
+    CARLA's sensor reports one); ``strict_success_rate`` also asks that the vehicle's centre
+    stayed within its lane of the route at every step, inside junctions too.
+    """
+    results, lengths, kept_lane = [], [], []
     for k in range(episodes):
         obs, info = env.reset(seed=seed + k)
-        ret, done, length = 0.0, False, 0
+        ret, done, length, in_lane = 0.0, False, 0, True
         while not done:
             obs, reward, terminated, truncated, info = env.step(act(obs))
             ret += reward
             length += 1
             done = terminated or truncated
+            in_lane = in_lane and abs(float(info["lateral_m"])) <= float(info["half_lane_width_m"])
         results.append((ret, info))
         lengths.append(length)
+        kept_lane.append(in_lane)
     distance_km = sum(i["distance_m"] for _, i in results) / 1000.0
     collisions = sum(int(i["collisions"]) for _, i in results)
     return {
         "episodes": episodes,
         "success_rate": float(np.mean([bool(i["success"]) for _, i in results])),
+        # success, and the vehicle's centre never left the route's lane, junctions included,
+        # where a real town has no markings and CARLA's lane-invasion sensor reports nothing
+        "strict_success_rate": float(np.mean([bool(i["success"]) and kept
+                                              for (_, i), kept in zip(results, kept_lane)])),
         "mean_return": float(np.mean([r for r, _ in results])),
         "route_completion": float(np.mean([i["route_completion"] for _, i in results])),
         "mean_episode_length": float(np.mean(lengths)),

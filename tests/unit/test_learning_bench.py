@@ -24,7 +24,8 @@ def point(arm: str = "separate", seed: int = 0, milestone: int = 5000, success: 
                              env_steps=milestone + 25 * seed if trained else 0,
                              updates=milestone // 2 if trained else 0,
                              wall_seconds=milestone / 50 if trained else 0.0,
-                             success_rate=success, route_completion=completion, mean_return=ret,
+                             success_rate=success, strict_success_rate=success * 0.9,
+                             route_completion=completion, mean_return=ret,
                              mean_episode_length=length, collisions_per_km=collisions, episodes=10,
                              device="cpu" if trained else "-")
 
@@ -101,7 +102,7 @@ def test_tables_show_mean_pm_std_and_dash_for_baselines() -> None:
     md = rep.markdown_table(rep.aggregate(synthetic()))
     lines = md.splitlines()
     assert lines[0].startswith("| arm | env steps |") and len(lines) == 2 + 6
-    assert "| separate | 10,000 | 3 | 0.83 ± 0.05 | 0.90 ± 0.00 |" in md
+    assert "| separate | 10,000 | 3 | 0.83 ± 0.05 | 0.75 ± 0.04 | 0.90 ± 0.00 |" in md
     assert "| random | - | 3 | 0.00 ± 0.00 |" in md
     text = rep.text_table(rep.aggregate(synthetic()))
     assert text.splitlines()[0].split()[:3] == ["arm", "env", "steps"]
@@ -245,3 +246,31 @@ def test_report_only_keeps_the_settings_the_results_were_measured_with() -> None
     assert (rendered["episodes"], rendered["eval_seed"]) == (20, 777)
     fresh = update_meta(dict(measured), _parser().parse_args(["--episodes", "5"]), {})
     assert fresh["episodes"] == 5  # a new run records its own
+
+
+class _ScriptedEnv:
+    """Episodes of three steps whose laterals come from ``laterals[episode]``; all succeed."""
+
+    def __init__(self, laterals):
+        self.laterals, self.episode, self.t = laterals, -1, 0
+
+    def reset(self, seed):
+        self.episode, self.t = self.episode + 1, 0
+        return {}, {}
+
+    def step(self, action):
+        lateral = self.laterals[self.episode][self.t]
+        self.t += 1
+        done = self.t == 3
+        info = {"lateral_m": lateral, "half_lane_width_m": 1.75, "success": done, "route_completion": 1.0,
+                "distance_m": 10.0, "collisions": 0, "termination_reason": "route_completed" if done else ""}
+        return {}, 1.0, done, False, info
+
+
+def test_strict_success_also_needs_the_centre_in_its_lane_at_every_step() -> None:
+    from deploy.evaluate import run_episodes
+
+    env = _ScriptedEnv([[0.1, -0.5, 0.2], [0.1, 1.9, 0.0], [-1.75, 0.0, 0.0], [0.0, -2.0, 0.0]])
+    out = run_episodes(env, lambda obs: None, 4, seed=0)
+    assert out["success_rate"] == 1.0
+    assert out["strict_success_rate"] == 0.5
