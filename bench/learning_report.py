@@ -188,8 +188,12 @@ def aggregate(points: Iterable[LearningPoint]) -> list[Aggregate]:
 
 def first_reaching(aggregates: Iterable[Aggregate], arm: str, metric: str,
                    threshold: float) -> Aggregate | None:
-    """The earliest milestone at which ``arm``'s mean ``metric`` is >= ``threshold``."""
-    hits = [a for a in aggregates if a.arm == arm and a.mean[metric] >= threshold]
+    """The earliest milestone at which ``arm``'s mean ``metric`` is >= ``threshold``.
+
+    Compared with a 1e-9 tolerance: rates are counts over episodes, and a mean of exactly the
+    threshold (48 successes in 60 episodes over three seeds: 0.95, 0.8, 0.65) comes out of
+    floating point as 0.7999999999999999."""
+    hits = [a for a in aggregates if a.arm == arm and a.mean[metric] >= threshold - 1e-9]
     return min(hits, key=lambda a: a.milestone) if hits else None
 
 

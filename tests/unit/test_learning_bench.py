@@ -274,3 +274,10 @@ def test_strict_success_also_needs_the_centre_in_its_lane_at_every_step() -> Non
     out = run_episodes(env, lambda obs: None, 4, seed=0)
     assert out["success_rate"] == 1.0
     assert out["strict_success_rate"] == 0.5
+
+
+def test_first_reaching_counts_a_mean_of_exactly_the_threshold() -> None:
+    pts = [point("separate", s, milestone=70_000, success=v) for s, v in enumerate((0.95, 0.8, 0.65))]
+    pts += [point("separate", s, milestone=80_000, success=v) for s, v in enumerate((0.9, 0.75, 0.6))]
+    hit = rep.first_reaching(rep.aggregate(pts), "separate", "success_rate", 0.8)
+    assert hit is not None and hit.milestone == 70_000
