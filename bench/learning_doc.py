@@ -133,7 +133,10 @@ def render_markdown(aggregates: Sequence[Aggregate], meta: dict[str, Any], plots
         f"Evaluation: the deterministic policy, {meta.get('episodes', '?')} episodes on held-out "
         f"routes (`env.route_split=eval`), episode seeds {meta.get('eval_seed', '?')} onwards, the "
         "same for every arm and milestone. Mean ± std over seeds; success means the route was "
-        "completed without a collision or leaving the lane.",
+        "completed without a collision or a lane invasion as CARLA's lane-invasion sensor reports "
+        "one (a corner of the vehicle's box crossing a marking; none inside junctions); strict "
+        "success also needs the vehicle's centre inside its lane of the route at every step, "
+        "junctions included.",
         "",
         markdown_table(aggregates),
         "",
