@@ -9,6 +9,7 @@ import pytest
 
 from actors.fakecarla import make_module
 from actors.fakecarla.mapdata import load_assets
+from actors.fakecarla.sensors import corner_places, crossed_markings
 from common.config import FakeCarlaConfig
 
 LANE_M1 = (60.0, -1.75)  # road 1, lane -1, heading west (yaw 180)
@@ -262,10 +263,8 @@ def test_snapshot_and_settings():
     assert np.isclose(world.get_map().get_waypoint(carla.Location(x=60, y=-1.75)).lane_width, 3.5)
 
 
-def _moves_across(carla, carla_map, waypoint, metres):
+def _moves_across(carla_map, waypoint, metres):
     """crossed_markings for one corner moving ``metres`` to the right of ``waypoint``'s lane."""
-    from actors.fakecarla.sensors import corner_places, crossed_markings
-
     start = waypoint.transform.location
     right = waypoint.transform.get_right_vector()
     before = np.array([[start.x, start.y]])
@@ -281,23 +280,22 @@ def test_lane_crossing_follows_libcarla_inside_junctions_and_off_the_road():
     carla_map = load_assets("").map
     road = carla_map.get_waypoint(carla.Location(x=LANE_M1[0], y=LANE_M1[1]))
     assert not road.is_junction and road.lane_id == -1
-    [broken] = _moves_across(carla, carla_map, road, 3.5)
+    [broken] = _moves_across(carla_map, road, 3.5)
     assert broken.type == carla.LaneMarkingType.Broken
-    [centre] = _moves_across(carla, carla_map, road, -3.5)
+    [centre] = _moves_across(carla_map, road, -3.5)
     assert centre.type == carla.LaneMarkingType.Solid
 
     junction = next(w for w in carla_map.generate_waypoints(2.0) if w.is_junction)
-    assert _moves_across(carla, carla_map, junction, 3.5) == []
-    assert _moves_across(carla, carla_map, junction, -3.5) == []
+    assert _moves_across(carla_map, junction, 3.5) == []
+    assert _moves_across(carla_map, junction, -3.5) == []
 
     outer = road.get_right_lane()
     assert outer.lane_id == -2
-    [edge] = _moves_across(carla, carla_map, outer, 3.0)
+    [edge] = _moves_across(carla_map, outer, 3.0)
     assert edge.type == carla.LaneMarkingType.Solid
     off = outer.transform.location + outer.transform.get_right_vector() * 3.0
     back = carla_map.get_waypoint(off, project_to_road=True)
     assert carla_map.get_waypoint(off, project_to_road=False) is None and back.lane_id == -2
-    from actors.fakecarla.sensors import corner_places, crossed_markings
     places = corner_places(carla_map, np.array([[off.x, off.y], [outer.transform.location.x,
                                                                  outer.transform.location.y]]))
     [edge_back] = crossed_markings(places[:1], places[1:])
