@@ -57,6 +57,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="env-step milestones at which trained arms are evaluated")
     p.add_argument("--episodes", type=int, default=10, help="evaluation episodes per point")
     p.add_argument("--eval-seed", type=int, default=10_000, help="first evaluation episode seed")
+    p.add_argument("--validation-episodes", type=int, default=20,
+                   help="validation episodes per milestone of a trained arm, on training-split "
+                        "routes, for choosing a checkpoint (0: none)")
+    p.add_argument("--validation-seed", type=int, default=20_000,
+                   help="first validation episode seed")
     p.add_argument("--preset", default="learn")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override applied to every arm (repeatable)")
@@ -91,7 +96,8 @@ def merge_files(paths: list[Path], points: list[LearningPoint],
         points = merge_points(points, more)
         for key in ("commands", "machines"):
             meta[key] = list(dict.fromkeys([*meta.get(key, []), *other.get(key, [])]))
-        for key in ("config", "overrides", "preset", "episodes", "eval_seed"):
+        for key in ("config", "overrides", "preset", "episodes", "eval_seed",
+                    "validation_episodes", "validation_seed"):
             meta.setdefault(key, other.get(key))
     meta["machine"] = meta["device"] = "; ".join(meta.get("machines", []))
     meta["full_command"] = FULL_COMMAND
@@ -147,7 +153,9 @@ def run_arms(args: argparse.Namespace, overrides: dict[str, str],
     for seed in seeds:
         for arm in (a for a in TRAINED_ARMS if a in arms):
             run_trained(arm, seed, arm_config(args.preset, overrides, arm, seed), milestones,
-                        args.runs, args.episodes, args.eval_seed, on_point=keep)
+                        args.runs, args.episodes, args.eval_seed, on_point=keep,
+                        validation_episodes=args.validation_episodes,
+                        validation_seed=args.validation_seed)
     return new
 
 
@@ -216,6 +224,8 @@ def update_meta(meta: dict[str, Any], args: argparse.Namespace, overrides: dict[
             # --report-only re-renders what was measured: the file's settings, not the flags'
             "episodes": meta.get("episodes", args.episodes) if args.report_only else args.episodes,
             "eval_seed": meta.get("eval_seed", args.eval_seed) if args.report_only else args.eval_seed,
+            **({} if args.report_only else {"validation_episodes": args.validation_episodes,
+                                            "validation_seed": args.validation_seed}),
             "results": str(args.results), "full_command": FULL_COMMAND}
 
 

@@ -47,10 +47,10 @@ def arm_config(preset_name: str, overrides: dict[str, Any], arm: str, seed: int)
     return cfg
 
 
-def eval_env(cfg: C.RunConfig, seed: int) -> Any:
+def eval_env(cfg: C.RunConfig, seed: int, split: C.RouteSplit = C.RouteSplit.EVAL) -> Any:
     """The env ``deploy.evaluate.evaluate_checkpoint`` evaluates on: rollout actor 0's
-    settings with the held-out route split."""
-    env_cfg = replace(build.actor_env_config(cfg, 0), route_split=C.RouteSplit.EVAL)
+    settings with the held-out route split (or ``split``)."""
+    env_cfg = replace(build.actor_env_config(cfg, 0), route_split=split)
     return make_env(env_cfg, cfg.spec, seed=seed)
 
 
@@ -114,8 +114,11 @@ def _done_steps(run_path: Path) -> int:
 
 def run_trained(arm: str, seed: int, cfg: C.RunConfig, milestones: Sequence[int], runs_root: Path,
                 episodes: int, eval_seed: int,
-                on_point: Callable[[LearningPoint], None] = lambda p: None) -> list[LearningPoint]:
-    """Trains ``arm`` in segments up to each milestone and evaluates after each segment.
+                on_point: Callable[[LearningPoint], None] = lambda p: None,
+                validation_episodes: int = 0, validation_seed: int = 0) -> list[LearningPoint]:
+    """Trains ``arm`` in segments up to each milestone and evaluates after each segment, on
+    the held-out routes and, if ``validation_episodes``, on validation episodes (training-split
+    routes, ``validation_seed`` onwards) for choosing a checkpoint without the held-out ones.
 
     Args:
         arm: "separate" or "shared".
@@ -126,6 +129,8 @@ def run_trained(arm: str, seed: int, cfg: C.RunConfig, milestones: Sequence[int]
         episodes: evaluation episodes per milestone.
         eval_seed: first evaluation episode seed.
         on_point: called with each point as soon as it is measured (to save progress).
+        validation_episodes: validation episodes per milestone (0: none).
+        validation_seed: first validation episode seed.
 
     Returns:
         The points measured by this call.
@@ -140,12 +145,17 @@ def run_trained(arm: str, seed: int, cfg: C.RunConfig, milestones: Sequence[int]
         out = _train_to(cfg, run_path, milestone)
         device = str(out.get("learner_device", "cpu"))
         result = evaluate.evaluate_checkpoint(run_path, episodes=episodes, seed=eval_seed)
+        validation = None
+        if validation_episodes:
+            validation = evaluate.evaluate_checkpoint(run_path, episodes=validation_episodes,
+                                                      seed=validation_seed, split=C.RouteSplit.TRAIN)
         counters = RunDir.read_counters(Path(result["checkpoint"]))
-        point = point_from_eval(arm, seed, milestone, counters, result, device)
+        point = point_from_eval(arm, seed, milestone, counters, result, device, validation)
         log.info("event=milestone_eval arm=%s seed=%d env_steps=%d updates=%d wall_s=%.0f "
-                 "success_rate=%.2f route_completion=%.3f mean_return=%.2f", arm, seed,
-                 point.env_steps, point.updates, point.wall_seconds, point.success_rate,
-                 point.route_completion, point.mean_return)
+                 "success_rate=%.2f route_completion=%.3f mean_return=%.2f "
+                 "validation_success_rate=%.2f", arm, seed, point.env_steps, point.updates,
+                 point.wall_seconds, point.success_rate, point.route_completion,
+                 point.mean_return, point.validation_success_rate)
         points.append(point)
         on_point(point)
     return points

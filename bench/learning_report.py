@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -19,7 +19,7 @@ TRAINED_ARMS = ("separate", "shared")
 BASELINE_ARMS = ("random", "scripted")
 ARMS = TRAINED_ARMS + BASELINE_ARMS
 METRICS = ("success_rate", "strict_success_rate", "route_completion", "mean_return",
-           "mean_episode_length")
+           "mean_episode_length", "validation_success_rate")
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,10 @@ class LearningPoint:
         collisions_per_km: collisions per km driven over the evaluation episodes.
         episodes: evaluation episodes behind the point.
         device: the learner's device ("cpu", "gpu", or "-" for the baselines).
+        validation_success_rate: success rate of the same checkpoint on validation episodes:
+            training-split routes with their own episode seeds, never the held-out ones. What
+            ``select_by_validation`` chooses a checkpoint by; NaN where none were run.
+        validation_route_completion: route completion on those episodes (the tie-break).
     """
 
     arm: str
@@ -60,6 +64,8 @@ class LearningPoint:
     collisions_per_km: float
     episodes: int
     device: str
+    validation_success_rate: float = float("nan")
+    validation_route_completion: float = float("nan")
 
     def __post_init__(self) -> None:
         if self.arm not in ARMS:
@@ -71,9 +77,11 @@ class LearningPoint:
 
 
 def point_from_eval(arm: str, seed: int, milestone: int, counters: dict[str, Any],
-                    evaluation: dict[str, Any], device: str) -> LearningPoint:
-    """A point from a run's counters (env_steps, updates, wall_seconds) and an evaluation
-    dict as ``deploy.evaluate.run_episodes`` returns it."""
+                    evaluation: dict[str, Any], device: str,
+                    validation: dict[str, Any] | None = None) -> LearningPoint:
+    """A point from a run's counters (env_steps, updates, wall_seconds), an evaluation dict
+    as ``deploy.evaluate.run_episodes`` returns it, and optionally one on validation episodes."""
+    nan = float("nan")
     return LearningPoint(
         arm=arm, seed=int(seed), milestone=int(milestone),
         env_steps=int(counters.get("env_steps", 0)), updates=int(counters.get("updates", 0)),
@@ -84,7 +92,10 @@ def point_from_eval(arm: str, seed: int, milestone: int, counters: dict[str, Any
         mean_return=float(evaluation["mean_return"]),
         mean_episode_length=float(evaluation["mean_episode_length"]),
         collisions_per_km=float(evaluation["collisions_per_km"]),
-        episodes=int(evaluation["episodes"]), device=device)
+        episodes=int(evaluation["episodes"]), device=device,
+        validation_success_rate=nan if validation is None else float(validation["success_rate"]),
+        validation_route_completion=(nan if validation is None
+                                     else float(validation["route_completion"])))
 
 
 # -- the results file ---------------------------------------------------------------------
@@ -103,19 +114,22 @@ def save_results(path: Path, points: Sequence[LearningPoint], meta: dict[str, An
 
 
 def load_results(path: Path) -> tuple[list[LearningPoint], dict[str, Any]]:
-    """Reads a results file; a missing file is no points and empty meta.
+    """Reads a results file; a missing file is no points and empty meta. A point written
+    before an optional field existed (one with a default) reads it at the default.
 
     Raises:
-        ConfigError: if a point has unknown or missing fields.
+        ConfigError: if a point has unknown fields or misses a required one.
     """
     if not path.exists():
         return [], {}
     data = json.loads(path.read_text())
     names = {f.name for f in fields(LearningPoint)}
+    required = {f.name for f in fields(LearningPoint) if f.default is MISSING}
     points = []
     for row in data.get("points", []):
-        if set(row) != names:
-            raise ConfigError(f"{path}: point fields {sorted(row)} != expected {sorted(names)}")
+        if not required <= set(row) <= names:
+            raise ConfigError(f"{path}: point fields {sorted(row)} must include {sorted(required)} "
+                              f"and be among {sorted(names)}")
         row = {k: (float("nan") if v is None else v) for k, v in row.items()}
         points.append(LearningPoint(**row))
     return points, dict(data.get("meta", {}))
@@ -197,6 +211,25 @@ def first_reaching(aggregates: Iterable[Aggregate], arm: str, metric: str,
     return min(hits, key=lambda a: a.milestone) if hits else None
 
 
+def select_by_validation(points: Iterable[LearningPoint], arm: str) -> list[LearningPoint]:
+    """Per seed of ``arm``, the point whose checkpoint did best on the validation episodes,
+    ordered by seed; seeds without a validated point are left out.
+
+    Best: the highest validation success, then the highest validation route completion, then
+    the earliest milestone (as Stable-Baselines3's ``EvalCallback`` keeps a new best model only
+    when it is strictly better). The choice reads nothing measured on the held-out routes, so
+    the chosen points' held-out figures stay an unbiased estimate of the chosen policies."""
+    best: dict[int, LearningPoint] = {}
+    for p in sorted(points, key=lambda p: p.milestone):
+        if p.arm != arm or not math.isfinite(p.validation_success_rate):
+            continue
+        rank = (p.validation_success_rate, p.validation_route_completion)
+        held = best.get(p.seed)
+        if held is None or rank > (held.validation_success_rate, held.validation_route_completion):
+            best[p.seed] = p
+    return [best[seed] for seed in sorted(best)]
+
+
 def final(aggregates: Iterable[Aggregate], arm: str) -> Aggregate | None:
     """``arm``'s aggregate at its last milestone."""
     own = [a for a in aggregates if a.arm == arm]
@@ -206,10 +239,12 @@ def final(aggregates: Iterable[Aggregate], arm: str) -> Aggregate | None:
 # -- the table ----------------------------------------------------------------------------
 
 TABLE_HEADER = ("arm", "env steps", "seeds", "success rate", "strict success", "route completion",
-                "return", "episode length", "train wall s")
+                "return", "episode length", "train wall s", "validation success")
 
 
 def _pm(a: Aggregate, metric: str, digits: int) -> str:
+    if not math.isfinite(a.mean[metric]):
+        return "-"
     return f"{a.mean[metric]:.{digits}f} ± {a.std[metric]:.{digits}f}"
 
 
@@ -222,7 +257,8 @@ def table_rows(aggregates: Iterable[Aggregate]) -> list[tuple[str, ...]]:
                      _pm(a, "success_rate", 2), _pm(a, "strict_success_rate", 2),
                      _pm(a, "route_completion", 2),
                      _pm(a, "mean_return", 1), _pm(a, "mean_episode_length", 0),
-                     f"{a.wall_seconds:,.0f}" if trained else "-"))
+                     f"{a.wall_seconds:,.0f}" if trained else "-",
+                     _pm(a, "validation_success_rate", 2)))
     return rows
 
 

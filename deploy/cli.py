@@ -41,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--episodes", type=int, default=10)
     e.add_argument("--seed", type=int, default=10_000)
     e.add_argument("--video", type=Path, help="write the first episode as an MP4 (camera + top-down)")
+    e.add_argument("--split", choices=[s.value for s in C.RouteSplit], default=C.RouteSplit.EVAL.value,
+                   help="routes to drive: eval (held out, the default) or train (for validation)")
     e.add_argument("--json", type=Path, help="also write the results to this file")
     d = sub.add_parser("drive", help="drive one episode on the fake town and write an MP4 "
                                      "(camera beside a top-down view)")
@@ -118,7 +120,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from deploy import evaluate
 
     out = evaluate.evaluate_checkpoint(args.checkpoint, episodes=args.episodes, seed=args.seed,
-                                       video=args.video)
+                                       video=args.video, split=C.RouteSplit(args.split))
     text = json.dumps(out, indent=2, sort_keys=True)
     if args.json:
         args.json.write_text(text)

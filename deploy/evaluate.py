@@ -83,14 +83,17 @@ def run_episodes(env: Any, act: Callable[[dict], np.ndarray], episodes: int, see
     }
 
 
-def evaluate_checkpoint(path: Path, episodes: int, seed: int, video: Path | None = None) -> dict[str, Any]:
-    """Evaluates a checkpoint's deterministic policy on its own env, on the held-out routes."""
+def evaluate_checkpoint(path: Path, episodes: int, seed: int, video: Path | None = None,
+                        split: C.RouteSplit = C.RouteSplit.EVAL) -> dict[str, Any]:
+    """Evaluates a checkpoint's deterministic policy on its own env: on the held-out routes,
+    or with ``split=RouteSplit.TRAIN`` on the training routes (a validation set for choosing
+    among checkpoints that leaves the held-out routes untouched)."""
     if episodes < 1:
         raise CheckpointError(f"--episodes ({episodes}) must be >= 1")
     run_dir, checkpoint = resolve_checkpoint(path)
     cfg, _ = run_dir.read_config()
     policy = load_policy(cfg, checkpoint)
-    env_cfg = replace(build.actor_env_config(cfg, 0), route_split=C.RouteSplit.EVAL)
+    env_cfg = replace(build.actor_env_config(cfg, 0), route_split=split)
     env = make_env(env_cfg, cfg.spec, seed=seed)
     try:
         out = run_episodes(env, policy.act, episodes, seed)

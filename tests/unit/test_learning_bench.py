@@ -1,6 +1,8 @@
 """The learning benchmark's parts: points, aggregation, table, plots, doc, arm set-up."""
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 import math
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from deploy.presets import PRESETS, preset
 
 def point(arm: str = "separate", seed: int = 0, milestone: int = 5000, success: float = 0.5,
           completion: float = 0.6, ret: float = 10.0, length: float = 200.0,
-          collisions: float = 0.0) -> rep.LearningPoint:
+          collisions: float = 0.0, validation: float = float("nan")) -> rep.LearningPoint:
     trained = arm in rep.TRAINED_ARMS
     return rep.LearningPoint(arm=arm, seed=seed, milestone=milestone if trained else 0,
                              env_steps=milestone + 25 * seed if trained else 0,
@@ -27,7 +29,9 @@ def point(arm: str = "separate", seed: int = 0, milestone: int = 5000, success: 
                              success_rate=success, strict_success_rate=success * 0.9,
                              route_completion=completion, mean_return=ret,
                              mean_episode_length=length, collisions_per_km=collisions, episodes=10,
-                             device="cpu" if trained else "-")
+                             device="cpu" if trained else "-",
+                             validation_success_rate=validation,
+                             validation_route_completion=min(1.0, validation + 0.1))
 
 
 def synthetic() -> list[rep.LearningPoint]:
@@ -76,7 +80,7 @@ def test_merge_replaces_same_key_keeps_others() -> None:
 
 def test_results_round_trip_with_nan(tmp_path: Path) -> None:
     path = tmp_path / "r" / "results.json"
-    pts = [point(collisions=float("nan")), point("random", 1)]
+    pts = [point(collisions=float("nan")), point("random", 1, validation=0.5)]
     rep.save_results(path, pts, {"episodes": 10})
     loaded, meta = rep.load_results(path)
     assert meta == {"episodes": 10}
@@ -91,6 +95,36 @@ def test_load_rejects_unknown_fields_and_missing_file_is_empty(tmp_path: Path) -
     bad.write_text('{"points": [{"arm": "random", "speed": 1}]}')
     with pytest.raises(ConfigError, match="point fields"):
         rep.load_results(bad)
+
+
+def test_load_reads_points_from_before_the_validation_fields_as_nan(tmp_path: Path) -> None:
+    path = tmp_path / "old.json"
+    rep.save_results(path, [point()], {})
+    data = json.loads(path.read_text())
+    for row in data["points"]:
+        del row["validation_success_rate"], row["validation_route_completion"]
+    path.write_text(json.dumps(data))
+    (loaded,), _ = rep.load_results(path)
+    assert math.isnan(loaded.validation_success_rate) and loaded.success_rate == 0.5
+    del data["points"][0]["success_rate"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match="success_rate"):
+        rep.load_results(path)
+
+
+def test_select_by_validation_reads_validation_only_and_breaks_ties_early() -> None:
+    pts = [point(seed=0, milestone=10_000, success=0.1, validation=0.9),
+           point(seed=0, milestone=20_000, success=1.0, validation=0.7),   # best held-out: ignored
+           point(seed=0, milestone=30_000, success=0.3, validation=0.9),   # a tie: the earlier stays
+           point(seed=1, milestone=10_000, success=0.2, validation=0.6),
+           point(seed=1, milestone=20_000, success=0.4, validation=0.6 + 1e-3),
+           point(seed=2, milestone=10_000, success=0.9),                   # never validated
+           point("shared", 0, 10_000, validation=1.0)]
+    chosen = rep.select_by_validation(pts, "separate")
+    assert [(p.seed, p.milestone, p.success_rate) for p in chosen] == [(0, 10_000, 0.1), (1, 20_000, 0.4)]
+    tied = [point(seed=0, milestone=10_000, validation=0.8),
+            replace(point(seed=0, milestone=20_000, validation=0.8), validation_route_completion=1.0)]
+    assert [p.milestone for p in rep.select_by_validation(tied, "separate")] == [20_000]
 
 
 def test_point_rejects_unknown_arm() -> None:
