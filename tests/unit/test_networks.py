@@ -5,7 +5,7 @@ import torch
 
 from common.config import NetworkConfig
 from common.errors import SpecError
-from common.networks import (FlattenHWC, ImageEncoder, PolicyNet, QNet, interleave_frames,
+from common.networks import (FlattenHWC, ImageEncoder, PolicyNet, QNet, interleave_frames, mlp, twin_mlp,
                              load_policy_state, to_channels_last)
 from common.specs import EnvSpec
 
@@ -74,6 +74,23 @@ def test_q1_value_is_the_first_twin_head():
     action = torch.rand(2, 2) * 2 - 1
     features = critic.encoder(image, vector)
     torch.testing.assert_close(critic.q1_value(features, action), critic(image, vector, action)[0])
+
+
+@pytest.mark.parametrize("hidden", [(), (16,), (16, 8, 4)])
+def test_twin_mlp_is_both_heads_and_trains_both_heads_parameters(hidden):
+    torch.manual_seed(0)
+    first, second = mlp(12, hidden, 1), mlp(12, hidden, 1)
+    x = torch.randn(5, 12)
+    q = twin_mlp(first, second, x)
+    assert q.shape == (2, 5)
+    torch.testing.assert_close(q, torch.stack([first(x).squeeze(-1), second(x).squeeze(-1)]))
+    (q[0].sum() + 2 * q[1].sum()).backward()
+    got = [p.grad.clone() for p in [*first.parameters(), *second.parameters()]]
+    for p in [*first.parameters(), *second.parameters()]:
+        p.grad = None
+    (first(x).sum() + 2 * second(x).sum()).backward()
+    for g, p in zip(got, [*first.parameters(), *second.parameters()]):
+        torch.testing.assert_close(g, p.grad)
 
 
 def test_load_policy_state_round_trip():
