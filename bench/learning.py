@@ -32,7 +32,8 @@ from typing import Any
 from bench.learning_arms import arm_config, eval_env, run_baseline, run_trained
 from bench.learning_doc import render_markdown, write_plots
 from bench.learning_report import (ARMS, BASELINE_ARMS, TRAINED_ARMS, LearningPoint, aggregate,
-                                   load_results, merge_points, save_results, text_table)
+                                   load_results, merge_points, save_results,
+                                   select_by_validation, text_table)
 from common import config as C
 from common.errors import CarlaTD3Error, ConfigError
 from deploy.rundir import RunDir
@@ -235,7 +236,8 @@ def write_outputs(args: argparse.Namespace, points: list[LearningPoint], meta: d
     notes = args.notes.read_text() if args.notes.exists() else ""
     video = Path(meta["video"]) if meta.get("video") and Path(meta["video"]).exists() else None
     args.doc.parent.mkdir(parents=True, exist_ok=True)
-    args.doc.write_text(render_markdown(aggregates, meta, plots, args.doc, notes, video))
+    kept = {arm: select_by_validation(points, arm) for arm in TRAINED_ARMS}
+    args.doc.write_text(render_markdown(aggregates, meta, plots, args.doc, notes, video, kept))
     print(text_table(aggregates))
 
 

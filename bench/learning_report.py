@@ -269,6 +269,32 @@ def markdown_table(aggregates: Iterable[Aggregate]) -> str:
     return "\n".join(lines)
 
 
+SELECTION_HEADER = ("arm", "seed", "kept at env steps", "validation success", "success rate",
+                    "strict success", "route completion")
+
+
+def selection_markdown(selected: dict[str, Sequence[LearningPoint]]) -> str:
+    """The checkpoints ``select_by_validation`` keeps, one row per arm and seed, then each
+    arm's mean over its seeds, in GitHub markdown; empty if none."""
+    lines = []
+    for arm, chosen in selected.items():
+        for p in chosen:
+            lines.append((arm, str(p.seed), f"{p.env_steps:,}", f"{p.validation_success_rate:.2f}",
+                          f"{p.success_rate:.2f}", f"{p.strict_success_rate:.2f}",
+                          f"{p.route_completion:.2f}"))
+        if len(chosen) > 1:
+            lines.append((f"**{arm}, mean**", f"{len(chosen)} seeds",
+                          f"{_mean([p.env_steps for p in chosen]):,.0f}",
+                          *(f"**{_mean([getattr(p, m) for p in chosen]):.2f}**"
+                            if m == "success_rate" else f"{_mean([getattr(p, m) for p in chosen]):.2f}"
+                            for m in ("validation_success_rate", "success_rate",
+                                      "strict_success_rate", "route_completion"))))
+    if not lines:
+        return ""
+    rows = ["| " + " | ".join(SELECTION_HEADER) + " |", "|" + "---|" * len(SELECTION_HEADER)]
+    return "\n".join(rows + ["| " + " | ".join(r) + " |" for r in lines])
+
+
 def text_table(aggregates: Iterable[Aggregate]) -> str:
     """The results table in aligned plain text, for the terminal."""
     rows = [TABLE_HEADER, *table_rows(aggregates)]
