@@ -180,6 +180,13 @@ def twin_mlp(first: nn.Sequential, second: nn.Sequential, x: torch.Tensor) -> to
     encoder, on the critical path of every update; on a GPU at batch 256 each small product
     costs its launch latency more than its arithmetic, so a layer's two products become one
     (the stacking copies the small weights, about 1.6 MB at 256-256 heads, in the same pass).
+
+    Args:
+        first, second: ``mlp(in_dim, hidden, 1)`` heads of the same ``in_dim`` and ``hidden``.
+        x: float [B, in_dim], the input both heads read.
+
+    Returns:
+        float [2, B]: row 0 the first head's values, row 1 the second's.
     """
     first_linears = [m for m in first if isinstance(m, nn.Linear)]
     second_linears = [m for m in second if isinstance(m, nn.Linear)]
