@@ -81,7 +81,9 @@ def selection_line(chosen: Sequence[LearningPoint], meta: dict[str, Any]) -> str
             f"training routes; the held-out routes play no part in the choice): separate-encoder "
             f"TD3 completes {mean:.0%} of held-out routes (mean of {len(chosen)} seed(s): "
             + ", ".join(f"{p.success_rate:.2f} at {p.env_steps:,}" for p in chosen)
-            + " env steps).")
+            + f" env steps, after {min(p.wall_seconds for p in chosen):,.0f} to "
+            f"{max(p.wall_seconds for p in chosen):,.0f} s of training on "
+            f"{meta.get('device', '?')}).")
 
 
 def goal_lines(aggregates: Sequence[Aggregate], meta: dict[str, Any],

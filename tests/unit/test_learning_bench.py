@@ -174,11 +174,11 @@ def test_markdown_reports_the_checkpoints_kept_by_validation(tmp_path: Path) -> 
            for s, m, held, val in [(0, 5000, 0.9, 0.5), (0, 10000, 0.7, 0.8),
                                    (1, 5000, 0.85, 0.6), (1, 10000, 0.2, 0.4)]]
     kept = {"separate": rep.select_by_validation(pts, "separate"), "shared": []}
-    meta = {"validation_episodes": 20, "validation_seed": 20_000}
+    meta = {"validation_episodes": 20, "validation_seed": 20_000, "device": "CPU"}
     text = doc.render_markdown(rep.aggregate(pts), meta, [], tmp_path / "learning.md", kept=kept)
     assert ("**Not met** with the checkpoint each seed keeps by validation" in text
             and "completes 77% of held-out routes (mean of 2 seed(s): 0.70 at 10,000, 0.85 at "
-                "5,025 env steps)" in text)
+                "5,025 env steps, after 100 to 200 s of training on CPU)" in text)
     assert "## Checkpoint kept by validation" in text and "episode seeds 20000 onwards" in text
     assert "| separate | 0 | 10,000 | 0.80 | 0.70 | 0.63 | 0.60 |" in text
     assert "| **separate, mean** | 2 seeds | 7,512 | 0.70 | **0.77** |" in text
