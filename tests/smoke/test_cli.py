@@ -42,6 +42,7 @@ def test_smoke_preset_trains_and_writes_summary(tmp_path):
     (["train", "--preset", "smoke", "--steps", "100"], "learning_starts (200) must be < train.env_steps (100)"),
     (["train", "--resume", "/nonexistent/run"], "is not a run directory"),
     (["evaluate", "/nonexistent/run"], "neither a run directory nor a checkpoint"),
+    (["evaluate", "/nonexistent/run", "--split", "test"], "invalid choice: 'test'"),
 ])
 def test_bad_input_fails_at_once_with_a_clear_message(args, message):
     proc = _run(args, timeout=60)
