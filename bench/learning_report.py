@@ -283,12 +283,12 @@ def selection_markdown(selected: dict[str, Sequence[LearningPoint]]) -> str:
                           f"{p.success_rate:.2f}", f"{p.strict_success_rate:.2f}",
                           f"{p.route_completion:.2f}"))
         if len(chosen) > 1:
-            lines.append((f"**{arm}, mean**", f"{len(chosen)} seeds",
-                          f"{_mean([p.env_steps for p in chosen]):,.0f}",
-                          *(f"**{_mean([getattr(p, m) for p in chosen]):.2f}**"
-                            if m == "success_rate" else f"{_mean([getattr(p, m) for p in chosen]):.2f}"
-                            for m in ("validation_success_rate", "success_rate",
-                                      "strict_success_rate", "route_completion"))))
+            mean = {m: _mean([float(getattr(p, m)) for p in chosen])
+                    for m in ("env_steps", "validation_success_rate", "success_rate",
+                              "strict_success_rate", "route_completion")}
+            lines.append((f"**{arm}, mean**", f"{len(chosen)} seeds", f"{mean['env_steps']:,.0f}",
+                          f"{mean['validation_success_rate']:.2f}", f"**{mean['success_rate']:.2f}**",
+                          f"{mean['strict_success_rate']:.2f}", f"{mean['route_completion']:.2f}"))
     if not lines:
         return ""
     rows = ["| " + " | ".join(SELECTION_HEADER) + " |", "|" + "---|" * len(SELECTION_HEADER)]
