@@ -82,6 +82,7 @@ def point_from_eval(arm: str, seed: int, milestone: int, counters: dict[str, Any
     """A point from a run's counters (env_steps, updates, wall_seconds), an evaluation dict
     as ``deploy.evaluate.run_episodes`` returns it, and optionally one on validation episodes."""
     nan = float("nan")
+    validation = validation or {"success_rate": nan, "route_completion": nan}
     return LearningPoint(
         arm=arm, seed=int(seed), milestone=int(milestone),
         env_steps=int(counters.get("env_steps", 0)), updates=int(counters.get("updates", 0)),
@@ -93,9 +94,8 @@ def point_from_eval(arm: str, seed: int, milestone: int, counters: dict[str, Any
         mean_episode_length=float(evaluation["mean_episode_length"]),
         collisions_per_km=float(evaluation["collisions_per_km"]),
         episodes=int(evaluation["episodes"]), device=device,
-        validation_success_rate=nan if validation is None else float(validation["success_rate"]),
-        validation_route_completion=(nan if validation is None
-                                     else float(validation["route_completion"])))
+        validation_success_rate=float(validation["success_rate"]),
+        validation_route_completion=float(validation["route_completion"]))
 
 
 # -- the results file ---------------------------------------------------------------------
