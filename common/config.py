@@ -130,6 +130,9 @@ class TD3Config:
             gradient acts (OpenAI's DDPG for HER penalises the squared action, ``action_l2``,
             for the same reason). On the driving task 0.1 ends the floored throttle but not
             the lane touches (docs/learning.md, variant R).
+        image_shift: DrQ's random-shift augmentation of the learner's images: each image of
+            a batch padded by this many border pixels and cropped back at a random offset
+            (``learner.augment``); 0 (the paper) disables it.
     """
 
     gamma: float = 0.99
@@ -143,6 +146,7 @@ class TD3Config:
     max_grad_norm: float = 0.0
     policy_critic: PolicyCritic = PolicyCritic.STEPPED
     preactivation_l2: float = 0.0
+    image_shift: int = 0
 
 
 @dataclass(frozen=True)

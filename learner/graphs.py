@@ -12,7 +12,7 @@ and passed in, so replays see fresh noise.
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -21,7 +21,20 @@ from learner.device import DeviceBatch
 
 log = logging.getLogger(__name__)
 
-Step = Callable[[DeviceBatch, torch.Tensor, bool], torch.Tensor]
+
+class Draws(NamedTuple):
+    """The random numbers of one update, drawn outside the step.
+
+    Attributes:
+        noise: target policy smoothing noise, already scaled [B, action_dim].
+        shifts: image shift offsets (``learner.augment.draw_shifts``); empty when off.
+    """
+
+    noise: torch.Tensor
+    shifts: torch.Tensor
+
+
+Step = Callable[[DeviceBatch, Draws, bool], torch.Tensor]
 
 
 def _layout(b: DeviceBatch) -> tuple:
@@ -30,7 +43,7 @@ def _layout(b: DeviceBatch) -> tuple:
 
 
 class CudaGraphStep:
-    """Runs ``step(batch, noise, policy)`` from captured CUDA graphs.
+    """Runs ``step(batch, draws, policy)`` from captured CUDA graphs.
 
     The first ``warmup`` calls of each kind (``policy`` False or True) run eagerly on a side
     stream (they are real updates; they also create the optimizer state and let cuDNN choose
@@ -60,21 +73,21 @@ class CudaGraphStep:
         self._graphs: dict[tuple[bool, tuple | None], tuple[torch.cuda.CUDAGraph, torch.Tensor, DeviceBatch]] = {}
         self._layouts: set[tuple] = set()
         self._static: DeviceBatch | None = None
-        self._noise: torch.Tensor | None = None
+        self._draws: Draws | None = None
         self._side = torch.cuda.Stream()
 
-    def _eager(self, b: DeviceBatch, noise: torch.Tensor, policy: bool) -> torch.Tensor:
+    def _eager(self, b: DeviceBatch, draws: Draws, policy: bool) -> torch.Tensor:
         self._eager_calls[policy] += 1
         self._side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(self._side):
-            out = self._step(b, noise, policy)
+            out = self._step(b, draws, policy)
         torch.cuda.current_stream().wait_stream(self._side)
         return out
 
     def _capture(self, b: DeviceBatch, policy: bool) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, DeviceBatch]:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            out = self._step(b, self._noise, policy)
+            out = self._step(b, self._draws, policy)
         log.info("cuda_graph_captured policy_step=%s graphs=%d", policy, len(self._graphs) + 1)
         return graph, out, b  # b is kept so its buffers outlive the graph that reads them
 
@@ -96,12 +109,13 @@ class CudaGraphStep:
             self._graphs[key] = self._capture(self._static, policy)
         return self._graphs[key]
 
-    def __call__(self, b: DeviceBatch, noise: torch.Tensor, policy: bool) -> torch.Tensor:
+    def __call__(self, b: DeviceBatch, draws: Draws, policy: bool) -> torch.Tensor:
         if self._eager_calls[policy] < self._warmup:
-            return self._eager(b, noise, policy)
-        if self._noise is None:
-            self._noise = noise.clone()
-        self._noise.copy_(noise)
+            return self._eager(b, draws, policy)
+        if self._draws is None:
+            self._draws = Draws(*(t.clone() for t in draws))
+        for dst, src in zip(self._draws, draws):
+            dst.copy_(src)
         graph, out, _ = self._graph_for(b, policy)
         graph.replay()
         return out

@@ -24,9 +24,10 @@ from common.networks import ImageEncoder
 from common.specs import EnvSpec
 from common.types import SampleBatch
 from learner import losses, state
+from learner.augment import draw_shifts, random_shift
 from learner.device import (DeviceBatch, autocast_for, configure_backends, resolve_device,
                             transfer_for, validate_batch)
-from learner.graphs import executor_for
+from learner.graphs import Draws, executor_for
 from learner.lanes import Lanes
 from learner.stats import PendingUpdate, UpdateStats
 from learner.topology import Networks, build_networks
@@ -41,9 +42,13 @@ class Pixels(NamedTuple):
     next: torch.Tensor
 
 
-def prepare_pixels(b: DeviceBatch) -> Pixels:
-    """Converts the batch's observation and next-observation images for the encoders."""
-    return Pixels(ImageEncoder.prepare(b.image), ImageEncoder.prepare(b.next_image))
+def prepare_pixels(b: DeviceBatch, shifts: torch.Tensor | None = None, pad: int = 0) -> Pixels:
+    """Converts the batch's observation and next-observation images for the encoders, each
+    shifted at random by up to ``pad`` pixels (``learner.augment``) when ``pad`` is above 0."""
+    obs, nxt = b.image, b.next_image
+    if pad > 0:
+        obs, nxt = random_shift(obs, shifts[0], pad), random_shift(nxt, shifts[1], pad)
+    return Pixels(ImageEncoder.prepare(obs), ImageEncoder.prepare(nxt))
 
 
 def _check_config(cfg: LearnerConfig) -> None:
@@ -60,6 +65,8 @@ def _check_config(cfg: LearnerConfig) -> None:
         (td3.max_grad_norm >= 0.0, f"max_grad_norm ({td3.max_grad_norm}) must be >= 0"),
         (td3.preactivation_l2 >= 0.0,
          f"preactivation_l2 ({td3.preactivation_l2}) must be >= 0"),
+        (isinstance(td3.image_shift, int) and td3.image_shift >= 0,
+         f"image_shift ({td3.image_shift!r}) must be an int >= 0 (0: off)"),
     ]
     orders = [c.value for c in PolicyCritic]
     checks.append((td3.policy_critic in orders,
@@ -288,7 +295,9 @@ class TD3Learner:
         policy_updated = self._updates % self.td3.policy_delay == 0
         # Drawn outside the step so that a captured CUDA graph replays with fresh noise.
         noise = torch.randn(b.action.shape, generator=self.generator, device=self.device)
-        packed = self._run(b, noise * self.td3.policy_noise, policy_updated)
+        shifts = draw_shifts(self.td3.image_shift, b.action.shape[0], self.generator,
+                             self.device)
+        packed = self._run(b, Draws(noise * self.td3.policy_noise, shifts), policy_updated)
         slot = self._updates % len(self._stats_slots)
         previous = self._stats_slots[slot]
         if previous is not None:
@@ -306,19 +315,19 @@ class TD3Learner:
             self._stats_buffers[slot] = buf
         return buf
 
-    def _step(self, b: DeviceBatch, noise: torch.Tensor, policy: bool) -> torch.Tensor:
+    def _step(self, b: DeviceBatch, draws: Draws, policy: bool) -> torch.Tensor:
         """One update on device tensors; returns the packed stats (scalars, then |TD error|).
 
         No host synchronisation and no Python-side state change, so a CUDA graph can
         capture it (``learner.graphs``).
         """
-        px = prepare_pixels(b)
+        px = prepare_pixels(b, draws.shifts, self.td3.image_shift)
         lanes = self._lanes
         # The policy encoder's forward pass needs nothing from the critic step: it runs on
         # its lane beside the critic's passes, backward pass and Adam step.
         encoding = (lanes.run("policy", self._terms["policy_encoder"], b, px) if policy
                     else None)
-        q1, q2, y, features = self._critic_values(b, px, noise)
+        q1, q2, y, features = self._critic_values(b, px, draws.noise)
         if policy and self._pre_step:
             # The whole policy step on its lane, beside the critic's backward pass and Adam
             # step.

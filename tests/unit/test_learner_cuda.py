@@ -45,6 +45,20 @@ def test_cuda_graphs_match_eager_updates_and_survive_a_reload(tmp_path, topology
     assert _max_diff(graphed.nets.critic, eager.nets.critic) < ATOL
 
 
+def test_cuda_graphs_replay_fresh_image_shifts():
+    # The shifts are drawn outside the step and copied into the graph's inputs: a graphed
+    # learner that replayed its first draws would drift away from the eager one.
+    base = dataclasses.replace(small_config(image_shift=4), device="cuda", precision="fp32")
+    eager = TD3Learner(SMALL_SPEC, base, seed=0)
+    graphed = TD3Learner(SMALL_SPEC, dataclasses.replace(base, cuda_graphs=True), seed=0)
+    for i in range(14):
+        batch = random_batch(SMALL_SPEC, 16, seed=i)
+        stats_eager, stats_graph = eager.update(batch), graphed.update(batch)
+    np.testing.assert_allclose(stats_graph.td_error, stats_eager.td_error, atol=ATOL)
+    for name, module in graphed.nets.modules().items():
+        assert _max_diff(module, eager.nets.modules()[name]) < ATOL, name
+
+
 def test_policy_state_from_cuda_loads_into_a_cpu_actor():
     cfg = dataclasses.replace(small_config(), device="cuda")
     learner = TD3Learner(SMALL_SPEC, cfg, seed=0)
