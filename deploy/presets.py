@@ -67,6 +67,9 @@ def learn() -> C.RunConfig:
     Sized so that a CPU learner on two shared cores keeps up: 48x48 frames, a 64-feature
     encoder and 128-128 heads, batch 64, half an update per env step held by the rate
     limiter, 100 m routes. A GPU box runs the same configuration faster, with more actors.
+    The learner's images are shifted by up to 4 pixels (DrQ's augmentation,
+    ``td3.image_shift``): without it the policies fit the training routes and completed
+    0.55 to 0.75 of held-out routes; with it, 0.88 at 50,000 env steps (docs/learning.md).
     """
     base = C.RunConfig()
     return replace(
@@ -75,7 +78,7 @@ def learn() -> C.RunConfig:
         env=replace(base.env, route_length_m=100.0, max_steps=500,
                     camera=replace(base.env.camera, width=64, height=48)),
         learner=replace(base.learner, publish_every=20, checkpoint_every=0, prefetch=2,
-                        td3=replace(base.learner.td3, batch_size=64),
+                        td3=replace(base.learner.td3, batch_size=64, image_shift=4),
                         network=replace(base.learner.network, encoder_features=64,
                                         hidden_sizes=(128, 128))),
         replay=replace(base.replay, num_shards=1, capacity=100_000, min_size_to_sample=1_000,

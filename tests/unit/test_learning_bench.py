@@ -211,6 +211,7 @@ def test_learn_preset_is_registered_and_valid() -> None:
     assert PRESETS["learn"] is not None
     cfg = preset("learn")
     build.validate(cfg)
+    assert cfg.learner.td3.image_shift == 4  # DrQ's shift: what the benchmark's figures used
     assert build.replay_config(cfg).samples_per_insert == cfg.train.updates_per_env_step * cfg.learner.td3.batch_size
 
 
