@@ -144,13 +144,15 @@ def ours(variant: str, args: argparse.Namespace, batches: list[SampleBatch]) -> 
 
     warmup = max(args.warmup, 10 if cfg.cuda_graphs else 0)  # graphs are captured by then
     host(warmup)
-    info = {"device": str(learner.device), "precision": precision, "compile": cfg.compile,
+    info = {"device": str(learner.device), "precision": learner.precision,
+            "precision_asked": precision, "compile": cfg.compile,
             "cuda_graphs": cfg.cuda_graphs, "policy_critic": order.value,
             "first_two_updates_s": first}
-    runners = [Runner(f"ours {variant}", "host", host, learner.device, info),
-               Runner(f"ours {variant}", "device", device, learner.device, info)]
+    name = f"ours {variant}" + (f" ({learner.precision})" if precision == "auto" else "")
+    runners = [Runner(name, "host", host, learner.device, info),
+               Runner(name, "device", device, learner.device, info)]
     if learner.device.type == "cuda":  # on CPU launching is updating: nothing to overlap
-        runners.append(Runner(f"ours {variant}", "pipeline", pipelined, learner.device, info))
+        runners.append(Runner(name, "pipeline", pipelined, learner.device, info))
     return runners
 
 

@@ -162,9 +162,10 @@ class LearnerConfig:
         prefetch: sample requests kept in flight.
         compile: torch.compile the critic and policy loss computations (forward and
             backward); worth it on CUDA, compile time dominates short CPU runs.
-        precision: "auto" (bf16 autocast on CUDA and on CPUs with AMX; fp32 on other CPUs,
-            where bf16 is much slower), "fp32" or "bf16". Losses, targets and optimizer state
-            are fp32 in every case.
+        precision: "auto" (bf16 autocast on CUDA; on a CPU whichever of fp32 and bf16 runs
+            the learner's encoder clearly faster, timed once at start-up: bf16 where oneDNN
+            has fast bf16 kernels, e.g. AMX or AMD Zen 5, fp32 elsewhere), "fp32" or "bf16".
+            Losses, targets and optimizer state are fp32 in every case.
         cuda_graphs: capture the update in CUDA graphs and replay them (CUDA only; learning
             rates are fixed at capture).
         cpu_threads: torch threads of a CPU learner; 0 uses every core of the machine (Ray

@@ -110,14 +110,16 @@ class ImageEncoder(nn.Module):
         self.out_dim = features + spec.vector_dim
 
     @staticmethod
-    def prepare(image: torch.Tensor) -> torch.Tensor:
+    def prepare(image: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """uint8 [B, F, H, W] -> float pixel values in [0, 255], channels-last (what
         ``encode`` takes). The layout change runs on uint8, four times fewer bytes; for the
-        learner's batches on the CPU through OpenCV (``interleave_frames``)."""
+        learner's batches on the CPU through OpenCV (``interleave_frames``). ``dtype``
+        bfloat16 (exact for 0..255) is for a bf16-autocast learner: its convolutions would
+        otherwise cast the fp32 pixels again on every encoder pass."""
         if (image.device.type == "cpu" and image.dtype == torch.uint8 and image.dim() == 4
                 and image.shape[0] >= _INTERLEAVE_MIN_BATCH and not torch.compiler.is_compiling()):
-            return interleave_frames(image).float()
-        return image.contiguous(memory_format=torch.channels_last).float()
+            return interleave_frames(image).to(dtype)
+        return image.contiguous(memory_format=torch.channels_last).to(dtype)
 
     def folded_first_conv(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The first convolution's weight and bias with the pixel scaling folded in."""

@@ -1,4 +1,5 @@
-"""Where the learner runs: device choice, numeric precision and host-to-device batches.
+"""Where the learner runs: device choice and host-to-device batches (precision:
+``learner/precision.py``).
 
 Each is chosen once at construction (CPU or CUDA objects), so the update step holds no device
 branches. On CUDA a batch is copied into pinned host buffers and sent with non-blocking copies;
@@ -6,10 +7,9 @@ on CPU the numpy arrays are used in place (``torch.from_numpy``, no copy).
 """
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import warnings
-from typing import Callable, ContextManager, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -17,9 +17,6 @@ import torch
 from common.errors import ConfigError, SpecError
 from common.specs import EnvSpec
 from common.types import SampleBatch
-
-PRECISIONS = ("auto", "fp32", "bf16")
-
 
 class DeviceBatch(NamedTuple):
     """A SampleBatch as tensors on the learner's device (images stay uint8)."""
@@ -96,32 +93,6 @@ def configure_backends(device: torch.device) -> None:
         torch.set_float32_matmul_precision("high")
     else:
         keep_freed_memory()
-
-
-def cpu_has_amx_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    """Whether the CPU has AMX bf16 matrix units (Linux ``/proc/cpuinfo`` flags)."""
-    try:
-        with open(cpuinfo) as fh:
-            return any(line.startswith("flags") and "amx_bf16" in line.split() for line in fh)
-    except OSError:
-        return False
-
-
-def autocast_for(device: torch.device, precision: str) -> Callable[[], ContextManager[object]]:
-    """The context the forward passes run in: bf16 autocast where chosen, else plain fp32.
-
-    "auto" means bf16 on CUDA and on CPUs with AMX, fp32 on other CPUs. Measured on 2 cores at
-    batch 256: with AMX, bf16 took 0.11 s per update against 0.19 s for fp32; without AMX
-    (AVX-512 bf16 only) bf16 was several times slower than fp32. Losses, targets and optimizer
-    state stay fp32 in every case.
-    """
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision ({precision!r}) must be one of {list(PRECISIONS)}")
-    bf16 = precision == "bf16" or (precision == "auto" and (
-        device.type == "cuda" or cpu_has_amx_bf16()))
-    if not bf16:
-        return contextlib.nullcontext
-    return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def validate_batch(spec: EnvSpec, batch: SampleBatch) -> None:

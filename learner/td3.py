@@ -25,10 +25,11 @@ from common.specs import EnvSpec
 from common.types import SampleBatch
 from learner import losses, state
 from learner.augment import draw_shifts, random_shift
-from learner.device import (DeviceBatch, autocast_for, configure_backends, resolve_device,
+from learner.device import (DeviceBatch, configure_backends, resolve_device,
                             transfer_for, validate_batch)
 from learner.graphs import Draws, executor_for
 from learner.lanes import Lanes
+from learner.precision import autocast_for, resolve_precision
 from learner.stats import PendingUpdate, UpdateStats
 from learner.topology import Networks, build_networks
 
@@ -42,13 +43,15 @@ class Pixels(NamedTuple):
     next: torch.Tensor
 
 
-def prepare_pixels(b: DeviceBatch, shifts: torch.Tensor | None = None, pad: int = 0) -> Pixels:
-    """Converts the batch's observation and next-observation images for the encoders, each
-    shifted at random by up to ``pad`` pixels (``learner.augment``) when ``pad`` is above 0."""
+def prepare_pixels(b: DeviceBatch, shifts: torch.Tensor | None = None, pad: int = 0,
+                   dtype: torch.dtype = torch.float32) -> Pixels:
+    """Converts the batch's observation and next-observation images for the encoders (to
+    ``dtype``), each shifted at random by up to ``pad`` pixels (``learner.augment``) when
+    ``pad`` is above 0."""
     obs, nxt = b.image, b.next_image
     if pad > 0:
         obs, nxt = random_shift(obs, shifts[0], pad), random_shift(nxt, shifts[1], pad)
-    return Pixels(ImageEncoder.prepare(obs), ImageEncoder.prepare(nxt))
+    return Pixels(ImageEncoder.prepare(obs, dtype), ImageEncoder.prepare(nxt, dtype))
 
 
 def _check_config(cfg: LearnerConfig) -> None:
@@ -113,7 +116,11 @@ class TD3Learner:
                                   _params(self.nets.critic_groups, False)),
                        "policy": (_params(self.nets.policy_groups, True),
                                   _params(self.nets.policy_groups, False))}
-        self._autocast = autocast_for(self.device, cfg.precision)
+        # After configure_backends: the CPU probe then runs with the learner's allocator.
+        self.precision = resolve_precision(cfg.precision, self.device, spec,
+                                           cfg.network.encoder_features, cfg.td3.batch_size)
+        self._autocast = autocast_for(self.device, self.precision)
+        self._pixel_dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
         self._to_device = transfer_for(self.device)
         self.generator = torch.Generator(self.device)
         self.generator.manual_seed(seed)
@@ -146,7 +153,7 @@ class TD3Learner:
         self._terms = pieces
         self._run = executor_for(self._step, self.device, cfg.cuda_graphs)
         log.info("td3_learner device=%s topology=%s precision=%s compile=%s cuda_graphs=%s "
-                 "seed=%d", self.device, cfg.network.topology.value, cfg.precision, cfg.compile,
+                 "seed=%d", self.device, cfg.network.topology.value, self.precision, cfg.compile,
                  cfg.cuda_graphs, seed)
 
     @property
@@ -321,7 +328,7 @@ class TD3Learner:
         No host synchronisation and no Python-side state change, so a CUDA graph can
         capture it (``learner.graphs``).
         """
-        px = prepare_pixels(b, draws.shifts, self.td3.image_shift)
+        px = prepare_pixels(b, draws.shifts, self.td3.image_shift, self._pixel_dtype)
         lanes = self._lanes
         # The policy encoder's forward pass needs nothing from the critic step: it runs on
         # its lane beside the critic's passes, backward pass and Adam step.

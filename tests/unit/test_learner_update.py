@@ -8,8 +8,9 @@ import torch
 from common.config import EncoderTopology, LearnerConfig, TD3Config
 from common.errors import ConfigError, SpecError
 from common.networks import PolicyNet, load_policy_state
-from learner import device as learner_device
+from learner import precision as learner_precision
 from learner import losses
+from learner.precision import PrecisionProbe
 from learner.td3 import TD3Learner, UpdateStats, make_learner, prepare_pixels
 from tests.unit.learner_fixtures import (SMALL_SPEC, critic_step, params_of, random_batch,
                                          small_config)
@@ -154,24 +155,18 @@ def test_same_seed_same_learner():
     assert not torch.equal(a.nets.critic.q1[0].weight, c.nets.critic.q1[0].weight)
 
 
-@pytest.mark.parametrize("has_amx,expected", [(True, torch.bfloat16), (False, torch.float32)])
-def test_auto_precision_on_cpu_follows_amx(monkeypatch, has_amx, expected):
-    monkeypatch.setattr(learner_device, "cpu_has_amx_bf16", lambda: has_amx)
+@pytest.mark.parametrize("bf16_s,expected", [(0.5, torch.bfloat16), (2.0, torch.float32)])
+def test_auto_precision_on_cpu_follows_the_probe(monkeypatch, bf16_s, expected):
+    monkeypatch.setattr(learner_precision, "_PROBES", {})
+    monkeypatch.setattr(learner_precision, "probe_cpu_precision",
+                        lambda spec, features, batch: PrecisionProbe(1.0, bf16_s))
     learner = TD3Learner(SMALL_SPEC, dataclasses.replace(small_config(), precision="auto"), seed=0)
+    assert learner.precision == ("bf16" if expected == torch.bfloat16 else "fp32")
     b = learner._to_device(random_batch(SMALL_SPEC, 4, seed=0))
     with learner._autocast():
         assert learner.nets.policy(b.image, b.vector).dtype == expected
     stats = learner.update(random_batch(SMALL_SPEC, 16, seed=0))
     assert np.isfinite(stats.critic_loss) and stats.td_error.dtype == np.float32
-
-
-def test_amx_detection_reads_cpu_flags(tmp_path):
-    with_amx, without = tmp_path / "a", tmp_path / "b"
-    with_amx.write_text("processor\t: 0\nflags\t\t: fpu avx512f amx_bf16 amx_tile\n")
-    without.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16\n")
-    assert learner_device.cpu_has_amx_bf16(str(with_amx))
-    assert not learner_device.cpu_has_amx_bf16(str(without))
-    assert not learner_device.cpu_has_amx_bf16(str(tmp_path / "missing"))
 
 
 def test_truncated_transitions_bootstrap_and_terminated_ones_do_not():
