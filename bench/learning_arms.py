@@ -143,7 +143,7 @@ def run_trained(arm: str, seed: int, cfg: C.RunConfig, milestones: Sequence[int]
                      arm, seed, milestone)
             continue
         out = _train_to(cfg, run_path, milestone)
-        device = str(out.get("learner_device", "cpu"))
+        device = f'{out.get("learner_device", "cpu")} {out.get("learner_precision", "")}'.strip()
         result = evaluate.evaluate_checkpoint(run_path, episodes=episodes, seed=eval_seed)
         validation = None
         if validation_episodes:

@@ -43,7 +43,8 @@ class LearningPoint:
         mean_episode_length: mean env steps per evaluation episode.
         collisions_per_km: collisions per km driven over the evaluation episodes.
         episodes: evaluation episodes behind the point.
-        device: the learner's device ("cpu", "gpu", or "-" for the baselines).
+        device: the learner's device and the precision it ran in ("cpu fp32", "gpu bf16"; "cpu"
+            or "gpu" in results from before it was recorded; "-" for the baselines).
         validation_success_rate: success rate of the same checkpoint on validation episodes:
             training-split routes with their own episode seeds, never the held-out ones. What
             ``select_by_validation`` chooses a checkpoint by; NaN where none were run.

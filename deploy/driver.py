@@ -48,6 +48,14 @@ class Fleet:
             shutil.rmtree(self.weights_dir, ignore_errors=True)
 
 
+def _reply_or(ref: Any, default: str, timeout_s: float = 5.0) -> str:
+    """A small actor reply, or ``default`` if it failed or is not there in ``timeout_s``."""
+    try:
+        return str(ray.get(ref, timeout=timeout_s))
+    except ray.exceptions.RayError:  # GetTimeoutError included
+        return default
+
+
 def _cluster_gpus() -> float:
     return float(ray.cluster_resources().get("GPU", 0.0))
 
@@ -91,6 +99,8 @@ class Driver:
 
     def run(self) -> dict[str, Any]:
         fleet = self.fleet = build_fleet(self.cfg, self.run_dir)
+        # Answered once the learner is built; a small reply lives on with the driver.
+        precision = fleet.learner.precision.remote()
         start = time.monotonic()
         wall0 = self.counters.wall_seconds
         interrupted = False
@@ -109,7 +119,8 @@ class Driver:
                 f"checkpoint: --resume continues from "
                 f"{latest if latest is not None else 'the start (no checkpoint yet)'}")
         out = summary(self.counters, {"interrupted": interrupted,
-                                      "learner_device": "gpu" if fleet.learner_on_gpu else "cpu"})
+                                      "learner_device": "gpu" if fleet.learner_on_gpu else "cpu",
+                                      "learner_precision": _reply_or(precision, "unknown")})
         self.run_dir.write_summary(out)
         return out
 

@@ -213,5 +213,9 @@ class LearnerActor:
     def device(self) -> str:
         return str(self.learner.device)
 
+    def precision(self) -> str:
+        """"fp32" or "bf16": the learner's precision as resolved ("auto" is measured)."""
+        return self.learner.precision
+
     def pid(self) -> int:
         return os.getpid()

@@ -62,6 +62,7 @@ def test_transitions_flow_weights_reach_actors_and_both_encoders_learn(first_run
     cfg, summary = first_run
     assert summary["env_steps"] >= cfg.train.env_steps
     assert summary["updates"] > 0 and summary["policy_version"] > 0
+    assert summary["learner_device"] == "cpu" and summary["learner_precision"] in ("fp32", "bf16")
     run_dir = RunDir(summary["run_dir"])
     latest = run_dir.latest_checkpoint()
     # Transitions in both shards; later ones were produced by published (non-random) versions.
