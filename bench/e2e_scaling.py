@@ -115,6 +115,7 @@ def measure(actors: int, steps: int, tick_latency_s: float, ratio: float, batch_
             ray.get([a.run_steps.remote(warm, 10**9) for a in fleet.actors])
             time.sleep(1.0)
             first_timed_version = ray.get(fleet.board.version.remote()) + 1
+            precision = ray.get(fleet.learner.precision.remote())
             updates.clear()  # count the timed window's updates only
             cpu0, t0 = _cpu_by_role(), time.perf_counter()
             reports = ray.get([a.run_steps.remote(steps, 10**9) for a in fleet.actors])
@@ -146,7 +147,7 @@ def measure(actors: int, steps: int, tick_latency_s: float, ratio: float, batch_
     actor_ms = 1e3 * cores.get("actors", 0.0) * wall / (actors * steps)
     return {"actors": actors, "weights_transport": transport, "env_steps": actors * steps,
             "wall_seconds": wall,
-            "cores_busy": cores, "actor_cpu_ms_per_step": actor_ms,
+            "cores_busy": cores, "actor_cpu_ms_per_step": actor_ms, "learner_precision": precision,
             "env_steps_per_s": actors * steps / wall, "learner_updates": int(sum(updates)),
             "versions_seen_by_all": len(complete),
             "broadcast_p50_ms": float(np.percentile(complete, 50) * 1e3) if complete else None,

@@ -32,7 +32,8 @@ def test_run_trained_one_milestone_then_skip(tmp_path: Path, monkeypatch: pytest
     p = points[0]
     assert splits == [(C.RouteSplit.EVAL, 10_000), (C.RouteSplit.TRAIN, 20_000)]
     assert p.validation_success_rate in (0.0, 0.5, 1.0) and 0 <= p.validation_route_completion <= 1
-    assert (p.arm, p.seed, p.milestone, p.device, p.episodes) == ("separate", 0, 300, "cpu", 1)
+    assert (p.arm, p.seed, p.milestone, p.episodes) == ("separate", 0, 300, 1)
+    assert p.device in ("cpu fp32", "cpu bf16")  # "auto" precision, measured on this CPU
     assert p.env_steps >= 300 and p.updates > 0 and p.wall_seconds > 0
     assert 1 <= p.mean_episode_length <= 60
     assert (tmp_path / "separate-seed0" / "summary.json").exists()
