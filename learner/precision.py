@@ -93,7 +93,11 @@ def resolve_precision(precision: str, device: torch.device, spec: EnvSpec, featu
     key = (spec.frames, spec.image_size, spec.vector_dim, features, batch_size,
            torch.get_num_threads())
     if key not in _PROBES:
-        _PROBES[key] = (probe or probe_cpu_precision)(spec, features, batch_size)
+        try:
+            _PROBES[key] = (probe or probe_cpu_precision)(spec, features, batch_size)
+        except RuntimeError as exc:  # e.g. a torch build without CPU bf16 kernels
+            log.warning("event=precision_probe_failed error=%r choice=fp32", exc)
+            _PROBES[key] = PrecisionProbe(1.0, float("inf"))
     result = _PROBES[key]
     log.info("event=precision_probe device=cpu batch=%d fp32_ms=%.1f bf16_ms=%.1f choice=%s",
              batch_size, result.fp32_s * 1e3, result.bf16_s * 1e3, result.choice)

@@ -36,6 +36,14 @@ def test_auto_on_cpu_keeps_the_clearly_faster_precision(fp32_s, bf16_s, choice):
     assert calls == [(32, 64), (32, 128)]
 
 
+def test_a_probe_that_fails_leaves_the_learner_in_fp32(caplog):
+    def probe(*_):
+        raise RuntimeError("no bf16 kernel for this CPU")
+
+    assert lp.resolve_precision("auto", CPU, SMALL_SPEC, 32, 64, probe) == "fp32"
+    assert "precision_probe_failed" in caplog.text and "no bf16 kernel" in caplog.text
+
+
 def test_explicit_precisions_and_cuda_are_not_measured():
     def probe(*_):
         raise AssertionError("probed")
