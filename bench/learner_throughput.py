@@ -145,10 +145,12 @@ def ours(variant: str, args: argparse.Namespace, batches: list[SampleBatch]) -> 
     warmup = max(args.warmup, 10 if cfg.cuda_graphs else 0)  # graphs are captured by then
     host(warmup)
     info = {"device": str(learner.device), "precision": learner.precision,
-            "precision_asked": precision, "compile": cfg.compile,
+            "precision_asked": precision, "dense_as_conv": learner.kernels.dense_as_conv,
+            "compile": cfg.compile,
             "cuda_graphs": cfg.cuda_graphs, "policy_critic": order.value,
             "first_two_updates_s": first}
-    name = f"ours {variant}" + (f" ({learner.precision})" if precision == "auto" else "")
+    chosen = [learner.precision] * (precision == "auto") + ["dense as conv"] * learner.kernels.dense_as_conv
+    name = f"ours {variant}" + (f" ({', '.join(chosen)})" if chosen else "")
     runners = [Runner(name, "host", host, learner.device, info),
                Runner(name, "device", device, learner.device, info)]
     if learner.device.type == "cuda":  # on CPU launching is updating: nothing to overlap

@@ -20,7 +20,7 @@ import torch
 
 from common.config import LearnerConfig, PolicyCritic
 from common.errors import ConfigError
-from common.networks import ImageEncoder
+from common.networks import ImageEncoder, run_dense_as_conv
 from common.specs import EnvSpec
 from common.types import SampleBatch
 from learner import losses, state
@@ -29,7 +29,7 @@ from learner.device import (DeviceBatch, configure_backends, resolve_device,
                             transfer_for, validate_batch)
 from learner.graphs import Draws, executor_for
 from learner.lanes import Lanes
-from learner.precision import autocast_for, resolve_precision
+from learner.precision import autocast_for, resolve_kernels
 from learner.stats import PendingUpdate, UpdateStats
 from learner.topology import Networks, build_networks
 
@@ -117,8 +117,12 @@ class TD3Learner:
                        "policy": (_params(self.nets.policy_groups, True),
                                   _params(self.nets.policy_groups, False))}
         # After configure_backends: the CPU probe then runs with the learner's allocator.
-        self.precision = resolve_precision(cfg.precision, self.device, spec,
-                                           cfg.network.encoder_features, cfg.td3.batch_size)
+        kernels = resolve_kernels(cfg.precision, self.device, spec,
+                                  cfg.network.encoder_features, cfg.td3.batch_size)
+        self.kernels, self.precision = kernels, kernels.precision
+        for net in (self.nets.policy, self.nets.critic, self.nets.policy_target,
+                    self.nets.critic_target):
+            run_dense_as_conv(net, kernels.dense_as_conv)
         self._autocast = autocast_for(self.device, self.precision)
         self._pixel_dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
         self._to_device = transfer_for(self.device)
@@ -152,9 +156,9 @@ class TD3Learner:
             pieces = {k: torch.compile(f, dynamic=False) for k, f in pieces.items()}
         self._terms = pieces
         self._run = executor_for(self._step, self.device, cfg.cuda_graphs)
-        log.info("td3_learner device=%s topology=%s precision=%s compile=%s cuda_graphs=%s "
-                 "seed=%d", self.device, cfg.network.topology.value, self.precision, cfg.compile,
-                 cfg.cuda_graphs, seed)
+        log.info("td3_learner device=%s topology=%s precision=%s dense_as_conv=%s compile=%s "
+                 "cuda_graphs=%s seed=%d", self.device, cfg.network.topology.value,
+                 self.precision, kernels.dense_as_conv, cfg.compile, cfg.cuda_graphs, seed)
 
     @property
     def updates(self) -> int:

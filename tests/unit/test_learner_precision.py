@@ -17,57 +17,79 @@ def fresh_cache(monkeypatch):
     monkeypatch.setattr(lp, "_PROBES", {})
 
 
-@pytest.mark.parametrize("fp32_s,bf16_s,choice", [
-    (1.0, 0.5, "bf16"),   # AMX, or AVX-512 bf16 on Zen 5
-    (1.0, 0.95, "fp32"),  # a near tie is not worth bf16's rounding (BF16_MARGIN)
-    (1.0, 4.0, "fp32"),   # a CPU where oneDNN has no fast bf16 kernels
+@pytest.mark.parametrize("gemm_s,conv_s,bf16_s,precision,as_conv", [
+    (1.0, 1.2, 0.5, "bf16", False),   # AMX, or AVX-512 bf16 on Zen 5
+    (1.0, 1.2, 0.95, "fp32", False),  # a near tie is not worth bf16's rounding (BF16_MARGIN)
+    (1.0, 1.2, 4.0, "fp32", False),   # a CPU where oneDNN has no fast bf16 kernels
+    (1.0, 0.6, 4.0, "fp32", True),    # oneDNN's convolution beats MKL's product (AMD)
+    (1.0, 0.97, 4.0, "fp32", False),  # ... but not by CONV_MARGIN
+    (1.0, 0.6, 0.57, "fp32", True),   # bf16 is measured against the faster fp32 route
+    (1.0, 0.6, 0.5, "bf16", False),
 ])
-def test_auto_on_cpu_keeps_the_clearly_faster_precision(fp32_s, bf16_s, choice):
+def test_auto_on_cpu_keeps_the_clearly_faster_way(gemm_s, conv_s, bf16_s, precision, as_conv):
     calls = []
 
-    def probe(spec, features, batch):
-        calls.append((features, batch))
-        return lp.PrecisionProbe(fp32_s, bf16_s)
+    def probe(spec, features, batch, with_bf16, with_conv):
+        calls.append((features, batch, with_bf16, with_conv))
+        return lp.CpuProbe(gemm_s, conv_s, bf16_s)
 
-    assert lp.resolve_precision("auto", CPU, SMALL_SPEC, 32, 64, probe) == choice
-    assert lp.resolve_precision("auto", CPU, SMALL_SPEC, 32, 64, probe) == choice
-    assert calls == [(32, 64)]  # measured once per process and shape
-    lp.resolve_precision("auto", CPU, SMALL_SPEC, 32, 128, probe)
-    assert calls == [(32, 64), (32, 128)]
+    expected = lp.Kernels(precision, as_conv)
+    assert lp.resolve_kernels("auto", CPU, SMALL_SPEC, 32, 64, probe) == expected
+    assert lp.resolve_kernels("auto", CPU, SMALL_SPEC, 32, 64, probe) == expected
+    assert calls == [(32, 64, True, True)]  # measured once per process and shape
+    lp.resolve_kernels("auto", CPU, SMALL_SPEC, 32, 128, probe)
+    assert calls == [(32, 64, True, True), (32, 128, True, True)]
+
+
+def test_fp32_on_cpu_measures_only_the_linear_layers_route():
+    calls = []
+
+    def probe(spec, features, batch, with_bf16, with_conv):
+        calls.append((batch, with_bf16, with_conv))
+        return lp.CpuProbe(1.0, 0.5)
+
+    assert lp.resolve_kernels("fp32", CPU, SMALL_SPEC, 32, 64, probe) == lp.Kernels("fp32", True)
+    assert calls == [(64, False, True)]
+    # Below DenseHWC's batch threshold there is nothing to choose: no probe.
+    assert lp.resolve_kernels("fp32", CPU, SMALL_SPEC, 32, 16, probe) == lp.Kernels("fp32", False)
+    assert lp.resolve_kernels("auto", CPU, SMALL_SPEC, 32, 16, probe) == lp.Kernels("fp32", False)
+    assert calls == [(64, False, True), (16, True, False)]
 
 
 def test_a_probe_that_fails_leaves_the_learner_in_fp32(caplog):
     def probe(*_):
         raise RuntimeError("no bf16 kernel for this CPU")
 
-    assert lp.resolve_precision("auto", CPU, SMALL_SPEC, 32, 64, probe) == "fp32"
+    assert lp.resolve_kernels("auto", CPU, SMALL_SPEC, 32, 64, probe) == lp.Kernels("fp32", False)
     assert "precision_probe_failed" in caplog.text and "no bf16 kernel" in caplog.text
 
 
-def test_explicit_precisions_and_cuda_are_not_measured():
+def test_bf16_and_cuda_are_not_measured():
     def probe(*_):
         raise AssertionError("probed")
 
-    assert lp.resolve_precision("fp32", CPU, SMALL_SPEC, 32, 64, probe) == "fp32"
-    assert lp.resolve_precision("bf16", CPU, SMALL_SPEC, 32, 64, probe) == "bf16"
-    assert lp.resolve_precision("auto", CUDA, SMALL_SPEC, 32, 64, probe) == "bf16"
+    assert lp.resolve_kernels("bf16", CPU, SMALL_SPEC, 32, 64, probe) == lp.Kernels("bf16")
+    assert lp.resolve_kernels("auto", CUDA, SMALL_SPEC, 32, 64, probe) == lp.Kernels("bf16")
+    assert lp.resolve_kernels("fp32", CUDA, SMALL_SPEC, 32, 64, probe) == lp.Kernels("fp32")
 
 
 @pytest.mark.parametrize("bad", ["fp16", "", "BF16"])
 def test_a_bad_precision_is_refused_by_name(bad):
     with pytest.raises(ConfigError, match=repr(bad).replace("'", ".")):
-        lp.resolve_precision(bad, CPU, SMALL_SPEC, 32, 64)
+        lp.resolve_kernels(bad, CPU, SMALL_SPEC, 32, 64)
     with pytest.raises(ConfigError, match="resolved precision"):
         lp.autocast_for(CPU, "auto")
 
 
-def test_the_real_probe_times_both_precisions_and_leaves_the_rng_alone():
+def test_the_real_probe_times_every_way_and_leaves_the_rng_alone():
     state = torch.random.get_rng_state()
-    result = lp.probe_cpu_precision(SMALL_SPEC, 16, 8, rounds=1)
+    result = lp.probe_cpu(SMALL_SPEC, 16, 32, with_bf16=True, with_conv=True, rounds=1)
     assert torch.equal(torch.random.get_rng_state(), state)
-    for seconds in (result.fp32_s, result.bf16_s):
+    for seconds in (result.fp32_gemm_s, result.fp32_conv_s, result.bf16_s):
         assert math.isfinite(seconds) and seconds > 0
-    assert result.choice in ("fp32", "bf16")
+    assert result.precision in ("fp32", "bf16")
+    only_fp32 = lp.probe_cpu(SMALL_SPEC, 16, 32, with_bf16=False, with_conv=True, rounds=1)
+    assert only_fp32.bf16_s is None and only_fp32.precision == "fp32"
 
 
 def test_autocast_for_runs_the_forward_pass_in_the_chosen_precision():

@@ -7,10 +7,10 @@ import torch
 
 from common.config import EncoderTopology, LearnerConfig, TD3Config
 from common.errors import ConfigError, SpecError
-from common.networks import PolicyNet, load_policy_state
+from common.networks import DenseHWC, PolicyNet, load_policy_state
 from learner import precision as learner_precision
 from learner import losses
-from learner.precision import PrecisionProbe
+from learner.precision import CpuProbe
 from learner.td3 import TD3Learner, UpdateStats, make_learner, prepare_pixels
 from tests.unit.learner_fixtures import (SMALL_SPEC, critic_step, params_of, random_batch,
                                          small_config)
@@ -158,8 +158,8 @@ def test_same_seed_same_learner():
 @pytest.mark.parametrize("bf16_s,expected", [(0.5, torch.bfloat16), (2.0, torch.float32)])
 def test_auto_precision_on_cpu_follows_the_probe(monkeypatch, bf16_s, expected):
     monkeypatch.setattr(learner_precision, "_PROBES", {})
-    monkeypatch.setattr(learner_precision, "probe_cpu_precision",
-                        lambda spec, features, batch: PrecisionProbe(1.0, bf16_s))
+    monkeypatch.setattr(learner_precision, "probe_cpu",
+                        lambda spec, features, batch, with_bf16, with_conv: CpuProbe(1.0, None, bf16_s))
     learner = TD3Learner(SMALL_SPEC, dataclasses.replace(small_config(), precision="auto"), seed=0)
     assert learner.precision == ("bf16" if expected == torch.bfloat16 else "fp32")
     b = learner._to_device(random_batch(SMALL_SPEC, 4, seed=0))
@@ -167,6 +167,25 @@ def test_auto_precision_on_cpu_follows_the_probe(monkeypatch, bf16_s, expected):
         assert learner.nets.policy(b.image, b.vector).dtype == expected
     stats = learner.update(random_batch(SMALL_SPEC, 16, seed=0))
     assert np.isfinite(stats.critic_loss) and stats.td_error.dtype == np.float32
+
+
+def test_a_learner_with_its_dense_layers_as_convolutions_learns_the_same(monkeypatch):
+    # Batches of 32 or more: the size at which DenseHWC may run as a convolution.
+    learners = {}
+    for as_conv in (False, True):
+        monkeypatch.setattr(learner_precision, "_PROBES", {})
+        monkeypatch.setattr(learner_precision, "probe_cpu",
+                            lambda *_, c=as_conv: CpuProbe(1.0, 0.5 if c else 2.0))
+        learners[as_conv] = TD3Learner(SMALL_SPEC, small_config(batch_size=32), seed=3)
+        assert learners[as_conv].kernels.dense_as_conv is as_conv
+    layers = [m for m in learners[True].nets.critic.modules() if isinstance(m, DenseHWC)]
+    assert layers and all(m.as_conv for m in layers)
+    for i in range(4):  # two policy steps
+        batch = random_batch(SMALL_SPEC, 32, seed=i)
+        plain, conv = learners[False].update(batch), learners[True].update(batch)
+        np.testing.assert_allclose(conv.td_error, plain.td_error, rtol=1e-4, atol=1e-5)
+    for a, b in zip(learners[False].nets.policy.parameters(), learners[True].nets.policy.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
 
 
 def test_truncated_transitions_bootstrap_and_terminated_ones_do_not():

@@ -2,11 +2,13 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from common.config import NetworkConfig
 from common.errors import SpecError
-from common.networks import (FlattenHWC, ImageEncoder, PolicyNet, QNet, interleave_frames, mlp, twin_mlp,
-                             load_policy_state, to_channels_last)
+from common.networks import (DENSE_CONV_MIN_BATCH, DenseHWC, FlattenHWC, ImageEncoder, PolicyNet,
+                             QNet, interleave_frames, load_policy_state, mlp, run_dense_as_conv,
+                             to_channels_last, twin_mlp)
 from common.specs import EnvSpec
 
 SPEC = EnvSpec(frames=4, image_size=84, num_waypoints=10)
@@ -135,3 +137,34 @@ def test_frames_interleaved_on_the_cpu_equal_torchs_channels_last_copy(case):
     prepared = ImageEncoder.prepare(image)
     assert prepared.dtype == torch.float32 and torch.equal(prepared, image.float())
     assert prepared.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("batch", [DENSE_CONV_MIN_BATCH, 40])
+def test_dense_hwc_as_a_convolution_is_the_same_linear_layer(batch):
+    torch.manual_seed(0)
+    plain, conv = DenseHWC(8, 3, 3, 16), DenseHWC(8, 3, 3, 16)
+    conv.load_state_dict(plain.state_dict())
+    run_dense_as_conv(conv, True)
+    assert conv.as_conv and not plain.as_conv
+    assert set(conv.state_dict()) == {"weight", "bias"}  # checkpoints and weight files unchanged
+    maps = torch.randn(batch, 8, 3, 3).contiguous(memory_format=torch.channels_last)
+    xs = [FlattenHWC()(maps).detach().requires_grad_() for _ in range(2)]
+    outs = [layer(x) for layer, x in zip((plain, conv), xs)]
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5)
+    for out in outs:
+        out.square().sum().backward()
+    torch.testing.assert_close(xs[1].grad, xs[0].grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(conv.weight.grad, plain.weight.grad, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(conv.bias.grad, plain.bias.grad, rtol=1e-5, atol=1e-4)
+
+
+def test_dense_hwc_stays_a_matrix_product_for_small_batches_and_bf16(monkeypatch):
+    layer = DenseHWC(8, 3, 3, 16)
+    run_dense_as_conv(layer, True)
+    calls = []
+    monkeypatch.setattr(F, "conv2d", lambda *a, **k: calls.append(1))
+    x = torch.randn(DENSE_CONV_MIN_BATCH - 1, 72)
+    torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer(torch.randn(DENSE_CONV_MIN_BATCH, 72).bfloat16()).dtype == torch.bfloat16
+    assert calls == []
