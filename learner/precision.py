@@ -78,7 +78,7 @@ def probe_cpu(spec: EnvSpec, features: int, batch_size: int, with_bf16: bool, wi
     """Times the learner's image encoder, forward and backward on a random batch: in fp32 with
     its linear layer as a matrix product, and as a convolution (``with_conv``), and in bf16
     autocast (``with_bf16``). Alternating after one warm-up pass each (oneDNN builds its
-    kernels for a shape on the first call). About 0.4 s at batch 256 on two cores; the global
+    kernels for a shape on the first call). About 0.6 s at batch 256 on two cores; the global
     RNG is left as it was."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
