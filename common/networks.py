@@ -91,7 +91,7 @@ class DenseHWC(nn.Linear):
     input and the weight viewed as channels-last [B, C, H, W] and [out, C, H, W] (no copies),
     giving [B, out, 1, 1]. Torch sends fp32 matrix products to MKL and convolutions to oneDNN;
     on an AMD EPYC (Zen 5) MKL's product ran this layer (batch 256, 3136 -> 512, forward and
-    backward, two threads) in 13.2 ms and oneDNN's convolution in 7.5 ms. Whether it is faster
+    backward, two threads) in 13.2 ms and oneDNN's convolution in 7.2 ms. Whether it is faster
     is measured per machine (``learner/precision.py``), which sets ``as_conv``; off, and for
     bf16, CUDA and compiled code, it is ``nn.Linear``.
     """
