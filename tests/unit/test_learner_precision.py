@@ -17,21 +17,22 @@ def fresh_cache(monkeypatch):
     monkeypatch.setattr(lp, "_PROBES", {})
 
 
-@pytest.mark.parametrize("gemm_s,conv_s,bf16_s,precision,as_conv", [
-    (1.0, 1.2, 0.5, "bf16", False),   # AMX, or AVX-512 bf16 on Zen 5
-    (1.0, 1.2, 0.95, "fp32", False),  # a near tie is not worth bf16's rounding (BF16_MARGIN)
-    (1.0, 1.2, 4.0, "fp32", False),   # a CPU where oneDNN has no fast bf16 kernels
-    (1.0, 0.6, 4.0, "fp32", True),    # oneDNN's convolution beats MKL's product (AMD)
-    (1.0, 0.97, 4.0, "fp32", False),  # ... but not by CONV_MARGIN
-    (1.0, 0.6, 0.57, "fp32", True),   # bf16 is measured against the faster fp32 route
-    (1.0, 0.6, 0.5, "bf16", False),
+@pytest.mark.parametrize("fp32_s,bf16_s,gemm_s,conv_s,precision,as_conv", [
+    (1.0, 0.5, 0.3, 0.4, "bf16", False),   # AMX, or AVX-512 bf16 on Zen 5
+    (1.0, 0.95, 0.3, 0.4, "fp32", False),  # a near tie is not worth bf16's rounding (BF16_MARGIN)
+    (1.0, 4.0, 0.3, 0.4, "fp32", False),   # a CPU where oneDNN has no fast bf16 kernels
+    (1.0, 4.0, 0.3, 0.15, "fp32", True),   # oneDNN's convolution beats MKL's product (AMD)
+    (1.0, 4.0, 0.3, 0.28, "fp32", False),  # ... but not by CONV_MARGIN
+    (1.0, 0.8, 0.3, 0.15, "fp32", True),   # bf16 is measured against fp32 the faster way (0.85)
+    (1.0, 0.7, 0.3, 0.15, "bf16", False),
 ])
-def test_auto_on_cpu_keeps_the_clearly_faster_way(gemm_s, conv_s, bf16_s, precision, as_conv):
+def test_auto_on_cpu_keeps_the_clearly_faster_way(fp32_s, bf16_s, gemm_s, conv_s, precision,
+                                                   as_conv):
     calls = []
 
     def probe(spec, features, batch, with_bf16, with_conv):
         calls.append((features, batch, with_bf16, with_conv))
-        return lp.CpuProbe(gemm_s, conv_s, bf16_s)
+        return lp.CpuProbe(fp32_s, bf16_s, gemm_s, conv_s)
 
     expected = lp.Kernels(precision, as_conv)
     assert lp.resolve_kernels("auto", CPU, SMALL_SPEC, 32, 64, probe) == expected
@@ -46,7 +47,7 @@ def test_fp32_on_cpu_measures_only_the_linear_layers_route():
 
     def probe(spec, features, batch, with_bf16, with_conv):
         calls.append((batch, with_bf16, with_conv))
-        return lp.CpuProbe(1.0, 0.5)
+        return lp.CpuProbe(dense_gemm_s=1.0, dense_conv_s=0.5) if with_conv else lp.CpuProbe(1.0, 2.0)
 
     assert lp.resolve_kernels("fp32", CPU, SMALL_SPEC, 32, 64, probe) == lp.Kernels("fp32", True)
     assert calls == [(64, False, True)]
@@ -85,11 +86,12 @@ def test_the_real_probe_times_every_way_and_leaves_the_rng_alone():
     state = torch.random.get_rng_state()
     result = lp.probe_cpu(SMALL_SPEC, 16, 32, with_bf16=True, with_conv=True, rounds=1)
     assert torch.equal(torch.random.get_rng_state(), state)
-    for seconds in (result.fp32_gemm_s, result.fp32_conv_s, result.bf16_s):
+    for seconds in (result.fp32_s, result.bf16_s, result.dense_gemm_s, result.dense_conv_s):
         assert math.isfinite(seconds) and seconds > 0
     assert result.precision in ("fp32", "bf16")
-    only_fp32 = lp.probe_cpu(SMALL_SPEC, 16, 32, with_bf16=False, with_conv=True, rounds=1)
-    assert only_fp32.bf16_s is None and only_fp32.precision == "fp32"
+    only_dense = lp.probe_cpu(SMALL_SPEC, 16, 32, with_bf16=False, with_conv=True, rounds=1)
+    assert only_dense.fp32_s is None and only_dense.bf16_s is None
+    assert only_dense.dense_conv_s > 0 and only_dense.precision == "fp32"
 
 
 def test_autocast_for_runs_the_forward_pass_in_the_chosen_precision():

@@ -159,7 +159,7 @@ def test_same_seed_same_learner():
 def test_auto_precision_on_cpu_follows_the_probe(monkeypatch, bf16_s, expected):
     monkeypatch.setattr(learner_precision, "_PROBES", {})
     monkeypatch.setattr(learner_precision, "probe_cpu",
-                        lambda spec, features, batch, with_bf16, with_conv: CpuProbe(1.0, None, bf16_s))
+                        lambda spec, features, batch, with_bf16, with_conv: CpuProbe(1.0, bf16_s))
     learner = TD3Learner(SMALL_SPEC, dataclasses.replace(small_config(), precision="auto"), seed=0)
     assert learner.precision == ("bf16" if expected == torch.bfloat16 else "fp32")
     b = learner._to_device(random_batch(SMALL_SPEC, 4, seed=0))
@@ -175,7 +175,8 @@ def test_a_learner_with_its_dense_layers_as_convolutions_learns_the_same(monkeyp
     for as_conv in (False, True):
         monkeypatch.setattr(learner_precision, "_PROBES", {})
         monkeypatch.setattr(learner_precision, "probe_cpu",
-                            lambda *_, c=as_conv: CpuProbe(1.0, 0.5 if c else 2.0))
+                            lambda *_, c=as_conv: CpuProbe(dense_gemm_s=1.0,
+                                                           dense_conv_s=0.5 if c else 2.0))
         learners[as_conv] = TD3Learner(SMALL_SPEC, small_config(batch_size=32), seed=3)
         assert learners[as_conv].kernels.dense_as_conv is as_conv
     layers = [m for m in learners[True].nets.critic.modules() if isinstance(m, DenseHWC)]
