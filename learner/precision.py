@@ -85,7 +85,7 @@ def probe_cpu(spec: EnvSpec, features: int, batch_size: int, with_bf16: bool, wi
     """Times, forward and backward on a random batch: the learner's image encoder in fp32 and
     in bf16 autocast (``with_bf16``), and its linear layer alone in fp32 as a matrix product
     and as a convolution (``with_conv``). Alternating after one warm-up pass each (oneDNN
-    builds its kernels for a shape on the first call). About 0.4 s at batch 256 on two cores;
+    builds its kernels for a shape on the first call). About 0.5 s at batch 256 on two cores;
     the global RNG is left as it was."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
