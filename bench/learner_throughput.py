@@ -149,7 +149,8 @@ def ours(variant: str, args: argparse.Namespace, batches: list[SampleBatch]) -> 
             "compile": cfg.compile,
             "cuda_graphs": cfg.cuda_graphs, "policy_critic": order.value,
             "first_two_updates_s": first}
-    chosen = [learner.precision] * (precision == "auto") + ["dense as conv"] * learner.kernels.dense_as_conv
+    chosen = ([learner.precision] if precision == "auto" else []) + (
+        ["dense as conv"] if learner.kernels.dense_as_conv else [])
     name = f"ours {variant}" + (f" ({', '.join(chosen)})" if chosen else "")
     runners = [Runner(name, "host", host, learner.device, info),
                Runner(name, "device", device, learner.device, info)]

@@ -18,6 +18,7 @@ from common.errors import ConfigError, SpecError
 from common.specs import EnvSpec
 from common.types import SampleBatch
 
+
 class DeviceBatch(NamedTuple):
     """A SampleBatch as tensors on the learner's device (images stay uint8)."""
 

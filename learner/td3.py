@@ -119,12 +119,12 @@ class TD3Learner:
         # After configure_backends: the CPU probe then runs with the learner's allocator.
         kernels = resolve_kernels(cfg.precision, self.device, spec,
                                   cfg.network.encoder_features, cfg.td3.batch_size)
-        self.kernels, self.precision = kernels, kernels.precision
+        self.kernels = kernels
         for net in (self.nets.policy, self.nets.critic, self.nets.policy_target,
                     self.nets.critic_target):
             run_dense_as_conv(net, kernels.dense_as_conv)
-        self._autocast = autocast_for(self.device, self.precision)
-        self._pixel_dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+        self._autocast = autocast_for(self.device, kernels.precision)
+        self._pixel_dtype = torch.bfloat16 if kernels.precision == "bf16" else torch.float32
         self._to_device = transfer_for(self.device)
         self.generator = torch.Generator(self.device)
         self.generator.manual_seed(seed)
@@ -158,7 +158,12 @@ class TD3Learner:
         self._run = executor_for(self._step, self.device, cfg.cuda_graphs)
         log.info("td3_learner device=%s topology=%s precision=%s dense_as_conv=%s compile=%s "
                  "cuda_graphs=%s seed=%d", self.device, cfg.network.topology.value,
-                 self.precision, kernels.dense_as_conv, cfg.compile, cfg.cuda_graphs, seed)
+                 kernels.precision, kernels.dense_as_conv, cfg.compile, cfg.cuda_graphs, seed)
+
+    @property
+    def precision(self) -> str:
+        """"fp32" or "bf16", as resolved from the configured precision."""
+        return self.kernels.precision
 
     @property
     def updates(self) -> int:
