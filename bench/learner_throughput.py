@@ -2,8 +2,9 @@
 
 Workload: 4x84x84 uint8 image stacks + 23-dim vectors, 2-dim actions, separate encoders,
 NatureCNN 512 features, MLP 256-256 heads, policy delay 2. Each variant of this learner,
-"precision[:compile][:graphs][:pre_step]" (e.g. ``fp32``, ``bf16:compile``, ``bf16:graphs``;
-``pre_step``: ``td3.policy_critic=pre_step``, the policy step beside the critic's), is timed
+"precision[:compile][:graphs][:pre_step][:blocks|:strided]" (e.g. ``fp32``, ``bf16:compile``,
+``bf16:graphs``; ``pre_step``: ``td3.policy_critic=pre_step``, the policy step beside the
+critic's; ``blocks``/``strided``: ``learner.first_conv``, "auto" if neither), is timed
 fed numpy batches through ``update`` (validation and host-to-device copy included; batches
 laid out as the replay returns them, both image stacks views of one F + 1 frame block), fed
 batches that already sit on the device (``update_on_device``, what a device-resident replay
@@ -107,11 +108,14 @@ class Runner:
 def ours(variant: str, args: argparse.Namespace, batches: list[SampleBatch]) -> list[Runner]:
     """Two runners over one learner: numpy batches through ``update`` and device batches."""
     precision, *flags = variant.split(":")
-    if not set(flags) <= {"compile", "graphs", "pre_step"}:
-        raise SystemExit(f"variant {variant!r}: expected precision[:compile][:graphs][:pre_step]")
+    first_conv = [f for f in flags if f in ("blocks", "strided")]
+    if (not set(flags) <= {"compile", "graphs", "pre_step", "blocks", "strided"}
+            or len(first_conv) > 1):
+        raise SystemExit(f"variant {variant!r}: expected "
+                         "precision[:compile][:graphs][:pre_step][:blocks|:strided]")
     order = PolicyCritic.PRE_STEP if "pre_step" in flags else PolicyCritic.STEPPED
     cfg = LearnerConfig(device=args.device, precision=precision, compile="compile" in flags,
-                        cuda_graphs="graphs" in flags,
+                        cuda_graphs="graphs" in flags, first_conv=(first_conv or ["auto"])[0],
                         td3=TD3Config(batch_size=args.batch_size, policy_critic=order),
                         network=NetworkConfig(encoder_features=512, hidden_sizes=(256, 256)))
     learner = TD3Learner(SPEC, cfg, seed=0)
@@ -146,11 +150,13 @@ def ours(variant: str, args: argparse.Namespace, batches: list[SampleBatch]) -> 
     host(warmup)
     info = {"device": str(learner.device), "precision": learner.precision,
             "precision_asked": precision, "dense_as_conv": learner.kernels.dense_as_conv,
+            "first_conv_blocks": learner.kernels.first_conv_blocks,
             "compile": cfg.compile,
             "cuda_graphs": cfg.cuda_graphs, "policy_critic": order.value,
             "first_two_updates_s": first}
     chosen = ([learner.precision] if precision == "auto" else []) + (
-        ["dense as conv"] if learner.kernels.dense_as_conv else [])
+        ["dense as conv"] if learner.kernels.dense_as_conv else []) + (
+        ["first conv as blocks"] if learner.kernels.first_conv_blocks and not first_conv else [])
     name = f"ours {variant}" + (f" ({', '.join(chosen)})" if chosen else "")
     runners = [Runner(name, "host", host, learner.device, info),
                Runner(name, "device", device, learner.device, info)]
@@ -315,8 +321,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sb3-updates", type=int, default=4, help="timed SB3 steps per round")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--variant", action="append", default=[],
-                        help="precision[:compile][:graphs][:pre_step], precision in "
-                             "auto/fp32/bf16, pre_step: td3.policy_critic=pre_step; repeatable")
+                        help="precision[:compile][:graphs][:pre_step][:blocks|:strided], "
+                             "precision in auto/fp32/bf16, pre_step: td3.policy_critic=pre_step, "
+                             "blocks/strided: learner.first_conv; repeatable")
     parser.add_argument("--no-sb3", action="store_true", help="skip the SB3 reference")
     parser.add_argument("--json", default="", help="also write the JSON here")
     parser.add_argument("--sb3-worker", action="store_true", help=argparse.SUPPRESS)

@@ -168,6 +168,10 @@ class LearnerConfig:
             Losses, targets and optimizer state are fp32 in every case.
         cuda_graphs: capture the update in CUDA graphs and replay them (CUDA only; learning
             rates are fixed at capture).
+        first_conv: how the encoders' first convolution runs in the learner: "strided" (the
+            NatureCNN's 8x8 stride-4 convolution), "blocks" (the same function as a 2x2
+            stride-1 convolution over space-to-depth pixels, which cuDNN runs faster) or
+            "auto" (blocks on CUDA, strided on a CPU). Weights and checkpoints are the same.
         cpu_threads: torch threads of a CPU learner; 0 uses every core of the machine (Ray
             would otherwise give a zero-CPU actor one thread).
         publish_shm: also write each published snapshot into a shared-memory file that
@@ -186,6 +190,7 @@ class LearnerConfig:
     compile: bool = False
     precision: str = "auto"
     cuda_graphs: bool = False
+    first_conv: str = "auto"
     cpu_threads: int = 0
     publish_shm: bool = True
     cpu_scheduling: CpuScheduling = CpuScheduling.BATCH

@@ -20,6 +20,7 @@ Losses, targets and optimizer state stay fp32 in every case.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import statistics
 import time
@@ -35,6 +36,10 @@ from common.specs import EnvSpec
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16")
+# How the encoders' first convolution runs: "strided" as the NatureCNN's 8x8 stride-4
+# convolution, "blocks" as a 2x2 stride-1 convolution over space-to-depth pixels
+# (``common.networks.space_to_depth``), "auto" blocks on CUDA and strided on a CPU.
+FIRST_CONVS = ("auto", "strided", "blocks")
 # bf16 is kept only below this share of fp32's time: a near tie is not worth bf16's rounding.
 BF16_MARGIN = 0.9
 # The convolution route for the linear layer is kept only below this share of the product's
@@ -70,11 +75,13 @@ class CpuProbe:
 
 @dataclass(frozen=True)
 class Kernels:
-    """What a learner runs: ``precision`` ("fp32" or "bf16") and, for fp32 on a CPU, whether
-    the encoders' linear layers run as convolutions."""
+    """What a learner runs: ``precision`` ("fp32" or "bf16"), for fp32 on a CPU whether the
+    encoders' linear layers run as convolutions, and whether their first convolution reads
+    space-to-depth pixels (``FIRST_CONVS``)."""
 
     precision: str
     dense_as_conv: bool = False
+    first_conv_blocks: bool = False
 
 
 ProbeFn = Callable[[EnvSpec, int, int, bool, bool], CpuProbe]
@@ -130,10 +137,22 @@ _PROBES: dict[tuple, CpuProbe] = {}
 
 
 def resolve_kernels(precision: str, device: torch.device, spec: EnvSpec, features: int,
-                    batch_size: int, probe: ProbeFn | None = None) -> Kernels:
-    """What a learner with the configured ``precision`` runs on ``device``. On a CPU, "auto"
-    and "fp32" are measured (once per process and shape) by ``probe``, ``probe_cpu`` if None;
-    raises ConfigError for a precision that is not one of ``PRECISIONS``."""
+                    batch_size: int, probe: ProbeFn | None = None,
+                    first_conv: str = "auto") -> Kernels:
+    """What a learner with the configured ``precision`` and ``first_conv`` runs on
+    ``device``. On a CPU, "auto" and "fp32" are measured (once per process and shape) by
+    ``probe``, ``probe_cpu`` if None; raises ConfigError for a precision that is not one of
+    ``PRECISIONS`` or a first_conv not one of ``FIRST_CONVS``."""
+    if first_conv not in FIRST_CONVS:
+        raise ConfigError(f"first_conv ({first_conv!r}) must be one of {list(FIRST_CONVS)}")
+    blocks = first_conv == "blocks" or (first_conv == "auto" and device.type == "cuda")
+    return dataclasses.replace(_resolve_precision(precision, device, spec, features,
+                                                  batch_size, probe),
+                               first_conv_blocks=blocks)
+
+
+def _resolve_precision(precision: str, device: torch.device, spec: EnvSpec, features: int,
+                       batch_size: int, probe: ProbeFn | None) -> Kernels:
     if precision not in PRECISIONS:
         raise ConfigError(f"precision ({precision!r}) must be one of {list(PRECISIONS)}")
     if device.type == "cuda":

@@ -43,15 +43,23 @@ class Pixels(NamedTuple):
     next: torch.Tensor
 
 
-def prepare_pixels(b: DeviceBatch, shifts: torch.Tensor | None = None, pad: int = 0,
-                   dtype: torch.dtype = torch.float32) -> Pixels:
-    """Converts the batch's observation and next-observation images for the encoders (to
-    ``dtype``), each shifted at random by up to ``pad`` pixels (``learner.augment``) when
-    ``pad`` is above 0."""
-    obs, nxt = b.image, b.next_image
+def prepare_image(image: torch.Tensor, shifts: torch.Tensor | None = None, pad: int = 0,
+                  dtype: torch.dtype = torch.float32, blocks: int = 1) -> torch.Tensor:
+    """Converts a batch's images for the encoders (``ImageEncoder.prepare``: to ``dtype``,
+    space-to-depth for ``blocks`` above 1), shifted at random by up to ``pad`` pixels by the
+    offsets ``shifts`` (``learner.augment``) when ``pad`` is above 0."""
     if pad > 0:
-        obs, nxt = random_shift(obs, shifts[0], pad), random_shift(nxt, shifts[1], pad)
-    return Pixels(ImageEncoder.prepare(obs, dtype), ImageEncoder.prepare(nxt, dtype))
+        image = random_shift(image, shifts, pad)
+    return ImageEncoder.prepare(image, dtype, blocks)
+
+
+def prepare_pixels(b: DeviceBatch, shifts: torch.Tensor | None = None, pad: int = 0,
+                   dtype: torch.dtype = torch.float32, blocks: int = 1) -> Pixels:
+    """The batch's observation and next-observation images, converted (``prepare_image``;
+    ``shifts[0]`` and ``shifts[1]`` are their offsets)."""
+    no = shifts is None or pad == 0
+    return Pixels(prepare_image(b.image, None if no else shifts[0], pad, dtype, blocks),
+                  prepare_image(b.next_image, None if no else shifts[1], pad, dtype, blocks))
 
 
 def _check_config(cfg: LearnerConfig) -> None:
@@ -118,13 +126,17 @@ class TD3Learner:
                                   _params(self.nets.policy_groups, False))}
         # After configure_backends: the CPU probe then runs with the learner's allocator.
         kernels = resolve_kernels(cfg.precision, self.device, spec,
-                                  cfg.network.encoder_features, cfg.td3.batch_size)
+                                  cfg.network.encoder_features, cfg.td3.batch_size,
+                                  first_conv=cfg.first_conv)
         self.kernels = kernels
         for net in (self.nets.policy, self.nets.critic, self.nets.policy_target,
                     self.nets.critic_target):
             run_dense_as_conv(net, kernels.dense_as_conv)
         self._autocast = autocast_for(self.device, kernels.precision)
-        self._pixel_dtype = torch.bfloat16 if kernels.precision == "bf16" else torch.float32
+        # How the update converts its frames (ImageEncoder.prepare): dtype, blocks.
+        self._pixel_form = (torch.bfloat16 if kernels.precision == "bf16" else torch.float32,
+                            self.nets.critic.encoder.first_stride if kernels.first_conv_blocks
+                            else 1)
         self._to_device = transfer_for(self.device)
         self.generator = torch.Generator(self.device)
         self.generator.manual_seed(seed)
@@ -156,9 +168,10 @@ class TD3Learner:
             pieces = {k: torch.compile(f, dynamic=False) for k, f in pieces.items()}
         self._terms = pieces
         self._run = executor_for(self._step, self.device, cfg.cuda_graphs)
-        log.info("td3_learner device=%s topology=%s precision=%s dense_as_conv=%s compile=%s "
-                 "cuda_graphs=%s seed=%d", self.device, cfg.network.topology.value,
-                 kernels.precision, kernels.dense_as_conv, cfg.compile, cfg.cuda_graphs, seed)
+        log.info("td3_learner device=%s topology=%s precision=%s dense_as_conv=%s "
+                 "first_conv_blocks=%s compile=%s cuda_graphs=%s seed=%d", self.device,
+                 cfg.network.topology.value, kernels.precision, kernels.dense_as_conv,
+                 kernels.first_conv_blocks, cfg.compile, cfg.cuda_graphs, seed)
 
     @property
     def precision(self) -> str:
@@ -172,15 +185,17 @@ class TD3Learner:
 
     # ---------------------------------------------------------------- the step, in pieces
 
-    def _target_critic_forward(self, b: DeviceBatch, px: Pixels) -> torch.Tensor:
-        """The target critic encoder's features of the next observation."""
+    def _target_critic_forward(self, b: DeviceBatch, pixels: torch.Tensor) -> torch.Tensor:
+        """The target critic encoder's features of the next observation's ``pixels``."""
         with torch.no_grad(), self._autocast():
-            return self.nets.critic_target.encoder.encode(px.next, b.next_vector)
+            return self.nets.critic_target.encoder.encode(pixels, b.next_vector)
 
-    def _target_policy_forward(self, b: DeviceBatch, px: Pixels) -> torch.Tensor | None:
-        """The target policy encoder's features of the next observation (None under SHARED)."""
+    def _target_policy_forward(self, b: DeviceBatch,
+                               pixels: torch.Tensor) -> torch.Tensor | None:
+        """The target policy encoder's features of the next observation's ``pixels`` (None
+        under SHARED)."""
         with torch.no_grad(), self._autocast():
-            return self.nets.target_policy_encoding(px.next, b.next_vector)
+            return self.nets.target_policy_encoding(pixels, b.next_vector)
 
     def _target_head(self, b: DeviceBatch, target_features: torch.Tensor,
                      target_encoding: torch.Tensor | None, noise: torch.Tensor) -> torch.Tensor:
@@ -194,18 +209,21 @@ class TD3Learner:
             return losses.td_target(b.reward, b.terminated, next_q1.float(), next_q2.float(),
                                     td3.gamma)
 
-    def _critic_forward(self, b: DeviceBatch, px: Pixels) -> tuple[torch.Tensor, ...]:
-        """The online critic's Q values of the batch, and its encoder features."""
+    def _critic_forward(self, b: DeviceBatch, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The online critic's Q values of the batch (observation ``pixels``), and its
+        encoder features."""
         nets = self.nets
         with self._autocast():
-            features = nets.critic.encoder.encode(px.obs, b.vector)
+            features = nets.critic.encoder.encode(pixels, b.vector)
             q1, q2 = nets.critic.q_values(features, b.action)
         return q1.float(), q2.float(), features
 
-    def _policy_encoder_forward(self, b: DeviceBatch, px: Pixels) -> torch.Tensor | None:
-        """The policy encoder's features of the batch, with gradient (None under SHARED)."""
+    def _policy_encoder_forward(self, b: DeviceBatch,
+                                pixels: torch.Tensor) -> torch.Tensor | None:
+        """The policy encoder's features of the batch (observation ``pixels``), with gradient
+        (None under SHARED)."""
         with self._autocast():
-            return self.nets.policy_encoding(px.obs, b.vector)
+            return self.nets.policy_encoding(pixels, b.vector)
 
     def _policy_head(self, b: DeviceBatch, encoding: torch.Tensor | None,
                      critic_features: torch.Tensor,
@@ -228,19 +246,25 @@ class TD3Learner:
                                                        self.td3.preactivation_l2)
         return loss
 
+    def _queue_td_target(self, b: DeviceBatch, next_pixels: torch.Tensor,
+                         noise: torch.Tensor) -> torch.Tensor:
+        """Queues the TD target y on the GPU's side lanes (``Lanes``: the target critic and
+        target policy encoders each on a lane of their own); the main stream must join lane
+        "target_critic" before it reads y."""
+        lanes, terms = self._lanes, self._terms
+        target_features = lanes.run("target_critic", terms["target_critic"], b, next_pixels)
+        target_encoding = lanes.run("target_policy", terms["target_policy"], b, next_pixels)
+        lanes.after("target_critic", "target_policy")
+        return lanes.run("target_critic", terms["target_head"], b, target_features,
+                         target_encoding, noise)
+
     def _critic_values(self, b: DeviceBatch, px: Pixels,
                        noise: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The TD target and the online critic's forward pass, overlapped on the GPU
-        (``Lanes``: the target critic and target policy encoders each on a lane of their own,
-        the online critic on the main stream). Returns (q1, q2, y, critic features)."""
-        lanes, terms = self._lanes, self._terms
-        target_features = lanes.run("target_critic", terms["target_critic"], b, px)
-        target_encoding = lanes.run("target_policy", terms["target_policy"], b, px)
-        lanes.after("target_critic", "target_policy")
-        y = lanes.run("target_critic", terms["target_head"], b, target_features,
-                      target_encoding, noise)
-        q1, q2, features = terms["critic"](b, px)
-        lanes.join("target_critic")
+        """The TD target and the online critic's forward pass, overlapped on the GPU (the
+        online critic on the main stream). Returns (q1, q2, y, critic features)."""
+        y = self._queue_td_target(b, px.next, noise)
+        q1, q2, features = self._terms["critic"](b, px.obs)
+        self._lanes.join("target_critic")
         return q1, q2, y, features
 
     def _critic_step(self, b: DeviceBatch, q1: torch.Tensor, q2: torch.Tensor, y: torch.Tensor,
@@ -337,13 +361,19 @@ class TD3Learner:
         No host synchronisation and no Python-side state change, so a CUDA graph can
         capture it (``learner.graphs``).
         """
-        px = prepare_pixels(b, draws.shifts, self.td3.image_shift, self._pixel_dtype)
-        lanes = self._lanes
+        lanes, pad = self._lanes, self.td3.image_shift
+        obs_shifts, next_shifts = draws.shifts if pad > 0 else (None, None)
+        # The next observation first: the TD target's lanes start while the main stream
+        # converts the observation.
+        y = self._queue_td_target(b, prepare_image(b.next_image, next_shifts, pad,
+                                                   *self._pixel_form), draws.noise)
+        pixels = prepare_image(b.image, obs_shifts, pad, *self._pixel_form)
         # The policy encoder's forward pass needs nothing from the critic step: it runs on
         # its lane beside the critic's passes, backward pass and Adam step.
-        encoding = (lanes.run("policy", self._terms["policy_encoder"], b, px) if policy
+        encoding = (lanes.run("policy", self._terms["policy_encoder"], b, pixels) if policy
                     else None)
-        q1, q2, y, features = self._critic_values(b, px, draws.noise)
+        q1, q2, features = self._terms["critic"](b, pixels)
+        lanes.join("target_critic")
         if policy and self._pre_step:
             # The whole policy step on its lane, beside the critic's backward pass and Adam
             # step.

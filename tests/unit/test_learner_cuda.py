@@ -59,6 +59,24 @@ def test_cuda_graphs_replay_fresh_image_shifts():
         assert _max_diff(module, eager.nets.modules()[name]) < ATOL, name
 
 
+@pytest.mark.parametrize("compiled", [False, True])
+def test_a_first_convolution_on_blocks_matches_the_strided_one(compiled):
+    # "auto" is blocks on CUDA; the strided learner is the NatureCNN as written. Compiled
+    # and graphed: the blocked kernel is rearranged inside the captured, compiled step.
+    base = dataclasses.replace(small_config(), device="cuda", precision="fp32",
+                               compile=compiled, cuda_graphs=compiled)
+    learners = {c: TD3Learner(SMALL_SPEC, dataclasses.replace(base, first_conv=c), seed=0)
+                for c in ("strided", "auto")}
+    assert learners["auto"].kernels.first_conv_blocks
+    assert not learners["strided"].kernels.first_conv_blocks
+    for i in range(14):
+        batch = random_batch(SMALL_SPEC, 16, seed=i)
+        strided, blocks = learners["strided"].update(batch), learners["auto"].update(batch)
+    np.testing.assert_allclose(blocks.td_error, strided.td_error, atol=ATOL)
+    for name, module in learners["auto"].nets.modules().items():
+        assert _max_diff(module, learners["strided"].nets.modules()[name]) < ATOL, name
+
+
 def test_policy_state_from_cuda_loads_into_a_cpu_actor():
     cfg = dataclasses.replace(small_config(), device="cuda")
     learner = TD3Learner(SMALL_SPEC, cfg, seed=0)

@@ -70,8 +70,25 @@ def test_bf16_and_cuda_are_not_measured():
         raise AssertionError("probed")
 
     assert lp.resolve_kernels("bf16", CPU, SMALL_SPEC, 32, 64, probe) == lp.Kernels("bf16")
-    assert lp.resolve_kernels("auto", CUDA, SMALL_SPEC, 32, 64, probe) == lp.Kernels("bf16")
-    assert lp.resolve_kernels("fp32", CUDA, SMALL_SPEC, 32, 64, probe) == lp.Kernels("fp32")
+    assert lp.resolve_kernels("auto", CUDA, SMALL_SPEC, 32, 64, probe) == lp.Kernels(
+        "bf16", first_conv_blocks=True)
+    assert lp.resolve_kernels("fp32", CUDA, SMALL_SPEC, 32, 64, probe) == lp.Kernels(
+        "fp32", first_conv_blocks=True)
+
+
+@pytest.mark.parametrize("device, first_conv, blocks", [
+    (CPU, "auto", False), (CPU, "strided", False), (CPU, "blocks", True),
+    (CUDA, "auto", True), (CUDA, "strided", False), (CUDA, "blocks", True)])
+def test_the_first_convolution_runs_as_blocks_on_cuda_unless_configured(device, first_conv,
+                                                                         blocks):
+    kernels = lp.resolve_kernels("bf16", device, SMALL_SPEC, 32, 64, first_conv=first_conv)
+    assert kernels == lp.Kernels("bf16", first_conv_blocks=blocks)
+
+
+@pytest.mark.parametrize("bad", ["Blocks", "", "space_to_depth"])
+def test_a_bad_first_conv_is_refused_by_name(bad):
+    with pytest.raises(ConfigError, match=f"first_conv \\({repr(bad)}\\)"):
+        lp.resolve_kernels("fp32", CPU, SMALL_SPEC, 32, 64, first_conv=bad)
 
 
 @pytest.mark.parametrize("bad", ["fp16", "", "BF16"])

@@ -189,6 +189,24 @@ def test_a_learner_with_its_dense_layers_as_convolutions_learns_the_same(monkeyp
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("image_shift", [0, 3])
+def test_a_learner_whose_first_convolution_reads_blocks_learns_the_same(image_shift):
+    learners = {first_conv: TD3Learner(SMALL_SPEC, dataclasses.replace(
+        small_config(image_shift=image_shift), precision="fp32", first_conv=first_conv), seed=5)
+        for first_conv in ("strided", "blocks")}
+    assert learners["blocks"].kernels.first_conv_blocks
+    assert not learners["strided"].kernels.first_conv_blocks
+    for i in range(4):  # two policy steps
+        batch = random_batch(SMALL_SPEC, 16, seed=i)
+        plain, blocks = learners["strided"].update(batch), learners["blocks"].update(batch)
+        np.testing.assert_allclose(blocks.td_error, plain.td_error, rtol=1e-4, atol=1e-5)
+        assert blocks.critic_loss == pytest.approx(plain.critic_loss, rel=1e-4)
+    for name in ("policy", "critic", "policy_target", "critic_target"):
+        for (key, a), b in zip(getattr(learners["strided"].nets, name).named_parameters(),
+                               getattr(learners["blocks"].nets, name).parameters()):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=f"{name}.{key}")
+
+
 def test_truncated_transitions_bootstrap_and_terminated_ones_do_not():
     batch = random_batch(SMALL_SPEC, 16, seed=0)
     stats = {}

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from common.config import NetworkConfig
 from common.errors import SpecError
 from common.networks import (DENSE_CONV_MIN_BATCH, DenseHWC, FlattenHWC, ImageEncoder, PolicyNet,
-                             QNet, interleave_frames, load_policy_state, mlp, run_dense_as_conv,
-                             to_channels_last, twin_mlp)
+                             QNet, blocked_kernel, interleave_frames, load_policy_state, mlp,
+                             run_dense_as_conv, space_to_depth, to_channels_last, twin_mlp)
 from common.specs import EnvSpec
 
 SPEC = EnvSpec(frames=4, image_size=84, num_waypoints=10)
@@ -48,6 +48,45 @@ def test_folded_pixel_scaling_equals_the_plain_cnn_on_scaled_pixels():
     prepared = ImageEncoder.prepare(image)
     assert prepared.dtype == torch.float32 and prepared.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(prepared, image.float())
+
+
+def test_space_to_depth_puts_each_block_of_pixels_in_the_channels():
+    image = torch.arange(2 * 3 * 9 * 10).reshape(2, 3, 9, 10).to(torch.int32)
+    blocks = space_to_depth(image, 4, torch.float64)
+    assert blocks.shape == (2, 3 * 16, 2, 2) and blocks.dtype == torch.float64
+    assert blocks.is_contiguous(memory_format=torch.channels_last)
+    for f, a, c, y, x in [(0, 0, 0, 0, 0), (2, 3, 1, 1, 0), (1, 2, 3, 1, 1), (2, 3, 3, 1, 1)]:
+        assert blocks[1, f * 16 + a * 4 + c, y, x] == image[1, f, 4 * y + a, 4 * x + c]
+
+
+@pytest.mark.parametrize("size", [84, 48, 50, 37])
+def test_an_encoder_on_blocks_of_pixels_computes_the_strided_encoder(size):
+    """The 8x8 stride-4 first convolution as a 2x2 stride-1 one over space-to-depth pixels:
+    the same features and gradients, for image sizes that are and are not multiples of 4."""
+    spec = EnvSpec(frames=4, image_size=size, num_waypoints=10)
+    torch.manual_seed(0)
+    encoder = to_channels_last(ImageEncoder(spec, 64))
+    g = torch.Generator().manual_seed(1)
+    block = torch.randint(0, 256, (3, 5, size, size), dtype=torch.uint8, generator=g)
+    image, vector = block[:, 1:], torch.randn(3, spec.vector_dim, generator=g)  # a view
+    results = []
+    for blocks in (1, 4):
+        pixels = encoder.prepare(image, blocks=blocks)
+        assert pixels.shape[1] == 4 * blocks * blocks
+        out = encoder.encode(pixels, vector)
+        out.square().sum().backward()
+        results.append((out.detach(), [p.grad.clone() for p in encoder.parameters()]))
+        encoder.zero_grad(set_to_none=True)
+    (strided, strided_grads), (blocked, blocked_grads) = results
+    torch.testing.assert_close(blocked, strided, rtol=1e-5, atol=1e-5)
+    for a, b in zip(strided_grads, blocked_grads):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+
+
+def test_a_kernel_that_is_not_a_multiple_of_its_stride_has_no_blocked_form():
+    blocked_kernel(torch.zeros(2, 3, 8, 8), 4)
+    with pytest.raises(SpecError, match="7x7 kernel of stride 4"):
+        blocked_kernel(torch.zeros(2, 3, 7, 7), 4)
 
 
 def test_channels_last_weights_compute_the_same_values():

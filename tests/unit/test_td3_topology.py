@@ -67,7 +67,7 @@ def test_target_encoders_are_polyak_averaged_with_their_heads():
     px = prepare_pixels(batch)
     features = critic_step(learner, batch, px, torch.zeros_like(batch.action))[-1]
     old_targets = [t.clone() for t in nets.target_pairs[0]]
-    policy_step(learner, batch, learner._policy_encoder_forward(batch, px), features)
+    policy_step(learner, batch, learner._policy_encoder_forward(batch, px.obs), features)
     assert {id(t) for t in nets.policy_target.encoder.parameters()} <= {id(t) for t in nets.target_pairs[0]}
     assert {id(t) for t in nets.critic_target.encoder.parameters()} <= {id(t) for t in nets.target_pairs[0]}
     for old, target, online in zip(old_targets, *nets.target_pairs):
@@ -96,7 +96,7 @@ def test_policy_update_changes_no_critic_parameter(topology):
     learner.critic_opt.zero_grad(set_to_none=True)
     critic_before = params_of(learner.nets.critic)
     policy_before = params_of(learner.nets.policy.head)
-    policy_step(learner, batch, learner._policy_encoder_forward(batch, px), features)
+    policy_step(learner, batch, learner._policy_encoder_forward(batch, px.obs), features)
     assert _changed(critic_before, learner.nets.critic) == []
     assert all(p.grad is None for p in learner.nets.critic.parameters())
     assert _changed(policy_before, learner.nets.policy.head) != []
