@@ -32,7 +32,7 @@ def _sync(device: torch.device) -> None:
 def profile_updates(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     cfg = LearnerConfig(device=args.device, precision=args.precision, compile=args.compile,
-                        td3=TD3Config(batch_size=args.batch_size),
+                        first_conv=args.first_conv, td3=TD3Config(batch_size=args.batch_size),
                         network=NetworkConfig(encoder_features=512, hidden_sizes=(256, 256)))
     learner = TD3Learner(SPEC, cfg, seed=0)
     batches = [learner.to_device(b) for b in synthetic_batches(args.batch_size, 2)]
@@ -64,7 +64,7 @@ def profile_updates(args: argparse.Namespace) -> dict:
         per_op = [(e.key, e.count / args.updates, e.self_cpu_time_total / args.updates)
                   for e in timed[: args.top]]
     return {"device": device_name(learner.device), "precision": args.precision,
-            "batch_size": args.batch_size, "updates": args.updates,
+            "first_conv_blocks": learner.kernels.first_conv_blocks, "batch_size": args.batch_size, "updates": args.updates,
             "wall_ms_per_update_profiled": wall * 1e3,
             "busy_ms_per_update": total_us / args.updates / 1e3,
             "ops_per_update": count / args.updates,
@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--compile", action="store_true", help="torch.compile the forward passes")
+    parser.add_argument("--first-conv", default="auto",
+                        help="learner.first_conv: auto, strided or blocks")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--json", default="")
     args = parser.parse_args(argv)

@@ -1,7 +1,9 @@
 """How a learner computes: plain fp32 or bf16 autocast, and on a CPU which kernels.
 
-"auto" means bf16 on CUDA. On a CPU it is measured, because the CPU's flags do not say which
-is faster: bf16 doubles the convolutions' and matrix products' rate where oneDNN has bf16
+"auto" means bf16 on CUDA, where the first convolution runs on space-to-depth blocks
+(``FIRST_CONVS``): on an H200, 1,028 updates/s against 935 in fp32; strided, bf16 was the
+slower (760 against 814; docs/benchmarks.md). On a CPU it is measured, because the CPU's
+flags do not say which is faster: bf16 doubles the convolutions' and matrix products' rate where oneDNN has bf16
 dot-product kernels for the CPU (AMX on Intel Xeons; AVX-512 bf16 on AMD EPYC Zen 5: 0.065
 against 0.120 s per update at batch 256 on two cores), and was several times slower than fp32
 on an Intel Xeon with the same AVX-512 bf16 flag but no AMX. So the learner times its own
