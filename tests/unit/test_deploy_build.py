@@ -48,6 +48,8 @@ def test_endpoint_count_must_match_actor_count():
     ({"rollout.num_actors": 0}, r"num_actors \(0\) must be >= 1"),
     ({"rollout.noise_spread": 1.0, "rollout.exploration_noise": 1.5}, "must be < 1 when noise_spread"),
     ({"train.updates_per_env_step": 0.5, "replay.samples_per_insert": 3.0}, "contradicts"),
+    ({"learner.precision": "fp16"}, r"learner.precision \('fp16'\) must be one of"),
+    ({"learner.first_conv": "s2d"}, r"learner.first_conv \('s2d'\) must be one of"),
 ])
 def test_impossible_combinations_fail_naming_the_values(override, message):
     with pytest.raises(ConfigError, match=message):
