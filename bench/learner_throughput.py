@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -231,7 +232,7 @@ def sb3_worker(args: argparse.Namespace) -> None:
     """The child side of ``sb3_own_process``: reads step counts, trains, answers "done"."""
     import stable_baselines3
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
     model = _sb3_model(args, synthetic_batches(args.batch_size, POOL))
     model.train(gradient_steps=args.warmup + 2, batch_size=args.batch_size)
     print("ready", stable_baselines3.__version__, model.device, flush=True)
@@ -243,7 +244,7 @@ def sb3_worker(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     """Times every runner in ``args.rounds`` interleaved rounds (fair under varying load)."""
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
     batches = synthetic_batches(args.batch_size, POOL)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))
@@ -319,7 +320,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
     parser.add_argument("--warmup", type=int, default=3, help="untimed updates before timing")
     parser.add_argument("--sb3-updates", type=int, default=4, help="timed SB3 steps per round")
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch.set_num_threads; 0: every core, as the learner actor runs "
+                             "(learner.cpu_threads=0), e.g. for a GPU learner's host side")
     parser.add_argument("--variant", action="append", default=[],
                         help="precision[:compile][:graphs][:pre_step][:blocks|:strided], "
                              "precision in auto/fp32/bf16, pre_step: td3.policy_critic=pre_step, "
