@@ -13,53 +13,28 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
 
 from common.config import LearnerConfig, PolicyCritic
 from common.errors import ConfigError
-from common.networks import ImageEncoder, run_dense_as_conv
+from common.networks import run_dense_as_conv
 from common.specs import EnvSpec
 from common.types import SampleBatch
 from learner import losses, state
-from learner.augment import draw_shifts, random_shift
+from learner.augment import draw_shifts
 from learner.device import (DeviceBatch, configure_backends, resolve_device,
                             transfer_for, validate_batch)
 from learner.graphs import Draws, executor_for
 from learner.lanes import Lanes
+from learner.pixels import Pixels, prepare_image
 from learner.precision import autocast_for, resolve_kernels
 from learner.stats import PendingUpdate, UpdateStats
 from learner.topology import Networks, build_networks
 
 log = logging.getLogger(__name__)
-
-class Pixels(NamedTuple):
-    """A batch's images, converted once per update and shared by every encoder that reads
-    them (``ImageEncoder.prepare``)."""
-
-    obs: torch.Tensor
-    next: torch.Tensor
-
-
-def prepare_image(image: torch.Tensor, shifts: torch.Tensor | None = None, pad: int = 0,
-                  dtype: torch.dtype = torch.float32, blocks: int = 1) -> torch.Tensor:
-    """Converts a batch's images for the encoders (``ImageEncoder.prepare``: to ``dtype``,
-    space-to-depth for ``blocks`` above 1), shifted at random by up to ``pad`` pixels by the
-    offsets ``shifts`` (``learner.augment``) when ``pad`` is above 0."""
-    if pad > 0:
-        image = random_shift(image, shifts, pad)
-    return ImageEncoder.prepare(image, dtype, blocks)
-
-
-def prepare_pixels(b: DeviceBatch, shifts: torch.Tensor | None = None, pad: int = 0,
-                   dtype: torch.dtype = torch.float32, blocks: int = 1) -> Pixels:
-    """The batch's observation and next-observation images, converted (``prepare_image``;
-    ``shifts[0]`` and ``shifts[1]`` are their offsets)."""
-    no = shifts is None or pad == 0
-    return Pixels(prepare_image(b.image, None if no else shifts[0], pad, dtype, blocks),
-                  prepare_image(b.next_image, None if no else shifts[1], pad, dtype, blocks))
 
 
 def _check_config(cfg: LearnerConfig) -> None:

@@ -5,7 +5,8 @@ import torch
 
 from common.errors import ConfigError
 from learner.augment import draw_shifts, random_shift
-from learner.td3 import TD3Learner, prepare_pixels
+from learner.pixels import prepare_pixels
+from learner.td3 import TD3Learner
 from tests.unit.learner_fixtures import SMALL_SPEC, random_batch, small_config
 
 

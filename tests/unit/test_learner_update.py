@@ -11,7 +11,8 @@ from common.networks import DenseHWC, PolicyNet, load_policy_state
 from learner import precision as learner_precision
 from learner import losses
 from learner.precision import CpuProbe
-from learner.td3 import TD3Learner, UpdateStats, make_learner, prepare_pixels
+from learner.pixels import prepare_pixels
+from learner.td3 import TD3Learner, UpdateStats, make_learner
 from tests.unit.learner_fixtures import (SMALL_SPEC, critic_step, params_of, random_batch,
                                          small_config)
 

@@ -5,7 +5,8 @@ import torch
 
 from common.config import EncoderTopology, PolicyCritic
 from common.errors import ConfigError
-from learner.td3 import TD3Learner, prepare_pixels
+from learner.pixels import prepare_pixels
+from learner.td3 import TD3Learner
 from learner.topology import check_disjoint
 from tests.unit.learner_fixtures import (SMALL_SPEC, critic_step, params_of, policy_step,
                                          random_batch, small_config)
