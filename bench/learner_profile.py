@@ -64,7 +64,8 @@ def profile_updates(args: argparse.Namespace) -> dict:
         per_op = [(e.key, e.count / args.updates, e.self_cpu_time_total / args.updates)
                   for e in timed[: args.top]]
     return {"device": device_name(learner.device), "precision": args.precision,
-            "first_conv_blocks": learner.kernels.first_conv_blocks, "batch_size": args.batch_size, "updates": args.updates,
+            "first_conv_blocks": learner.kernels.first_conv_blocks,
+            "batch_size": args.batch_size, "updates": args.updates,
             "wall_ms_per_update_profiled": wall * 1e3,
             "busy_ms_per_update": total_us / args.updates / 1e3,
             "ops_per_update": count / args.updates,

@@ -13,7 +13,7 @@ from actors.rollout import RolloutWorker, WeightSource
 from actors.writer import ChunkSink, ChunkWriter
 from common import config as C
 from common.errors import ConfigError
-from learner.precision import FIRST_CONVS, PRECISIONS
+from learner.precision import check_choices
 
 SERVER_PORT_SPACING = 3  # a CARLA server uses its RPC port N and N+1, N+2
 
@@ -73,12 +73,7 @@ def validate(cfg: C.RunConfig) -> None:
     if cfg.train.endpoints and cfg.env.backend is not C.SimulatorBackend.CARLA:
         raise ConfigError("CARLA endpoints given but env.backend is 'fake'; use --carla")
     _check_ports(cfg)
-    if cfg.learner.precision not in PRECISIONS:
-        raise ConfigError(f"learner.precision ({cfg.learner.precision!r}) must be one of "
-                          f"{list(PRECISIONS)}")
-    if cfg.learner.first_conv not in FIRST_CONVS:
-        raise ConfigError(f"learner.first_conv ({cfg.learner.first_conv!r}) must be one of "
-                          f"{list(FIRST_CONVS)}")
+    check_choices(cfg.learner.precision, cfg.learner.first_conv)
     batch, min_size = cfg.learner.td3.batch_size, cfg.replay.min_size_to_sample
     if min_size < batch:
         raise ConfigError(f"replay.min_size_to_sample ({min_size}) must be >= batch_size ({batch})")

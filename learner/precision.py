@@ -3,12 +3,13 @@
 "auto" means bf16 on CUDA, where the first convolution runs on space-to-depth blocks
 (``FIRST_CONVS``): on an H200, 1,028 updates/s against 935 in fp32; strided, bf16 was the
 slower (760 against 814; docs/benchmarks.md). On a CPU it is measured, because the CPU's
-flags do not say which is faster: bf16 doubles the convolutions' and matrix products' rate where oneDNN has bf16
-dot-product kernels for the CPU (AMX on Intel Xeons; AVX-512 bf16 on AMD EPYC Zen 5: 0.065
-against 0.120 s per update at batch 256 on two cores), and was several times slower than fp32
-on an Intel Xeon with the same AVX-512 bf16 flag but no AMX. So the learner times its own
-image encoder (the update's convolutions and largest matrix product), forward and backward
-at its batch size, both ways, and keeps bf16 only if it is clearly faster (``BF16_MARGIN``).
+flags do not say which is faster: bf16 doubles the convolutions' and matrix products' rate
+where oneDNN has bf16 dot-product kernels for the CPU (AMX on Intel Xeons; AVX-512 bf16 on
+AMD EPYC Zen 5: 0.065 against 0.120 s per update at batch 256 on two cores), and was several
+times slower than fp32 on an Intel Xeon with the same AVX-512 bf16 flag but no AMX. So the
+learner times its own image encoder (the update's convolutions and largest matrix product),
+forward and backward at its batch size, both ways, and keeps bf16 only if it is clearly
+faster (``BF16_MARGIN``).
 
 In fp32 a second timing, of the encoder's linear layer alone, chooses how that layer runs on
 a CPU: as MKL's matrix product or as oneDNN's convolution (``common.networks.DenseHWC``),
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("auto", "fp32", "bf16")
 # How the encoders' first convolution runs: "strided" as the NatureCNN's 8x8 stride-4
 # convolution, "blocks" as a 2x2 stride-1 convolution over space-to-depth pixels
-# (``common.networks.space_to_depth``), "auto" blocks on CUDA and strided on a CPU.
+# (``common.pixel_layout.space_to_depth``), "auto" blocks on CUDA and strided on a CPU.
 FIRST_CONVS = ("auto", "strided", "blocks")
 # bf16 is kept only below this share of fp32's time: a near tie is not worth bf16's rounding.
 BF16_MARGIN = 0.9
@@ -145,18 +146,24 @@ def resolve_kernels(precision: str, device: torch.device, spec: EnvSpec, feature
     ``device``. On a CPU, "auto" and "fp32" are measured (once per process and shape) by
     ``probe``, ``probe_cpu`` if None; raises ConfigError for a precision that is not one of
     ``PRECISIONS`` or a first_conv not one of ``FIRST_CONVS``."""
-    if first_conv not in FIRST_CONVS:
-        raise ConfigError(f"first_conv ({first_conv!r}) must be one of {list(FIRST_CONVS)}")
+    check_choices(precision, first_conv)
     blocks = first_conv == "blocks" or (first_conv == "auto" and device.type == "cuda")
     return dataclasses.replace(_resolve_precision(precision, device, spec, features,
                                                   batch_size, probe),
                                first_conv_blocks=blocks)
 
 
+def check_choices(precision: str, first_conv: str) -> None:
+    """Raises ConfigError naming a ``learner.precision`` that is not one of ``PRECISIONS`` or
+    a ``learner.first_conv`` that is not one of ``FIRST_CONVS``."""
+    for name, value, choices in (("precision", precision, PRECISIONS),
+                                 ("first_conv", first_conv, FIRST_CONVS)):
+        if value not in choices:
+            raise ConfigError(f"learner.{name} ({value!r}) must be one of {list(choices)}")
+
+
 def _resolve_precision(precision: str, device: torch.device, spec: EnvSpec, features: int,
                        batch_size: int, probe: ProbeFn | None) -> Kernels:
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision ({precision!r}) must be one of {list(PRECISIONS)}")
     if device.type == "cuda":
         return Kernels("bf16" if precision == "auto" else precision)
     with_bf16, with_conv = precision == "auto", batch_size >= DENSE_CONV_MIN_BATCH

@@ -143,7 +143,7 @@ class TD3Learner:
             pieces = {k: torch.compile(f, dynamic=False) for k, f in pieces.items()}
         # The frames' conversion (a strided copy, 34 us per batch as space-to-depth on an
         # H200 through torch's generic copy kernel): compiled, one tiled Triton kernel. On a
-        # CPU it stays eager, where OpenCV interleaves the frames (interleave_frames).
+        # CPU it stays eager, where OpenCV interleaves the frames (common.pixel_layout.interleave_frames).
         self._prepare = (torch.compile(prepare_image, dynamic=False)
                          if cfg.compile and self.device.type == "cuda" else prepare_image)
         self._terms = pieces

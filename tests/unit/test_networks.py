@@ -7,8 +7,9 @@ import torch.nn.functional as F
 from common.config import NetworkConfig
 from common.errors import SpecError
 from common.networks import (DENSE_CONV_MIN_BATCH, DenseHWC, FlattenHWC, ImageEncoder, PolicyNet,
-                             QNet, blocked_kernel, interleave_frames, load_policy_state, mlp,
-                             run_dense_as_conv, space_to_depth, to_channels_last, twin_mlp)
+                             QNet, load_policy_state, mlp, run_dense_as_conv, to_channels_last,
+                             twin_mlp)
+from common.pixel_layout import blocked_kernel, interleave_frames, space_to_depth
 from common.specs import EnvSpec
 
 SPEC = EnvSpec(frames=4, image_size=84, num_waypoints=10)
