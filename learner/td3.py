@@ -29,7 +29,7 @@ from learner.device import (DeviceBatch, configure_backends, resolve_device,
                             transfer_for, validate_batch)
 from learner.graphs import Draws, executor_for
 from learner.lanes import Lanes
-from learner.pixels import Pixels, prepare_image
+from learner.pixels import prepare_image
 from learner.precision import autocast_for, resolve_kernels
 from learner.stats import PendingUpdate, UpdateStats
 from learner.topology import Networks, build_networks
@@ -143,7 +143,8 @@ class TD3Learner:
             pieces = {k: torch.compile(f, dynamic=False) for k, f in pieces.items()}
         # The frames' conversion (a strided copy, 34 us per batch as space-to-depth on an
         # H200 through torch's generic copy kernel): compiled, one tiled Triton kernel. On a
-        # CPU it stays eager, where OpenCV interleaves the frames (common.pixel_layout.interleave_frames).
+        # CPU it stays eager, where OpenCV interleaves the frames
+        # (common.pixel_layout.interleave_frames).
         self._prepare = (torch.compile(prepare_image, dynamic=False)
                          if cfg.compile and self.device.type == "cuda" else prepare_image)
         self._terms = pieces
@@ -237,15 +238,6 @@ class TD3Learner:
         lanes.after("target_critic", "target_policy")
         return lanes.run("target_critic", terms["target_head"], b, target_features,
                          target_encoding, noise)
-
-    def _critic_values(self, b: DeviceBatch, px: Pixels,
-                       noise: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The TD target and the online critic's forward pass, overlapped on the GPU (the
-        online critic on the main stream). Returns (q1, q2, y, critic features)."""
-        y = self._queue_td_target(b, px.next, noise)
-        q1, q2, features = self._terms["critic"](b, px.obs)
-        self._lanes.join("target_critic")
-        return q1, q2, y, features
 
     def _critic_step(self, b: DeviceBatch, q1: torch.Tensor, q2: torch.Tensor, y: torch.Tensor,
                      features: torch.Tensor) -> list[torch.Tensor]:

@@ -55,7 +55,10 @@ def packed_batch(spec: EnvSpec, size: int, seed: int) -> SampleBatch:
 
 def critic_step(learner, b, px, noise) -> list[torch.Tensor]:
     """One critic step of ``learner`` on a device batch, as ``TD3Learner._step`` runs it."""
-    return learner._critic_step(b, *learner._critic_values(b, px, noise))
+    y = learner._queue_td_target(b, px.next, noise)
+    q1, q2, features = learner._terms["critic"](b, px.obs)
+    learner._lanes.join("target_critic")
+    return learner._critic_step(b, q1, q2, y, features)
 
 
 def policy_step(learner, b, encoding, features) -> None:
