@@ -172,6 +172,11 @@ class LearnerConfig:
             NatureCNN's 8x8 stride-4 convolution), "blocks" (the same function as a 2x2
             stride-1 convolution over space-to-depth pixels, which cuDNN runs faster) or
             "auto" (blocks on CUDA, strided on a CPU). Weights and checkpoints are the same.
+        frame_cache: where the learner's batches take their camera frames from: "device" (a
+            copy of every replay shard's frames in device memory, sent there once per frame:
+            learner/frame_cache.py), "off" (each batch's F + 1 frames per transition travel
+            as pixels) or "auto" (device on CUDA when the copy fits in half the free memory,
+            off on a CPU, where it would only move the shards' gather into the learner).
         cpu_threads: torch threads of a CPU learner; 0 uses every core of the machine (Ray
             would otherwise give a zero-CPU actor one thread).
         publish_shm: also write each published snapshot into a shared-memory file that
@@ -191,6 +196,7 @@ class LearnerConfig:
     precision: str = "auto"
     cuda_graphs: bool = False
     first_conv: str = "auto"
+    frame_cache: str = "auto"
     cpu_threads: int = 0
     publish_shm: bool = True
     cpu_scheduling: CpuScheduling = CpuScheduling.BATCH

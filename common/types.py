@@ -87,3 +87,41 @@ class SampleBatch(NamedTuple):
     @property
     def size(self) -> int:
         return int(self.action.shape[0])
+
+
+class CachedBatch(NamedTuple):
+    """A SampleBatch whose image stacks are rows of the learner's frame cache, not pixels.
+
+    A learner that keeps a copy of the replay shards' frame rings on its device
+    (``learner.frame_cache.FrameCache``: row ``shard * capacity + slot`` holds that ring slot's
+    frame) gets each camera frame once, the first time a sampled stack needs it, instead of
+    F + 1 frames per sampled transition. The rows it lacks travel with the batch; the cache
+    stores them (``new_rows``, ``new_frames``) before it reads the batch's stacks.
+
+    Attributes:
+        frame_rows: int64 [B, F + 1]: the obs stack is rows ``[:, :F]``, the next-obs stack
+            rows ``[:, 1:]`` (as ``replay.shard.PackedBatch.frames``).
+        new_rows: int64 [K], distinct: rows the cache must store first.
+        new_frames: uint8 [K, H, W]: their frames.
+        cache_rows: rows of the cache these index (shards x ring capacity).
+        obs_vector, action, reward, next_vector, terminated, truncated, policy_version,
+        weight, key: as in SampleBatch.
+    """
+
+    frame_rows: np.ndarray
+    new_rows: np.ndarray
+    new_frames: np.ndarray
+    cache_rows: int
+    obs_vector: np.ndarray
+    action: np.ndarray
+    reward: np.ndarray
+    next_vector: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    policy_version: np.ndarray
+    weight: np.ndarray
+    key: np.ndarray
+
+    @property
+    def size(self) -> int:
+        return int(self.action.shape[0])

@@ -73,7 +73,7 @@ def validate(cfg: C.RunConfig) -> None:
     if cfg.train.endpoints and cfg.env.backend is not C.SimulatorBackend.CARLA:
         raise ConfigError("CARLA endpoints given but env.backend is 'fake'; use --carla")
     _check_ports(cfg)
-    check_choices(cfg.learner.precision, cfg.learner.first_conv)
+    check_choices(cfg.learner.precision, cfg.learner.first_conv, cfg.learner.frame_cache)
     batch, min_size = cfg.learner.td3.batch_size, cfg.replay.min_size_to_sample
     if min_size < batch:
         raise ConfigError(f"replay.min_size_to_sample ({min_size}) must be >= batch_size ({batch})")

@@ -101,6 +101,7 @@ class Driver:
         fleet = self.fleet = build_fleet(self.cfg, self.run_dir)
         # Answered once the learner is built; a small reply lives on with the driver.
         precision = fleet.learner.precision.remote()
+        frame_cache = fleet.learner.frame_cache.remote()
         start = time.monotonic()
         wall0 = self.counters.wall_seconds
         interrupted = False
@@ -120,7 +121,8 @@ class Driver:
                 f"{latest if latest is not None else 'the start (no checkpoint yet)'}")
         out = summary(self.counters, {"interrupted": interrupted,
                                       "learner_device": "gpu" if fleet.learner_on_gpu else "cpu",
-                                      "learner_precision": _reply_or(precision, "unknown")})
+                                      "learner_precision": _reply_or(precision, "unknown"),
+                                      "learner_frame_cache": _reply_or(frame_cache, "unknown")})
         self.run_dir.write_summary(out)
         return out
 

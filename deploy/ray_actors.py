@@ -20,12 +20,14 @@ from actors.rollout import RolloutReport
 from common import config as C
 from common import metrics as M
 from common.errors import CheckpointError
+from common.types import CachedBatch
 from common.metrics import MetricsSink, NullSink
 from deploy import build
 from deploy.metrics_record import ShardRecorder, record_learner, record_publish, record_rollout
 from deploy.rundir import RunDir
 from deploy.weights_ray import RayWeightSource
 from deploy.weights_shm import ShmWeightWriter, channel_dir
+from learner.frame_cache import use_frame_cache
 from learner.loop import LearnerLoop, LearnerReport
 from learner.td3 import TD3Learner
 from replay.client import ReplayClient, ShardWriter
@@ -92,6 +94,12 @@ class RestoringShard(ReplayShard):
     def sample_packed(self, batch_size: int) -> PackedBatch | RateLimited:
         try:
             return super().sample_packed(batch_size)
+        finally:
+            self._recorder.maybe_record()
+
+    def sample_cached(self, batch_size: int, cache_id: int) -> CachedBatch | RateLimited:
+        try:
+            return super().sample_cached(batch_size, cache_id)
         finally:
             self._recorder.maybe_record()
 
@@ -173,8 +181,14 @@ class LearnerActor:
         if latest is not None:
             self.learner.load(learner_checkpoint(latest))
             log.info("event=learner_restored checkpoint=%s updates=%d", latest, self.learner.updates)
+        capacity = cfg.replay.capacity
+        cached = use_frame_cache(cfg.learner.frame_cache, self.learner.device, cfg.spec,
+                                 len(shards) * capacity)
+        log.info("event=learner_frame_cache on=%s rows=%d", cached, len(shards) * capacity)
+        self._frame_cache = cached
         self.client = ReplayClient(shards, cfg.spec, batch_size=cfg.learner.td3.batch_size,
-                                   prefetch=cfg.learner.prefetch, seed=seed)
+                                   prefetch=cfg.learner.prefetch, seed=seed,
+                                   cache_capacity=capacity if cached else 0)
         prioritized = cfg.replay.sampler is C.SamplerKind.PRIORITIZED
         self.loop = LearnerLoop(self.learner, self.client.sample, self._publish,
                                 cfg.learner.publish_every,
@@ -216,6 +230,11 @@ class LearnerActor:
     def precision(self) -> str:
         """"fp32" or "bf16": the learner's precision as resolved ("auto" is measured)."""
         return self.learner.precision
+
+    def frame_cache(self) -> str:
+        """"device" when batches take their frames from the learner's frame cache, else "off"
+        (``learner.frame_cache`` as resolved)."""
+        return "device" if self._frame_cache else "off"
 
     def pid(self) -> int:
         return os.getpid()

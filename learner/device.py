@@ -3,7 +3,9 @@
 
 Each is chosen once at construction (CPU or CUDA objects), so the update step holds no device
 branches. On CUDA a batch is copied into pinned host buffers and sent with non-blocking copies;
-on CPU the numpy arrays are used in place (``torch.from_numpy``, no copy).
+on CPU the numpy arrays are used in place (``torch.from_numpy``, no copy). A CachedBatch
+(``learner.frame_cache``) sends its rows and new frames the same way; its stacks are then
+gathered from the cache on the device.
 """
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ import torch
 
 from common.errors import ConfigError, SpecError
 from common.specs import EnvSpec
-from common.types import SampleBatch
+from common.types import CachedBatch, SampleBatch
+from learner.frame_cache import FrameCache
 
 
 class DeviceBatch(NamedTuple):
@@ -34,6 +37,7 @@ class DeviceBatch(NamedTuple):
 
 _FIELDS = ("obs_image", "obs_vector", "action", "reward", "next_image", "next_vector",
            "terminated", "weight")
+_SMALL = ("obs_vector", "action", "reward", "next_vector", "terminated", "weight")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -133,12 +137,26 @@ def packed_frames(batch: SampleBatch) -> np.ndarray | None:
                                            writeable=False)
 
 
+def _cached_batch(batch: CachedBatch, frames: torch.Tensor, fields: dict) -> DeviceBatch:
+    """A DeviceBatch of a CachedBatch: its stacks views of the gathered ``frames`` block."""
+    f = frames.shape[1] - 1
+    return DeviceBatch(frames[:, :f], fields["obs_vector"], fields["action"], fields["reward"],
+                       frames[:, 1:], fields["next_vector"], fields["terminated"],
+                       fields["weight"])
+
+
 class CpuTransfer:
     """CPU learner: tensors share memory with the numpy batch (image views included: the
     encoders' ``prepare`` reads them in place)."""
 
     def __call__(self, batch: SampleBatch) -> DeviceBatch:
         return DeviceBatch(*(_from_numpy(getattr(batch, f)) for f in _FIELDS))
+
+    def cached(self, batch: CachedBatch, cache: FrameCache) -> DeviceBatch:
+        """Stores the batch's new frames in ``cache``, then gathers its stacks from it."""
+        cache.store(_from_numpy(batch.new_rows), _from_numpy(batch.new_frames))
+        frames = cache.gather(_from_numpy(batch.frame_rows))
+        return _cached_batch(batch, frames, {f: _from_numpy(getattr(batch, f)) for f in _SMALL})
 
     def release(self) -> None:
         """Nothing to release on CPU (see ``CudaTransfer.release``)."""
@@ -161,12 +179,26 @@ class _Slot:
         self.consumed: torch.cuda.Event | None = None  # the update that read it is done
 
     def buffers(self, name: str, value: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pinned and device buffers of ``value``'s shape and dtype."""
+        return self.sized(name, value.shape, value.dtype, device)
+
+    def sized(self, name: str, shape: tuple[int, ...], dtype: np.dtype,
+              device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pinned and device buffers of ``shape`` and ``dtype``, made once per change."""
         pinned = self.pinned.get(name)
-        if pinned is None or tuple(pinned.shape) != value.shape or pinned.numpy().dtype != value.dtype:
-            pinned = torch.from_numpy(np.empty(value.shape, value.dtype)).pin_memory()
+        if pinned is None or tuple(pinned.shape) != tuple(shape) or pinned.numpy().dtype != dtype:
+            pinned = torch.from_numpy(np.empty(shape, dtype)).pin_memory()
             self.pinned[name] = pinned
             self.on_device[name] = torch.empty(pinned.shape, dtype=pinned.dtype, device=device)
         return pinned, self.on_device[name]
+
+    def device_only(self, name: str, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        """A uint8 device buffer of ``shape`` (no pinned twin), made once per change."""
+        buf = self.on_device.get(name)
+        if buf is None or tuple(buf.shape) != tuple(shape):
+            buf = torch.empty(shape, dtype=torch.uint8, device=device)
+            self.on_device[name] = buf
+        return buf
 
 
 class CudaTransfer:
@@ -176,7 +208,8 @@ class CudaTransfer:
     on the previous one; events order each slot's reuse (its pinned buffers only after their
     copy finished, its device buffers only after the update that read them, marked by
     ``release``). A batch whose two image stacks are views of one [B, F + 1, H, W] block
-    (what the replay returns) moves that block once.
+    (what the replay returns) moves that block once; a CachedBatch moves only the frames
+    the cache lacks and gathers its block into a device buffer of its slot.
     """
 
     def __init__(self, device: torch.device, slots: int = 2) -> None:
@@ -187,34 +220,63 @@ class CudaTransfer:
         self._last: _Slot | None = None
 
     def __call__(self, batch: SampleBatch) -> DeviceBatch:
-        slot = self._slots[self._next]
-        self._next = (self._next + 1) % len(self._slots)
-        if slot.copied is not None:
-            slot.copied.synchronize()  # its pinned buffers are free again
+        slot = self._take_slot()
         frames = packed_frames(batch)
         arrays = {f: getattr(batch, f) for f in _FIELDS}
         if frames is not None:
             del arrays["obs_image"], arrays["next_image"]
             arrays["frames"] = frames
-        staged = {}
-        for name, value in arrays.items():
-            pinned, on_device = slot.buffers(name, value, self.device)
+        out = self._send(slot, {name: (*slot.buffers(name, value, self.device), value)
+                                for name, value in arrays.items()})
+        if frames is not None:
+            f = frames.shape[1] - 1
+            out["obs_image"], out["next_image"] = out["frames"][:, :f], out["frames"][:, 1:]
+        return DeviceBatch(*(out[f] for f in _FIELDS))
+
+    def cached(self, batch: CachedBatch, cache: FrameCache) -> DeviceBatch:
+        """Sends the batch's small fields, rows and new frames; then, on the update's stream
+        (which orders them after every earlier update's reads of the cache), stores the new
+        frames in ``cache`` and gathers the batch's [B, F + 1, H, W] block from it."""
+        slot = self._take_slot()
+        arrays = {name: (*slot.buffers(name, getattr(batch, name), self.device),
+                         getattr(batch, name)) for name in (*_SMALL, "frame_rows")}
+        k, most = batch.new_rows.shape[0], batch.frame_rows.size
+        if k:  # buffers for the most new frames a batch can have, so K may vary freely
+            rows_p, rows_d = slot.sized("new_rows", (most,), np.dtype(np.int64), self.device)
+            frames_p, frames_d = slot.sized("new_frames", (most, *batch.new_frames.shape[1:]),
+                                            np.dtype(np.uint8), self.device)
+            arrays["new_rows"] = (rows_p[:k], rows_d[:k], batch.new_rows)
+            arrays["new_frames"] = (frames_p[:k], frames_d[:k], batch.new_frames)
+        out = self._send(slot, arrays)
+        if k:
+            cache.store(out["new_rows"], out["new_frames"])
+        gathered = slot.device_only("gathered", (*batch.frame_rows.shape, *cache.frames.shape[1:]),
+                                    self.device)
+        return _cached_batch(batch, cache.gather(out["frame_rows"], out=gathered), out)
+
+    def _take_slot(self) -> _Slot:
+        slot = self._slots[self._next]
+        self._next = (self._next + 1) % len(self._slots)
+        if slot.copied is not None:
+            slot.copied.synchronize()  # its pinned buffers are free again
+        return slot
+
+    def _send(self, slot: _Slot, arrays: dict[str, tuple[torch.Tensor, torch.Tensor, np.ndarray]]
+              ) -> dict[str, torch.Tensor]:
+        """Copies each (pinned, device, value) into pinned memory and sends it on the copy
+        stream; the current stream waits for the copies. Returns the device tensors."""
+        for pinned, _, value in arrays.values():
             pinned.copy_(_from_numpy(value))  # torch splits a large copy over its threads
-            staged[name] = (pinned, on_device)
         with torch.cuda.stream(self._stream):
             if slot.consumed is not None:
                 self._stream.wait_event(slot.consumed)
-            for pinned, on_device in staged.values():
+            for pinned, on_device, _ in arrays.values():
                 on_device.copy_(pinned, non_blocking=True)
             slot.copied = torch.cuda.Event()
             slot.copied.record(self._stream)
         torch.cuda.current_stream(self.device).wait_event(slot.copied)
         self._last = slot
-        out = {name: on_device for name, (_, on_device) in staged.items()}
-        if frames is not None:
-            f = frames.shape[1] - 1
-            out["obs_image"], out["next_image"] = out["frames"][:, :f], out["frames"][:, 1:]
-        return DeviceBatch(*(out[f] for f in _FIELDS))
+        return {name: on_device for name, (_, on_device, _) in arrays.items()}
 
     def release(self) -> None:
         """Marks the latest batch's device buffers as read by the work queued so far (call it

@@ -35,6 +35,7 @@ import torch
 from common.errors import ConfigError
 from common.networks import DENSE_CONV_MIN_BATCH, DenseHWC, ImageEncoder, to_channels_last
 from common.specs import EnvSpec
+from learner.frame_cache import CHOICES as FRAME_CACHES
 
 log = logging.getLogger(__name__)
 
@@ -153,11 +154,13 @@ def resolve_kernels(precision: str, device: torch.device, spec: EnvSpec, feature
                                first_conv_blocks=blocks)
 
 
-def check_choices(precision: str, first_conv: str) -> None:
-    """Raises ConfigError naming a ``learner.precision`` that is not one of ``PRECISIONS`` or
-    a ``learner.first_conv`` that is not one of ``FIRST_CONVS``."""
+def check_choices(precision: str, first_conv: str, frame_cache: str = "auto") -> None:
+    """Raises ConfigError naming a ``learner.precision`` that is not one of ``PRECISIONS``, a
+    ``learner.first_conv`` not in ``FIRST_CONVS`` or a ``learner.frame_cache`` not in
+    ``FRAME_CACHES``."""
     for name, value, choices in (("precision", precision, PRECISIONS),
-                                 ("first_conv", first_conv, FIRST_CONVS)):
+                                 ("first_conv", first_conv, FIRST_CONVS),
+                                 ("frame_cache", frame_cache, FRAME_CACHES)):
         if value not in choices:
             raise ConfigError(f"learner.{name} ({value!r}) must be one of {list(choices)}")
 

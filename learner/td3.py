@@ -22,9 +22,10 @@ from common.config import LearnerConfig, PolicyCritic
 from common.errors import ConfigError
 from common.networks import run_dense_as_conv
 from common.specs import EnvSpec
-from common.types import SampleBatch
+from common.types import CachedBatch, SampleBatch
 from learner import losses, state
 from learner.augment import draw_shifts
+from learner.frame_cache import LazyFrameCache
 from learner.device import (DeviceBatch, configure_backends, resolve_device,
                             transfer_for, validate_batch)
 from learner.graphs import Draws, executor_for
@@ -113,6 +114,7 @@ class TD3Learner:
                             self.nets.critic.encoder.first_stride if kernels.first_conv_blocks
                             else 1)
         self._to_device = transfer_for(self.device)
+        self._frame_cache = LazyFrameCache(spec, self.device)
         self.generator = torch.Generator(self.device)
         self.generator.manual_seed(seed)
         self._updates = 0
@@ -266,7 +268,7 @@ class TD3Learner:
         self._last_policy.copy_(torch.stack([loss.detach(), encoder_grad]))
         losses.soft_update(*targets, self.td3.tau)
 
-    def update(self, batch: SampleBatch) -> UpdateStats:
+    def update(self, batch: SampleBatch | CachedBatch) -> UpdateStats:
         """One TD3 update from a numpy batch (copied to the device here).
 
         ``batch.weight`` (importance weights) multiplies each sample's critic loss.
@@ -276,7 +278,7 @@ class TD3Learner:
         """
         return self.launch(batch).result()
 
-    def launch(self, batch: SampleBatch) -> "PendingUpdate":
+    def launch(self, batch: SampleBatch | CachedBatch) -> "PendingUpdate":
         """Queues one update from a numpy batch and returns at once (on CUDA, before the GPU
         has run it); ``result()`` of the returned handle waits for its stats.
 
@@ -291,9 +293,12 @@ class TD3Learner:
         self._to_device.release()  # the copy of a later batch may reuse its buffers after this
         return pending
 
-    def to_device(self, batch: SampleBatch) -> DeviceBatch:
+    def to_device(self, batch: SampleBatch | CachedBatch) -> DeviceBatch:
         """Validates ``batch`` and copies it to the learner's device (pinned, non-blocking on
-        CUDA: the copy may still be in flight when this returns; the update waits for it)."""
+        CUDA: the copy may still be in flight when this returns; the update waits for it). A
+        CachedBatch's stacks come from the learner's frame cache (``learner.frame_cache``)."""
+        if isinstance(batch, CachedBatch):
+            return self._to_device.cached(batch, self._frame_cache.checked(batch))
         validate_batch(self.spec, batch)
         return self._to_device(batch)
 

@@ -16,6 +16,13 @@ frames per transition instead of 2F) through Ray's own serialisation (zero-copy 
 measured faster than msgpack for this direction (bench/replay_throughput.py,
 docs/benchmarks.md "Replay"); ``sample()`` unpacks them into SampleBatch views.
 
+Frame cache: with ``cache_capacity`` set (the shards' ring capacity), the client samples for a
+learner that keeps a copy of every shard's frames on its device (``learner.frame_cache``):
+shards answer ``sample_cached`` with CachedBatch rows plus only the frames that copy lacks,
+and the client moves shard ``i``'s rows to ``i * cache_capacity`` onward. Each shard's
+replies are taken in the order they were sent (a shard runs its requests in that order), so
+the learner stores every frame before a later reply that counts on it.
+
 Faults: a call that fails because the shard died or is restarting (replay/handles.py
 SHARD_FAILURES) never raises out of the client. The shard is marked down (replay/health.py:
 logged, counted in ``stats()``), gets no requests and weight 0 in the proportional choice, and
@@ -28,15 +35,16 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from common.codec import encode_chunk
 from common.errors import ConfigError, WireError
 from common.specs import EnvSpec
-from common.types import SampleBatch, StepChunk
+from common.types import CachedBatch, SampleBatch, StepChunk
 from replay.handles import SHARD_FAILURES, LocalShard, first_ready, ready, result
 from replay.health import ShardHealth
 from replay.shard import KEY_SHARD_SHIFT, InsertAck, PackedBatch, RateLimited
@@ -158,14 +166,19 @@ class ReplayClient:
         seed: seeds the choice of shard per request.
         size_refresh_every: sample requests between two refreshes of the shard sizes.
         down_backoff_s: wait before probing a shard that died (doubles up to 16x).
+        cache_capacity: 0, or each shard's ring capacity to sample for a learner's frame
+            cache (see the module docstring).
     """
 
     def __init__(self, shards: Sequence[Any], spec: EnvSpec, batch_size: int, prefetch: int = 4,
-                 seed: int = 0, size_refresh_every: int = 16, down_backoff_s: float = 0.5) -> None:
+                 seed: int = 0, size_refresh_every: int = 16, down_backoff_s: float = 0.5,
+                 cache_capacity: int = 0) -> None:
         if not shards:
             raise ConfigError(f"num_shards ({len(shards)}) must be >= 1")
         if prefetch < 1:
             raise ConfigError(f"prefetch ({prefetch}) must be >= 1")
+        if cache_capacity < 0:
+            raise ConfigError(f"cache_capacity ({cache_capacity}) must be >= 0")
         self.shards, self.spec = list(shards), spec
         self.batch_size, self.prefetch = batch_size, prefetch
         self.health = [ShardHealth(h, i, "learner", down_backoff_s, 16 * down_backoff_s)
@@ -181,6 +194,11 @@ class ReplayClient:
         self.rate_limited_samples = 0
         self.failed_samples = 0
         self.dropped_priority_keys = 0
+        self.cache_capacity = int(cache_capacity)
+        self.cache_frames_received = 0
+        # Names this client's frame copy to the shards; a new client (a restarted learner,
+        # with an empty cache) gets a new id, so the shards send every frame again.
+        self.cache_id = int.from_bytes(os.urandom(8), "little") >> 1
 
     @property
     def num_shards(self) -> int:
@@ -248,21 +266,29 @@ class ReplayClient:
             if index is None:
                 return
             self._requests += 1
-            ref = self.shards[index].sample_packed.remote(self.batch_size)
+            shard = self.shards[index]
+            ref = (shard.sample_cached.remote(self.batch_size, self.cache_id)
+                   if self.cache_capacity else shard.sample_packed.remote(self.batch_size))
             self._inflight.append((index, ref, self.health[index].epoch))
 
-    def sample(self) -> SampleBatch | None:
-        """The next batch from whichever request answers first; None when its shard refused
-        (minimum size or rate limiter) or failed, or when no shard is available."""
+    def sample(self) -> SampleBatch | CachedBatch | None:
+        """The next batch from the shard that answers first (its oldest request); None when
+        that shard refused (minimum size or rate limiter) or failed, or when no shard is
+        available. A CachedBatch with ``cache_capacity`` set.
+
+        Raises:
+            WireError: a shard's ring capacity differs from ``cache_capacity``.
+        """
         self._top_up()
         if not self._inflight:
             return None
         t0 = time.perf_counter()
         ref = first_ready([r for _, r, _ in self._inflight])
+        shard = next(i for i, r, _ in self._inflight if r == ref)
         index, ref, epoch = self._inflight.pop(
-            next(k for k, (_, r, _) in enumerate(self._inflight) if r == ref))
+            next(k for k, (i, _, _) in enumerate(self._inflight) if i == shard))
         try:
-            reply: PackedBatch | RateLimited | None = result(ref)
+            reply: PackedBatch | CachedBatch | RateLimited | None = result(ref)
         except SHARD_FAILURES as exc:
             self.failed_samples += 1
             self._failed(index, exc, epoch)
@@ -275,7 +301,20 @@ class ReplayClient:
             self.rate_limited_samples += 1
             self._sizes[reply.shard_index] = reply.size
             return None
+        if isinstance(reply, CachedBatch):
+            return self._to_cache_rows(index, reply)
         return reply.unpack()
+
+    def _to_cache_rows(self, index: int, reply: CachedBatch) -> CachedBatch:
+        """Shard ``index``'s ring slots as rows of the learner's cache of all shards."""
+        if reply.cache_rows != self.cache_capacity:
+            raise WireError(f"shard {index} capacity ({reply.cache_rows}) != the frame cache's "
+                            f"rows per shard ({self.cache_capacity})")
+        offset = index * self.cache_capacity
+        self.cache_frames_received += int(reply.new_rows.size)
+        return reply._replace(frame_rows=reply.frame_rows + offset,
+                              new_rows=reply.new_rows + offset,
+                              cache_rows=self.num_shards * self.cache_capacity)
 
     def update_priorities(self, keys: np.ndarray, td_errors: np.ndarray) -> None:
         """Sends |TD errors| to the shards that own ``keys`` (shard index in the top bits);
@@ -307,6 +346,7 @@ class ReplayClient:
                 "sample_requests": self._requests,
                 "failed_samples": self.failed_samples,
                 "dropped_priority_keys": self.dropped_priority_keys,
+                "cache_frames_received": self.cache_frames_received,
                 "shard_failures": sum(h.failures for h in self.health),
                 "shard_rejoins": sum(h.rejoins for h in self.health),
                 "shards_unavailable": sum(not h.up for h in self.health)}

@@ -28,7 +28,7 @@ from common.codec import WireLimits, decode_chunk, encode_batch, validate_chunk
 from common.config import ReplayConfig
 from common.errors import ConfigError, WireError
 from common.specs import EnvSpec
-from common.types import SampleBatch, StepChunk
+from common.types import CachedBatch, SampleBatch, StepChunk
 from replay import checkpoint
 from replay.rate_limiter import RateLimiter
 from replay.samplers import make_sampler
@@ -127,7 +127,12 @@ class ReplayShard:
         self.counts = {"inserts": 0, "duplicates": 0, "dropped_records": 0, "rejected": 0,
                        "insert_refusals": 0, "samples": 0, "sample_refusals": 0,
                        "priority_updates": 0, "stale_priority_updates": 0,
-                       "insert_busy_seconds": 0.0, "sample_busy_seconds": 0.0}
+                       "insert_busy_seconds": 0.0, "sample_busy_seconds": 0.0,
+                       "cache_frames_sent": 0, "cache_resets": 0}
+        # The frame copy of one learner (sample_cached): its id, and per slot the write stamp
+        # of the frame last sent to it (-1: none).
+        self._cache_id: int | None = None
+        self._cache_stamp = np.full(self.ring.capacity, -1, np.int64)
         log.info("replay_shard index=%d capacity=%d sampler=%s bytes=%d bytes_per_slot=%.1f",
                  self.shard_index, cfg.capacity, cfg.sampler.value, self.ring.nbytes,
                  self.ring.bytes_per_slot())
@@ -206,6 +211,55 @@ class ReplayShard:
             A PackedBatch (keys: shard index << 48 | write stamp), or RateLimited when the
             shard is below min_size_to_sample or the ratio holds sampling back.
         """
+        t0 = time.perf_counter()
+        drawn = self._draw(batch_size)
+        if isinstance(drawn, RateLimited):
+            return drawn
+        packed = self._packed(*drawn)
+        self.counts["sample_busy_seconds"] += time.perf_counter() - t0
+        return packed
+
+    def sample_cached(self, batch_size: int, cache_id: int) -> CachedBatch | RateLimited:
+        """``sample_packed`` for a learner that keeps a copy of this shard's frames: the stacks
+        as ring slots (``CachedBatch.frame_rows``, this shard's rows 0 to capacity - 1), with
+        the frames of those slots that the copy ``cache_id`` does not hold yet.
+
+        The shard remembers, per slot, the write stamp of the frame it last sent to the copy
+        ``cache_id``, so a frame travels once, and again only after its slot is overwritten.
+        A different ``cache_id`` (a new learner) starts from an empty copy. The copy must
+        store the replies' frames in the order this shard sent them (``ReplayClient`` takes a
+        shard's replies in order); nothing is marked sent unless the reply is returned.
+        """
+        t0 = time.perf_counter()
+        if cache_id != self._cache_id:
+            self._forget_cache(cache_id)
+        drawn = self._draw(batch_size)
+        if isinstance(drawn, RateLimited):
+            return drawn
+        slots, weight = drawn
+        index, fields = self._gather(slots, weight)
+        needed = np.unique(index)
+        stamps = self.ring.stamp[needed]
+        new = self._cache_stamp[needed] != stamps
+        new_slots = needed[new]
+        batch = CachedBatch(frame_rows=index.astype(np.int64),
+                            new_rows=new_slots.astype(np.int64),
+                            new_frames=self.ring.frame[new_slots],
+                            cache_rows=self.ring.capacity, **fields)
+        self._cache_stamp[new_slots] = stamps[new]
+        self.counts["cache_frames_sent"] += int(new_slots.size)
+        self.counts["sample_busy_seconds"] += time.perf_counter() - t0
+        return batch
+
+    def _forget_cache(self, cache_id: int | None) -> None:
+        """Starts over with the copy ``cache_id``: it holds none of this shard's frames."""
+        if self._cache_id is not None:
+            self.counts["cache_resets"] += 1
+        self._cache_id = cache_id
+        self._cache_stamp.fill(-1)
+
+    def _draw(self, batch_size: int) -> tuple[np.ndarray, np.ndarray] | RateLimited:
+        """The slots and importance weights of one sample, or why the shard refuses it."""
         if batch_size < 1:
             raise WireError(f"batch_size ({batch_size}) must be >= 1")
         size = self.size()
@@ -213,13 +267,10 @@ class ReplayShard:
             self.counts["sample_refusals"] += 1
             reason = "min_size" if size < self.limiter.min_size_to_sample else "ratio"
             return RateLimited(self.shard_index, size, reason)
-        t0 = time.perf_counter()
         slots, weight = self.sampler.sample(self.rng, batch_size)
         self.limiter.on_sample(batch_size)
         self.counts["samples"] += batch_size
-        packed = self._gather(slots, weight)
-        self.counts["sample_busy_seconds"] += time.perf_counter() - t0
-        return packed
+        return slots, weight
 
     def sample(self, batch_size: int) -> SampleBatch | RateLimited:
         """``sample_packed`` unpacked: both image stacks as [B, F, H, W] views of one gather."""
@@ -231,17 +282,22 @@ class ReplayShard:
         batch = self.sample(batch_size)
         return batch if isinstance(batch, RateLimited) else encode_batch(batch)
 
-    def _gather(self, slots: np.ndarray, weight: np.ndarray) -> PackedBatch:
+    def _packed(self, slots: np.ndarray, weight: np.ndarray) -> PackedBatch:
+        """The sampled transitions ``slots`` with their frames as pixels."""
+        index, fields = self._gather(slots, weight)
+        return PackedBatch(self.ring.frame[index], **fields)
+
+    def _gather(self, slots: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, dict]:
+        """The [B, F + 1] frame slots of the sampled transitions and their other fields."""
         r = self.ring
         prev = r.prev[slots]
         # A next-obs stack is its obs stack shifted by one plus the new frame (also at an
         # episode start, where both repeat the first frame), so F + 1 frames hold both.
         index = np.concatenate([r.stack[prev], slots[:, None].astype(np.int32)], axis=1)
         key = (np.int64(self.shard_index) << KEY_SHARD_SHIFT) | r.stamp[slots]
-        return PackedBatch(
-            frames=r.frame[index], obs_vector=r.vector[prev],
-            action=r.action[slots], reward=r.reward[slots], next_vector=r.vector[slots],
-            terminated=r.terminated[slots].astype(np.float32),
+        return index, dict(
+            obs_vector=r.vector[prev], action=r.action[slots], reward=r.reward[slots],
+            next_vector=r.vector[slots], terminated=r.terminated[slots].astype(np.float32),
             truncated=r.truncated[slots].astype(np.float32),
             policy_version=r.policy_version[slots], weight=weight, key=key)
 
@@ -289,5 +345,7 @@ class ReplayShard:
             CheckpointError: the checkpoint is missing, corrupt or truncated.
         """
         checkpoint.restore_shard(self, pathlib.Path(directory))
+        # The restored ring reuses stamps the cache may hold with other frames: start over.
+        self._forget_cache(None)
         for state in self.streams.values():
             state.refused_seq = -1

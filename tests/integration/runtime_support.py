@@ -10,11 +10,12 @@ from deploy import presets
 from replay.client import ray_system_config
 
 
-def tiny_config(env_steps: int = 500, **train) -> C.RunConfig:
+def tiny_config(env_steps: int = 500, frame_cache: str = "auto", **train) -> C.RunConfig:
     """The smoke preset, trimmed so a whole run takes seconds on 2 cores."""
     cfg = presets.smoke()
     return replace(cfg,
-                   learner=replace(cfg.learner, checkpoint_every=10, publish_every=3),
+                   learner=replace(cfg.learner, checkpoint_every=10, publish_every=3,
+                                   frame_cache=frame_cache),
                    rollout=replace(cfg.rollout, learning_starts=150),
                    train=replace(cfg.train, env_steps=env_steps, progress_every_s=1.0,
                                  **{"updates_per_env_step": 0.1, **train}))

@@ -49,7 +49,9 @@ def test_killed_shard_restores_its_checkpoint_while_the_learner_keeps_updating(l
     # Long enough that the run cannot end (and the driver kill the restarted shard) before the
     # probe below has seen the new process: at 900 env steps it sometimes ended within 2 s of
     # the restart, while the driver's calls still waited on the old process's death notice.
-    cfg = tiny_config(env_steps=2400, actor_steps_per_call=10)
+    # The learner samples through its frame cache: the restarted shard must send it every
+    # frame again (its copy's record died with the old process).
+    cfg = tiny_config(env_steps=2400, actor_steps_per_call=10, frame_cache="device")
     run_dir = RunDir.create(tmp_path, "shard-kill")
     run_dir.write_config(cfg, {})
     driver = Driver(cfg, run_dir)
@@ -70,3 +72,4 @@ def test_killed_shard_restores_its_checkpoint_while_the_learner_keeps_updating(l
     assert result["env_steps"] >= cfg.train.env_steps
     assert result["updates"] > updates_at_kill, "the learner stopped updating"
     assert result["actor_restarts"] == 0, "a rollout actor crashed on the dead shard"
+    assert result["learner_frame_cache"] == "device"

@@ -65,3 +65,31 @@ def test_retry_and_bad_message_leave_shard_consistent(ray_local):
         ray.get(shard.insert.remote(data[: len(data) // 2]))
     assert ray.get(shard.size.remote()) == size
     assert ray.get(shard.stats.remote())["rejected"] == 1
+
+
+def test_cached_sampling_through_ray_while_the_rings_turn_over(ray_local):
+    """Frame-cache batches from two Ray shards with four requests in flight, inserts between
+    samples: every batch read from the cache equals what the env produced."""
+    import torch
+
+    from learner.frame_cache import FrameCache
+    from tests.unit.test_frame_cache import _pixels
+
+    shards = _shards()
+    client = ReplayClient(shards, SMALL_SPEC, batch_size=32, prefetch=4, cache_capacity=400)
+    cache = FrameCache(SMALL_SPEC, 800, torch.device("cpu"))
+    streams = make_streams(SMALL_SPEC, 4, chunk_length=8, max_episode=10, seed=11)
+    writers = [client.writer(i) for i in range(4)]
+    batches = 0
+    for _ in range(40):  # 1,280 records through 2 x 400 slots
+        for w, s in zip(writers, streams):
+            w.send_chunk(s.next_chunk())
+        for w in writers:
+            w.flush()
+        batch = client.sample()
+        if batch is not None:
+            assert_batch_matches(_pixels(cache, batch), expected_by_id(streams))
+            batches += 1
+    stats = ray.get([s.stats.remote() for s in shards])
+    assert batches >= 35 and min(s["slots_written"] for s in stats) > 400
+    assert client.stats()["cache_frames_received"] < batches * 32 * (SMALL_SPEC.frames + 1)

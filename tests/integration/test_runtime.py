@@ -33,7 +33,8 @@ def local_ray():
 
 @pytest.fixture(scope="module")
 def first_run(local_ray, tmp_path_factory):
-    cfg = local_ray
+    # Through the learner's frame cache (a CPU learner's "auto" is off: other runs cover that).
+    cfg = replace(local_ray, learner=replace(local_ray.learner, frame_cache="device"))
     root = tmp_path_factory.mktemp("runs")
     weight_files: set[str] = set()  # the learner's shared-memory weight files seen during the run
     done = threading.Event()
@@ -63,6 +64,7 @@ def test_transitions_flow_weights_reach_actors_and_both_encoders_learn(first_run
     assert summary["env_steps"] >= cfg.train.env_steps
     assert summary["updates"] > 0 and summary["policy_version"] > 0
     assert summary["learner_device"] == "cpu" and summary["learner_precision"] in ("fp32", "bf16")
+    assert summary["learner_frame_cache"] == "device"
     run_dir = RunDir(summary["run_dir"])
     latest = run_dir.latest_checkpoint()
     # Transitions in both shards; later ones were produced by published (non-random) versions.

@@ -170,3 +170,27 @@ def test_a_capture_joins_only_the_lanes_it_forked():
     graph.replay()
     torch.cuda.synchronize()
     torch.testing.assert_close(y, 2 * (torch.arange(4.0, device="cuda") + 1))
+
+
+@pytest.mark.parametrize("graphs", [False, True])
+def test_frame_cache_batches_pipelined_match_pixel_batches(graphs):
+    # The cache stores each batch's new frames and gathers its block on the update's stream,
+    # after the earlier updates that read the same rows: launched one ahead, with the copy
+    # slots alternating and the graphs reading the gathered block in place.
+    from tests.unit.test_frame_cache import _learner_batches
+
+    spec, batches = _learner_batches(14)
+    base = dataclasses.replace(small_config(), device="cuda", precision="fp32",
+                               cuda_graphs=graphs)
+    cached, pixels = TD3Learner(spec, base, seed=0), TD3Learner(spec, base, seed=0)
+    pending, stats = None, []
+    for cached_batch, pixel_batch in batches:
+        launched = cached.launch(cached_batch)
+        if pending is not None:
+            stats.append(pending.result())
+        pending = launched
+        want = pixels.update(pixel_batch)
+    stats.append(pending.result())
+    np.testing.assert_allclose(stats[-1].td_error, want.td_error, atol=ATOL)
+    for name, module in cached.nets.modules().items():
+        assert _max_diff(module, pixels.nets.modules()[name]) < ATOL, name

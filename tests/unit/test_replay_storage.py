@@ -27,7 +27,7 @@ def _assert_valid_set_exact(shard, expected) -> None:
     assert got == want
     assert shard.ring.num_valid == len(want)
     if valid_slots.size:
-        batch = shard._gather(valid_slots, np.ones(valid_slots.size, np.float32)).unpack()
+        batch = shard._packed(valid_slots, np.ones(valid_slots.size, np.float32)).unpack()
         assert_batch_matches(batch, expected)
 
 
@@ -63,7 +63,7 @@ def test_episode_start_repeats_first_frame():
     src = SyntheticStream(SMALL_SPEC, 7, chunk_length=4, max_episode=30, seed=3, record_expected=True)
     chunk = src.next_chunk()
     shard.insert_chunk(chunk)
-    batch = shard._gather(np.array([1]), np.ones(1, np.float32)).unpack()
+    batch = shard._packed(np.array([1]), np.ones(1, np.float32)).unpack()
     first = chunk.frame[0]
     assert all(np.array_equal(f, first) for f in batch.obs_image[0])
     assert np.array_equal(batch.next_image[0][-1], chunk.frame[1])
