@@ -102,12 +102,18 @@ class Runner:
 
     def summary(self) -> dict:
         median = float(np.median(self.rounds))
-        return {"name": self.name, "feed": self.feed, **self.info, "rounds_s_per_update": self.rounds,
+        info = {k: v for k, v in self.info.items() if k != "new_frames"}
+        if "new_frames" in self.info:  # [frames the cache received, batches] while timed
+            frames, batches = self.info["new_frames"]
+            info["new_frames_per_batch"] = frames / max(batches, 1)
+        return {"name": self.name, "feed": self.feed, **info, "rounds_s_per_update": self.rounds,
                 "s_per_update": median, "updates_per_s": 1.0 / median}
 
 
-def ours(variant: str, args: argparse.Namespace, batches: list[SampleBatch]) -> list[Runner]:
-    """Two runners over one learner: numpy batches through ``update`` and device batches."""
+def ours(variant: str, args: argparse.Namespace, batches: list[SampleBatch],
+         replay: "BenchReplay | None" = None) -> list[Runner]:
+    """Runners over one learner: numpy batches through ``update``, device batches, on CUDA
+    pipelined numpy batches, and with ``replay`` the replay feeds (``BenchReplay``)."""
     precision, *flags = variant.split(":")
     first_conv = [f for f in flags if f in ("blocks", "strided")]
     if (not set(flags) <= {"compile", "graphs", "pre_step", "blocks", "strided"}
@@ -163,7 +169,83 @@ def ours(variant: str, args: argparse.Namespace, batches: list[SampleBatch]) -> 
                Runner(name, "device", device, learner.device, info)]
     if learner.device.type == "cuda":  # on CPU launching is updating: nothing to overlap
         runners.append(Runner(name, "pipeline", pipelined, learner.device, info))
+    if replay is not None:
+        runners += replay.runners(learner, name, info, args.warmup)
     return runners
+
+
+class BenchReplay:
+    """A replay shard in this process, filled, and kept taking inserts at
+    ``--env-steps-per-update`` (the cluster preset's 0.25 updates per env step is 4) while
+    learners sample from it, so that a frame cache keeps receiving new frames as in a run.
+
+    Its runners feed a learner as ``LearnerLoop`` does, update N+1 launched before N's stats
+    are read: "replay" samples pixels (``sample_packed``: the shard's 9 MB gather, the pinned
+    copy and the transfer), "replay_cache" samples for the learner's frame cache
+    (``sample_cached``). The shard's own work (inserts, gathers) runs on this thread here,
+    where in a run it runs in the shard's process; both feeds pay the same inserts.
+    """
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from common.config import ReplayConfig  # the replay is only needed for these feeds
+        from replay.shard import ReplayShard
+        from replay.synthetic import SyntheticStream
+
+        cfg = ReplayConfig(capacity=args.replay_capacity, min_size_to_sample=args.batch_size)
+        self.shard = ReplayShard(SPEC, cfg)
+        stream = SyntheticStream(SPEC, 1, chunk_length=32, max_episode=200, seed=0)
+        self.chunks = [stream.next_chunk() for _ in range(64)]
+        self.seq = 0
+        self.batch_size = args.batch_size
+        self.updates_per_chunk = 32 / args.env_steps_per_update
+        self._due = 0.0
+        while self.shard.ring.counter < args.replay_capacity:
+            self._insert()
+        self._caches = 0
+
+    def _insert(self) -> None:
+        chunk = self.chunks[self.seq % len(self.chunks)]
+        self.shard.insert_chunk(chunk._replace(seq=self.seq))
+        self.seq += 1
+
+    def tick(self) -> None:
+        """Called once per update: inserts a chunk whenever its share of updates has passed."""
+        self._due += 1.0
+        if self._due >= self.updates_per_chunk:
+            self._due -= self.updates_per_chunk
+            self._insert()
+
+    def runners(self, learner: TD3Learner, name: str, info: dict, warmup: int) -> list[Runner]:
+        self._caches += 1
+        cache_id, new_frames = self._caches, [0, 0]  # frames received, batches
+
+        def cached() -> Any:
+            batch = self.shard.sample_cached(self.batch_size, cache_id)
+            new_frames[0] += batch.new_rows.size
+            new_frames[1] += 1
+            return batch
+
+        def feed(sample: Any) -> Any:
+            def run(n: int) -> None:
+                pending = None
+                for _ in range(n):
+                    self.tick()
+                    launched = learner.launch(sample())
+                    if pending is not None:
+                        pending.result()
+                    pending = launched
+                pending.result()
+            return run
+
+        packed = feed(lambda: self.shard.sample_packed(self.batch_size).unpack())
+        from_cache = feed(cached)
+        packed(warmup)
+        from_cache(max(warmup, 2))  # the first batches fill the cache
+        new_frames[:] = [0, 0]
+        cache_info = {**info, "env_steps_per_update": 32 / self.updates_per_chunk,
+                      "replay_capacity": self.shard.ring.capacity, "new_frames": new_frames}
+        return [Runner(name, "replay", packed, learner.device, info),
+                Runner(name, "replay_cache", from_cache, learner.device, cache_info)]
 
 
 def _sb3_model(args: argparse.Namespace, batches: list[SampleBatch]) -> Any:
@@ -248,7 +330,8 @@ def run(args: argparse.Namespace) -> dict:
     batches = synthetic_batches(args.batch_size, POOL)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))
-    runners = [r for v in args.variant or ["auto"] for r in ours(v, args, batches)]
+    replay = BenchReplay(args) if args.replay_feeds else None
+    runners = [r for v in args.variant or ["auto"] for r in ours(v, args, batches, replay)]
     reference = None if args.no_sb3 else sb3(args, batches)
     own = sb3_own_process(args) if reference is not None and device.type == "cpu" else None
     try:
@@ -284,13 +367,13 @@ def table(result: dict) -> str:
     own = "sb3_own_process" in result
     lines = [f"device: {result['device_name']}  torch {result['torch']}  threads "
              f"{result['threads']}  batch {result['batch_size']}  (median of rounds)",
-             f"{'learner':<30} {'feed':<8} {'updates/s':>10} {'s/update':>9} {'vs sb3':>7}"
+             f"{'learner':<30} {'feed':<12} {'updates/s':>10} {'s/update':>9} {'vs sb3':>7}"
              + (f" {'vs sb3 own process':>19}" if own else "")]
     refs = [result[k] for k in ("sb3", "sb3_own_process") if k in result]
     for m in result["ours"] + refs:
         ratio = f"{m['speedup_vs_sb3']:.2f}x" if "speedup_vs_sb3" in m else (
             "1.00x" if m is result.get("sb3") else "-")
-        line = (f"{m['name']:<30} {m['feed']:<8} {m['updates_per_s']:>10.2f} "
+        line = (f"{m['name']:<30} {m['feed']:<12} {m['updates_per_s']:>10.2f} "
                 f"{m['s_per_update']:>9.4f} {ratio:>7}")
         if own:
             other = f"{m['speedup_vs_sb3_own_process']:.2f}x" if "speedup_vs_sb3_own_process" in m \
@@ -327,6 +410,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="precision[:compile][:graphs][:pre_step][:blocks|:strided], "
                              "precision in auto/fp32/bf16, pre_step: td3.policy_critic=pre_step, "
                              "blocks/strided: learner.first_conv; repeatable")
+    parser.add_argument("--replay-feeds", action="store_true",
+                        help="also feed each learner from a replay shard in this process, as "
+                             "pixels and through the learner's frame cache (BenchReplay)")
+    parser.add_argument("--replay-capacity", type=int, default=20_000,
+                        help="slots of that shard")
+    parser.add_argument("--env-steps-per-update", type=float, default=4.0,
+                        help="records inserted into that shard per update")
     parser.add_argument("--no-sb3", action="store_true", help="skip the SB3 reference")
     parser.add_argument("--json", default="", help="also write the JSON here")
     parser.add_argument("--sb3-worker", action="store_true", help=argparse.SUPPRESS)

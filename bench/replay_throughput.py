@@ -3,7 +3,9 @@
 Workload: 84x84 frames, stacks of 4, 23-dim vectors, chunks of --chunk-length records from
 synthetic episodes, batches of --batch-size with both image stacks rebuilt. The same workload
 runs against the frame-deduplicating ReplayShard and a naive shard that stores obs and next_obs
-for every transition (bench/naive_replay.py). Prints one JSON object, then a table.
+for every transition (bench/naive_replay.py). Samples are timed as pixels (PackedBatch) and for
+a learner's frame cache (CachedBatch), alone and while producers insert. Prints one JSON
+object, then a table.
 
     .venv/bin/python -m bench.replay_throughput --seconds 4
 """
@@ -16,6 +18,7 @@ import sys
 import time
 from typing import Any
 
+import numpy as np
 import ray
 
 from bench.naive_replay import NaiveShard, chunk_to_transitions, encode_transitions
@@ -81,22 +84,33 @@ def measure_insert(store: str, shard: Any, producers: int, args: argparse.Namesp
 
 
 def _batch_bytes(batch: Any) -> int:
-    return sum(getattr(batch, k).nbytes for k in batch._fields)
+    """Bytes the batch's arrays hold (for a CachedBatch: rows and new frames, not pixels)."""
+    return sum(v.nbytes for v in batch if isinstance(v, np.ndarray))
 
 
-def measure_sample(shards: list, mode: str, args: argparse.Namespace) -> dict:
-    """Samples for --seconds with --prefetch requests in flight.
+def measure_sample(shards: list, mode: str, args: argparse.Namespace,
+                   producers: list | None = None) -> dict:
+    """Samples for --seconds with --prefetch requests in flight, while ``producers`` (if any)
+    insert into the shards.
 
-    Modes: "ray" goes through ReplayClient (PackedBatch, Ray's serialisation); "msgpack"
-    returns common.codec.encode_batch bytes; "naive" is the naive shard's SampleBatch.
+    Modes: "ray" goes through ReplayClient (PackedBatch, Ray's serialisation); "ray_cache"
+    through ReplayClient for a learner's frame cache (CachedBatch: rows, and only the frames
+    the cache lacks; the learner-side store and gather run on its GPU, so they are not timed
+    here); "msgpack" returns common.codec.encode_batch bytes; "naive" is the naive shard's
+    SampleBatch.
     """
-    client = ReplayClient(shards, SPEC, args.batch_size, prefetch=args.prefetch)
+    cache = ray.get(shards[0].stats.remote())["capacity"] if mode == "ray_cache" else 0
+    client = ReplayClient(shards, SPEC, args.batch_size, prefetch=args.prefetch,
+                          cache_capacity=cache)
     client.sizes()
+    inserting = [p.run.remote(args.seconds) for p in producers or []]
     inflight: collections.deque = collections.deque()
-    count, nbytes, t0 = 0, 0, time.perf_counter()
+    count, batches, nbytes, t0 = 0, 0, 0, time.perf_counter()
     while time.perf_counter() - t0 < args.seconds:
-        if mode == "ray":
+        if mode in ("ray", "ray_cache"):
             batch = client.sample()
+            if batch is None:
+                continue
         else:
             while len(inflight) < args.prefetch:
                 shard = shards[len(inflight) % len(shards)]
@@ -105,9 +119,17 @@ def measure_sample(shards: list, mode: str, args: argparse.Namespace) -> dict:
             reply = ray.get(inflight.popleft())
             batch = decode_batch(reply, SPEC) if mode == "msgpack" else reply
         count += batch.size
+        batches += 1
         nbytes += _batch_bytes(batch)
     elapsed = time.perf_counter() - t0
-    return {"transitions_per_s": count / elapsed, "mb_per_s": nbytes / elapsed / 1e6}
+    out = {"transitions_per_s": count / elapsed, "mb_per_s": nbytes / elapsed / 1e6,
+           "bytes_per_batch": nbytes / max(batches, 1)}
+    if inserting:
+        stored = sum(r[0] for r in ray.get(inserting))
+        out["inserted_transitions_per_s"] = stored / elapsed
+    if mode == "ray_cache":
+        out["new_frames_per_batch"] = client.cache_frames_received / max(batches, 1)
+    return out
 
 
 def bytes_per_transition(store: str, shard: Any) -> float:
@@ -137,7 +159,8 @@ def run(args: argparse.Namespace) -> dict:
                    "insert": measure_insert(store, shard, producers, args),
                    "bytes_per_transition": bytes_per_transition(store, shard)}
             if store == "dedup":
-                row["sample"] = {m: measure_sample([shard], m, args) for m in ("ray", "msgpack")}
+                row["sample"] = {m: measure_sample([shard], m, args)
+                                 for m in ("ray", "ray_cache", "msgpack")}
                 row["shard_busy"] = shard_busy(shard)
             else:
                 row["sample"] = {"ray": measure_sample([shard], "naive", args)}
@@ -147,6 +170,14 @@ def run(args: argparse.Namespace) -> dict:
     for i, shard in enumerate(shards):
         measure_insert("dedup", shard, 1, argparse.Namespace(**{**vars(args), "seconds": 2.0}))
     out["sample_all_shards"] = {"shards": args.shards, **measure_sample(shards, "ray", args)}
+    # The learner's view in a run: sampling while every shard takes inserts, so the cache
+    # keeps receiving the new frames (one producer per shard, as many as on a 2-core box).
+    remote = ray.remote(Producer).options(num_cpus=0)
+    producers = [remote.remote("dedup", shard, args.chunk_length, 500 + i, args.pool)
+                 for i, shard in enumerate(shards)]
+    out["sample_all_shards_while_inserting"] = {
+        "shards": args.shards,
+        **{m: measure_sample(shards, m, args, producers) for m in ("ray", "ray_cache")}}
     return out
 
 
@@ -163,8 +194,22 @@ def table(result: dict) -> str:
             b = r["shard_busy"]
             lines.append(f"dedup {r['producers']} producer(s), shard busy time only: insert "
                          f"{b['insert_tr_per_busy_s']:,.0f} tr/s, sample {b['sample_tr_per_busy_s']:,.0f} tr/s")
+    for r in result["rows"]:
+        if "ray_cache" in r["sample"]:
+            c = r["sample"]["ray_cache"]
+            lines.append(f"dedup {r['producers']} producer(s), frame-cache samples: "
+                         f"{c['transitions_per_s']:,.0f} tr/s, {c['bytes_per_batch'] / 1e3:,.1f} KB "
+                         f"and {c['new_frames_per_batch']:.1f} new frames per batch (no inserts "
+                         f"meanwhile)")
     s = result["sample_all_shards"]
     lines.append(f"sampling from {s['shards']} shards together: {s['transitions_per_s']:,.0f} tr/s")
+    w = result["sample_all_shards_while_inserting"]
+    for m in ("ray", "ray_cache"):
+        lines.append(f"{w['shards']} shards while inserting, {m:9}: "
+                     f"{w[m]['transitions_per_s']:>8,.0f} tr/s, {w[m]['bytes_per_batch'] / 1e3:>7,.1f} "
+                     f"KB/batch, inserts {w[m]['inserted_transitions_per_s']:,.0f} tr/s"
+                     + (f", {w[m]['new_frames_per_batch']:.1f} new frames/batch"
+                        if m == "ray_cache" else ""))
     return "\n".join(lines)
 
 

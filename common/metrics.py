@@ -146,6 +146,9 @@ REPLAY_SAMPLES = MetricDef(
     "carla_td3_replay_samples_total", _C, "Transitions sampled.", _P, ("shard",))
 REPLAY_SIZE = MetricDef("carla_td3_replay_size", _G, "Transitions held.", _P, ("shard",))
 REPLAY_BYTES = MetricDef("carla_td3_replay_bytes", _G, "Bytes of preallocated storage.", _P, ("shard",))
+REPLAY_CACHE_FRAMES = MetricDef(
+    "carla_td3_replay_cache_frames_sent_total", _C,
+    "Camera frames sent to the learner's frame cache.", _P, ("shard",))
 REPLAY_BLOCKED_SECONDS = MetricDef(
     "carla_td3_replay_rate_limiter_blocked_seconds_total", _C,
     "Seconds inserts or samples waited on the rate limiter.", _P, ("shard", "op"))

@@ -32,6 +32,7 @@ _LEARNER_GAUGES: tuple[tuple[str, M.MetricDef, dict[str, str]], ...] = (
 _SHARD_COUNTERS: tuple[tuple[str, M.MetricDef, dict[str, str]], ...] = (
     ("inserts", M.REPLAY_INSERTS, {}),
     ("samples", M.REPLAY_SAMPLES, {}),
+    ("cache_frames_sent", M.REPLAY_CACHE_FRAMES, {}),
     ("insert_blocked_seconds", M.REPLAY_BLOCKED_SECONDS, {"op": "insert"}),
     ("sample_blocked_seconds", M.REPLAY_BLOCKED_SECONDS, {"op": "sample"}),
 )

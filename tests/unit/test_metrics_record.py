@@ -180,19 +180,22 @@ class Clock:
 
 
 def test_shard_recorder_counts_growth_once_a_period_not_the_restored_totals():
-    totals = {"inserts": 500, "samples": 64, "insert_blocked_seconds": 1.5,
-              "sample_blocked_seconds": 0.0, "size": 480, "bytes": 9000}
+    totals = {"inserts": 500, "samples": 64, "cache_frames_sent": 40,
+              "insert_blocked_seconds": 1.5, "sample_blocked_seconds": 0.0, "size": 480,
+              "bytes": 9000}
     sink, clock = M.MemorySink(), Clock()
     recorder = ShardRecorder(sink, 2, lambda: dict(totals), every_s=1.0, clock=clock)
     assert sink.value(M.REPLAY_INSERTS, shard=2) == 0  # restored from a checkpoint: not counted
     assert sink.value(M.REPLAY_SIZE, shard=2) == 480 and sink.value(M.REPLAY_BYTES, shard=2) == 9000
-    totals.update(inserts=532, samples=128, sample_blocked_seconds=0.25, size=512)
+    totals.update(inserts=532, samples=128, cache_frames_sent=70, sample_blocked_seconds=0.25,
+                  size=512)
     recorder.maybe_record()  # within the period: nothing
     assert sink.value(M.REPLAY_INSERTS, shard=2) == 0
     clock.now += 1.0
     recorder.maybe_record()
     assert sink.value(M.REPLAY_INSERTS, shard=2) == 32
     assert sink.value(M.REPLAY_SAMPLES, shard=2) == 64
+    assert sink.value(M.REPLAY_CACHE_FRAMES, shard=2) == 30
     assert sink.value(M.REPLAY_BLOCKED_SECONDS, shard=2, op="sample") == 0.25
     assert sink.value(M.REPLAY_BLOCKED_SECONDS, shard=2, op="insert") == 0
     assert sink.value(M.REPLAY_SIZE, shard=2) == 512
@@ -206,11 +209,12 @@ def test_every_defined_metric_is_recorded_by_the_runtime_recorders():
     record_rollout(sink, RolloutReport(0, 10, [episode], 1, simulator_timeouts=1, reconnects=1,
                                        tick_seconds=[0.01], broadcast_latencies=[0.1]))
     record_learner(sink, _real_learner_report()[0])
-    totals = {"inserts": 0, "samples": 0, "insert_blocked_seconds": 0.0,
+    totals = {"inserts": 0, "samples": 0, "cache_frames_sent": 0, "insert_blocked_seconds": 0.0,
               "sample_blocked_seconds": 0.0, "size": 0, "bytes": 1}
     clock = Clock()
     recorder = ShardRecorder(sink, 0, lambda: dict(totals), clock=clock)
-    totals.update(inserts=10, samples=10, insert_blocked_seconds=1.0, sample_blocked_seconds=1.0)
+    totals.update(inserts=10, samples=10, cache_frames_sent=10, insert_blocked_seconds=1.0,
+                  sample_blocked_seconds=1.0)
     clock.now += 5
     recorder.maybe_record()
     assert sink.names() == set(M.METRICS)
