@@ -25,6 +25,8 @@ from bench.naive_replay import NaiveShard, chunk_to_transitions, encode_transiti
 from common.codec import decode_batch, encode_chunk
 from common.config import ReplayConfig
 from common.specs import EnvSpec
+from common.types import SampleBatch
+from learner.device import packed_frames
 from replay.client import ReplayClient, ShardWriter, ray_system_config
 from replay.shard import ReplayShard
 from replay.synthetic import SyntheticStream
@@ -84,8 +86,13 @@ def measure_insert(store: str, shard: Any, producers: int, args: argparse.Namesp
 
 
 def _batch_bytes(batch: Any) -> int:
-    """Bytes the batch's arrays hold (for a CachedBatch: rows and new frames, not pixels)."""
-    return sum(v.nbytes for v in batch if isinstance(v, np.ndarray))
+    """Bytes the batch's arrays hold, its two image stacks counted once when they are views
+    of one [B, F + 1, H, W] block (a PackedBatch unpacked); for a CachedBatch: rows and new
+    frames, not pixels."""
+    total = sum(v.nbytes for v in batch if isinstance(v, np.ndarray))
+    if isinstance(batch, SampleBatch) and (block := packed_frames(batch)) is not None:
+        total += block.nbytes - batch.obs_image.nbytes - batch.next_image.nbytes
+    return total
 
 
 def measure_sample(shards: list, mode: str, args: argparse.Namespace,

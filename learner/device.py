@@ -189,14 +189,16 @@ class _Slot:
         if pinned is None or tuple(pinned.shape) != tuple(shape) or pinned.numpy().dtype != dtype:
             pinned = torch.from_numpy(np.empty(shape, dtype)).pin_memory()
             self.pinned[name] = pinned
-            self.on_device[name] = torch.empty(pinned.shape, dtype=pinned.dtype, device=device)
-        return pinned, self.on_device[name]
+        return pinned, self.device_buffer(name, pinned.shape, pinned.dtype, device)
 
-    def device_only(self, name: str, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-        """A uint8 device buffer of ``shape`` (no pinned twin), made once per change."""
+    def device_buffer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype,
+                      device: torch.device) -> torch.Tensor:
+        """The slot's device buffer ``name``, made once per change of shape or dtype. The
+        frame block a CachedBatch gathers is the "frames" buffer a PackedBatch's block is
+        copied into, so batches of either kind lie where the CUDA graphs of the slot read."""
         buf = self.on_device.get(name)
-        if buf is None or tuple(buf.shape) != tuple(shape):
-            buf = torch.empty(shape, dtype=torch.uint8, device=device)
+        if buf is None or tuple(buf.shape) != tuple(shape) or buf.dtype != dtype:
+            buf = torch.empty(shape, dtype=dtype, device=device)
             self.on_device[name] = buf
         return buf
 
@@ -209,7 +211,7 @@ class CudaTransfer:
     copy finished, its device buffers only after the update that read them, marked by
     ``release``). A batch whose two image stacks are views of one [B, F + 1, H, W] block
     (what the replay returns) moves that block once; a CachedBatch moves only the frames
-    the cache lacks and gathers its block into a device buffer of its slot.
+    the cache lacks and gathers its block into the slot's device buffer of that block.
     """
 
     def __init__(self, device: torch.device, slots: int = 2) -> None:
@@ -250,8 +252,8 @@ class CudaTransfer:
         out = self._send(slot, arrays)
         if k:
             cache.store(out["new_rows"], out["new_frames"])
-        gathered = slot.device_only("gathered", (*batch.frame_rows.shape, *cache.frames.shape[1:]),
-                                    self.device)
+        gathered = slot.device_buffer("frames", (*batch.frame_rows.shape, *cache.frames.shape[1:]),
+                                      torch.uint8, self.device)
         return _cached_batch(batch, cache.gather(out["frame_rows"], out=gathered), out)
 
     def _take_slot(self) -> _Slot:

@@ -194,3 +194,23 @@ def test_frame_cache_batches_pipelined_match_pixel_batches(graphs):
     np.testing.assert_allclose(stats[-1].td_error, want.td_error, atol=ATOL)
     for name, module in cached.nets.modules().items():
         assert _max_diff(module, pixels.nets.modules()[name]) < ATOL, name
+
+
+def test_cached_and_packed_batches_share_the_slots_the_graphs_read():
+    # A CachedBatch gathers its block into the slot's "frames" buffer, where a PackedBatch's
+    # block is copied: the graphs captured on pixel batches replay cached ones in place.
+    from tests.unit.test_frame_cache import _learner_batches
+
+    spec, batches = _learner_batches(16)
+    base = dataclasses.replace(small_config(), device="cuda", precision="fp32")
+    eager = TD3Learner(spec, base, seed=0)
+    graphed = TD3Learner(spec, dataclasses.replace(base, cuda_graphs=True), seed=0)
+    # Pixel batches first (the graphs are captured on them), then the cache's from its start:
+    # each CachedBatch counts only on the frames of the CachedBatches before it.
+    for batch in [p for _, p in batches[:10]] + [c for c, _ in batches[:6]]:
+        stats_eager, stats_graph = eager.update(batch), graphed.update(batch)
+    np.testing.assert_allclose(stats_graph.td_error, stats_eager.td_error, atol=ATOL)
+    run = graphed._run
+    assert run._static is None and len(run._layouts) == 2
+    for name, module in graphed.nets.modules().items():
+        assert _max_diff(module, eager.nets.modules()[name]) < ATOL, name
