@@ -216,7 +216,16 @@ class LearnerActor:
         self._board.publish.remote(snapshot.version, [self._last_ref], channel, published_at)
 
     def run_updates(self, n: int, max_seconds: float) -> LearnerReport:
-        report = self.loop.run_updates(n, max_seconds)
+        try:
+            report = self.loop.run_updates(n, max_seconds)
+        except Exception:
+            if self._frame_cache:
+                # A batch sampled for the cache may be lost before its frames were stored;
+                # later ones would count on them: the learner and the shards start over.
+                self.learner.drop_frame_cache()
+                self.client.reset_cache()
+                log.warning("event=learner_frame_cache_reset")
+            raise
         record_learner(self.metrics, report)
         return report
 

@@ -302,6 +302,12 @@ class TD3Learner:
         validate_batch(self.spec, batch)
         return self._to_device(batch)
 
+    def drop_frame_cache(self) -> None:
+        """Forgets the frame cache: the next CachedBatch starts an empty one. For when a batch
+        may have been lost before its frames were stored (its client must then start over:
+        ``replay.client.ReplayClient.reset_cache``)."""
+        self._frame_cache.cache = None
+
     def update_on_device(self, b: DeviceBatch) -> UpdateStats:
         """``update`` from a batch already on the learner's device (e.g. from a device-resident
         replay cache); the caller guarantees the spec's shapes and dtypes."""

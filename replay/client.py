@@ -66,6 +66,10 @@ def ray_system_config(spec: EnvSpec, chunk_length: int) -> dict[str, int]:
     return {"max_direct_call_object_size": max(100 * 1024, 2 * chunk_length * record + 4096)}
 
 
+def _new_cache_id() -> int:
+    return int.from_bytes(os.urandom(8), "little") >> 1  # fits an int64 on every wire
+
+
 class ShardWriter:
     """One actor's writer to its shard: a window of inserts in flight, resend when refused.
 
@@ -196,9 +200,10 @@ class ReplayClient:
         self.dropped_priority_keys = 0
         self.cache_capacity = int(cache_capacity)
         self.cache_frames_received = 0
+        self.cache_resets = 0
         # Names this client's frame copy to the shards; a new client (a restarted learner,
         # with an empty cache) gets a new id, so the shards send every frame again.
-        self.cache_id = int.from_bytes(os.urandom(8), "little") >> 1
+        self.cache_id = _new_cache_id()
 
     @property
     def num_shards(self) -> int:
@@ -305,6 +310,15 @@ class ReplayClient:
             return self._to_cache_rows(index, reply)
         return reply.unpack()
 
+    def reset_cache(self) -> None:
+        """Starts the learner's frame copy over (call it after the learner dropped its cache,
+        e.g. when a batch may have been lost before its frames were stored): a new cache id,
+        so each shard sends every frame again, and the requests in flight, answered for the
+        old copy, dropped. A shard runs them before any request with the new id."""
+        self.cache_id = _new_cache_id()
+        self.cache_resets += 1
+        self._inflight = []
+
     def _to_cache_rows(self, index: int, reply: CachedBatch) -> CachedBatch:
         """Shard ``index``'s ring slots as rows of the learner's cache of all shards."""
         if reply.cache_rows != self.cache_capacity:
@@ -347,6 +361,7 @@ class ReplayClient:
                 "failed_samples": self.failed_samples,
                 "dropped_priority_keys": self.dropped_priority_keys,
                 "cache_frames_received": self.cache_frames_received,
+                "cache_resets": self.cache_resets,
                 "shard_failures": sum(h.failures for h in self.health),
                 "shard_rejoins": sum(h.rejoins for h in self.health),
                 "shards_unavailable": sum(not h.up for h in self.health)}

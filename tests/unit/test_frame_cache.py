@@ -191,3 +191,83 @@ def test_frame_cache_choice():
     bad = replace(cfg, learner=replace(cfg.learner, frame_cache="gpu"))
     with pytest.raises(ConfigError, match=r"learner.frame_cache \('gpu'\) must be one of"):
         build.validate(bad)
+
+
+def _assert_cache_holds_what_shards_sent(cache: FrameCache, client, shards, capacity: int) -> None:
+    """Every frame a shard counts as sent to the cache is in the cache, byte for byte, once
+    the replies still in flight (LocalShard answers at once) are stored too."""
+    for index, ref, _ in client._inflight:
+        reply = ref.result()
+        if isinstance(reply, CachedBatch):
+            _pixels(cache, client._to_cache_rows(index, reply))
+    client._inflight = []
+    checked = 0
+    for index, shard in enumerate(shards):
+        sent = np.flatnonzero(shard._cache_stamp == shard.ring.stamp)
+        held = cache.frames[torch.from_numpy(sent + index * capacity)].numpy()
+        assert np.array_equal(held, shard.ring.frame[sent]), f"shard {index}"
+        checked += sent.size
+    assert checked > 0
+
+
+def test_client_reset_drops_replies_for_the_old_copy_and_starts_a_new_one():
+    shards = [small_shard(capacity=80, shard_index=i) for i in range(2)]
+    client = ReplayClient([LocalShard(s) for s in shards], SMALL_SPEC, batch_size=16,
+                          prefetch=3, cache_capacity=80)
+    streams = make_streams(SMALL_SPEC, 2, chunk_length=6, max_episode=8)
+    old = FrameCache(SMALL_SPEC, 160, CPU)
+    for _ in range(5):
+        for i, s in enumerate(streams):
+            shards[i].insert_chunk(s.next_chunk())
+        _pixels(old, client.sample())
+    old_id = client.cache_id
+    client.reset_cache()  # e.g. the learner lost a batch and dropped its cache
+    assert client.cache_id != old_id and client.stats()["cache_resets"] == 1
+    fresh = FrameCache(SMALL_SPEC, 160, CPU)
+    for _ in range(10):
+        for i, s in enumerate(streams):
+            shards[i].insert_chunk(s.next_chunk())
+        assert_batch_matches(_pixels(fresh, client.sample()), expected_by_id(streams))
+    _assert_cache_holds_what_shards_sent(fresh, client, shards, 80)
+
+
+def test_a_learner_failing_mid_batch_restarts_its_cache_and_its_shards(monkeypatch):
+    from common.metrics import NullSink
+    from deploy.ray_actors import LearnerActor
+    from learner.loop import LearnerLoop
+    from tests.unit.learner_fixtures import SMALL_SPEC as LEARNER_SPEC
+    from common.config import ReplayConfig
+    from replay.shard import ReplayShard
+
+    cfg = ReplayConfig(capacity=100, min_size_to_sample=16)
+    shards = [ReplayShard(LEARNER_SPEC, cfg, shard_index=i) for i in range(2)]
+    streams = make_streams(LEARNER_SPEC, 2, chunk_length=8, max_episode=20)
+    for _ in range(4):
+        for shard, stream in zip(shards, streams):
+            shard.insert_chunk(stream.next_chunk())
+    actor = LearnerActor.__new__(LearnerActor)  # its parts, without Ray, the board or a run dir
+    actor.learner = TD3Learner(LEARNER_SPEC, small_config(), 0)
+    actor.client = ReplayClient([LocalShard(s) for s in shards], LEARNER_SPEC, batch_size=16,
+                                prefetch=2, cache_capacity=100)
+    actor.loop = LearnerLoop(actor.learner, actor.client.sample, lambda snapshot: None, 1000)
+    actor.metrics, actor._frame_cache = NullSink(), True
+    actor.run_updates(3, 30.0)
+    stores = {"calls": 0}
+    real_store = FrameCache.store
+
+    def store_fails_once(self, rows, frames):
+        stores["calls"] += 1
+        if stores["calls"] == 1:
+            raise RuntimeError("CUDA error: out of memory")  # after the batch was taken
+        real_store(self, rows, frames)
+
+    monkeypatch.setattr(FrameCache, "store", store_fails_once)
+    for shard, stream in zip(shards, streams):  # new frames for the next batches
+        shard.insert_chunk(stream.next_chunk())
+    with pytest.raises(RuntimeError, match="out of memory"):
+        actor.run_updates(3, 30.0)
+    assert actor.learner._frame_cache.cache is None and actor.client.cache_resets == 1
+    report = actor.run_updates(6, 30.0)
+    assert report.updates == 6
+    _assert_cache_holds_what_shards_sent(actor.learner._frame_cache.cache, actor.client,
+                                         shards, 100)
