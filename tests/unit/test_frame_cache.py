@@ -157,7 +157,8 @@ def test_learner_fed_cached_batches_makes_the_updates_of_pixel_batches():
 @pytest.mark.parametrize("field, bad, match", [
     ("frame_rows", lambda b: b.frame_rows + 1000, r"frame_rows: rows \[\d+, \d+\] outside"),
     ("frame_rows", lambda b: b.frame_rows.astype(np.int32), r"frame_rows: expected int64"),
-    ("new_rows", lambda b: np.concatenate([b.new_rows, b.new_rows[:1]]), r"new_rows"),
+    ("new_rows", lambda b: np.concatenate([b.new_rows, b.new_rows[:1]]),
+     r"new_rows: rows must be distinct, \[\d+\] repeat"),
     ("new_frames", lambda b: b.new_frames[:, :-1], r"new_frames: expected uint8"),
     ("cache_rows", lambda b: 999, r"cache_rows \(999\) != the learner's frame cache \(120\)"),
     ("obs_vector", lambda b: np.full_like(b.obs_vector, np.nan), r"vector"),
