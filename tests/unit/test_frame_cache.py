@@ -96,11 +96,17 @@ def test_refused_cached_sample_marks_nothing():
     assert shard.stats()["cache_frames_sent"] == 0 and (shard._cache_stamp == -1).all()
 
 
-def test_client_places_each_shard_in_its_own_rows_and_batches_match_the_env():
+def _cached_client():
+    """A client of two in-process shards of 80 slots sampling for a frame cache, and the
+    streams that feed shard 0 and shard 1."""
     shards = [small_shard(capacity=80, shard_index=i) for i in range(2)]
     client = ReplayClient([LocalShard(s) for s in shards], SMALL_SPEC, batch_size=16,
                           prefetch=3, cache_capacity=80)
-    streams = make_streams(SMALL_SPEC, 2, chunk_length=6, max_episode=8)
+    return client, shards, make_streams(SMALL_SPEC, 2, chunk_length=6, max_episode=8)
+
+
+def test_client_places_each_shard_in_its_own_rows_and_batches_match_the_env():
+    client, shards, streams = _cached_client()
     cache = FrameCache(SMALL_SPEC, 160, CPU)
     owners = set()
     for _ in range(30):
@@ -212,10 +218,7 @@ def _assert_cache_holds_what_shards_sent(cache: FrameCache, client, shards, capa
 
 
 def test_client_reset_drops_replies_for_the_old_copy_and_starts_a_new_one():
-    shards = [small_shard(capacity=80, shard_index=i) for i in range(2)]
-    client = ReplayClient([LocalShard(s) for s in shards], SMALL_SPEC, batch_size=16,
-                          prefetch=3, cache_capacity=80)
-    streams = make_streams(SMALL_SPEC, 2, chunk_length=6, max_episode=8)
+    client, shards, streams = _cached_client()
     old = FrameCache(SMALL_SPEC, 160, CPU)
     for _ in range(5):
         for i, s in enumerate(streams):
