@@ -238,15 +238,14 @@ class ReplayShard:
             return drawn
         slots, weight = drawn
         index, fields = self._gather(slots, weight)
-        needed = np.unique(index)
-        stamps = self.ring.stamp[needed]
-        new = self._cache_stamp[needed] != stamps
-        new_slots = needed[new]
+        flat = index.ravel()
+        # Deduplicate only the few slots the copy lacks, not the batch's 5 x B.
+        new_slots = np.unique(flat[self._cache_stamp[flat] != self.ring.stamp[flat]])
         batch = CachedBatch(frame_rows=index.astype(np.int64),
                             new_rows=new_slots.astype(np.int64),
                             new_frames=self.ring.frame[new_slots],
                             cache_rows=self.ring.capacity, **fields)
-        self._cache_stamp[new_slots] = stamps[new]
+        self._cache_stamp[new_slots] = self.ring.stamp[new_slots]
         self.counts["cache_frames_sent"] += int(new_slots.size)
         self.counts["sample_busy_seconds"] += time.perf_counter() - t0
         return batch
