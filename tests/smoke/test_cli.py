@@ -66,7 +66,10 @@ def test_ctrl_c_checkpoints_and_leaves_no_process_behind(tmp_path):
         CLI + ["train", "--preset", "smoke", "--steps", "100000", "--no-dashboard",
                "--runs", str(tmp_path), "--name", "interrupted"],
         cwd=ROOT, env={**os.environ, "CARLA_TD3_LOG": "INFO"}, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True)
+        stderr=subprocess.STDOUT, text=True,
+        # A shell without job control starts background commands with SIGINT ignored, and
+        # Python then keeps ignoring it: the CLI is started as a terminal would start it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and not list((run / "checkpoints").glob("ckpt-*")):
