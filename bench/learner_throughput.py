@@ -9,7 +9,9 @@ fed numpy batches through ``update`` (validation and host-to-device copy include
 laid out as the replay returns them, both image stacks views of one F + 1 frame block), fed
 batches that already sit on the device (``update_on_device``, what a device-resident replay
 cache gives), and on CUDA "pipeline": numpy batches with update N+1 launched before N's stats
-are read, as ``learner.loop.LearnerLoop`` runs them. The reference is SB3 ``TD3("MultiInputPolicy", share_features_extractor=False)``
+are read, as ``learner.loop.LearnerLoop`` runs them; with ``--replay-feeds``, also fed from a
+replay shard that keeps taking inserts, as pixels ("replay") and through the learner's frame
+cache ("replay_cache"; ``bench/replay_feed.py``). The reference is SB3 ``TD3("MultiInputPolicy", share_features_extractor=False)``
 trained with ``model.train(gradient_steps, 256)`` from a filled replay buffer, same device and
 threads. On a CPU it runs twice: in this process, after this learner has set glibc's allocator
 to keep freed memory (``learner.device.keep_freed_memory``, process-wide, so SB3 gets it too),
@@ -39,6 +41,7 @@ import torch
 from common.config import LearnerConfig, NetworkConfig, PolicyCritic, TD3Config
 from common.specs import EnvSpec
 from common.types import SampleBatch
+from bench.replay_feed import BenchReplay
 from learner.td3 import TD3Learner
 
 SPEC = EnvSpec()
@@ -111,7 +114,7 @@ class Runner:
 
 
 def ours(variant: str, args: argparse.Namespace, batches: list[SampleBatch],
-         replay: "BenchReplay | None" = None) -> list[Runner]:
+         replay: BenchReplay | None = None) -> list[Runner]:
     """Runners over one learner: numpy batches through ``update``, device batches, on CUDA
     pipelined numpy batches, and with ``replay`` the replay feeds (``BenchReplay``)."""
     precision, *flags = variant.split(":")
@@ -170,82 +173,9 @@ def ours(variant: str, args: argparse.Namespace, batches: list[SampleBatch],
     if learner.device.type == "cuda":  # on CPU launching is updating: nothing to overlap
         runners.append(Runner(name, "pipeline", pipelined, learner.device, info))
     if replay is not None:
-        runners += replay.runners(learner, name, info, args.warmup)
+        runners += [Runner(name, feed, step, learner.device, feed_info)
+                    for feed, step, feed_info in replay.feeds(learner, info, args.warmup)]
     return runners
-
-
-class BenchReplay:
-    """A replay shard in this process, filled, and kept taking inserts at
-    ``--env-steps-per-update`` (the cluster preset's 0.25 updates per env step is 4) while
-    learners sample from it, so that a frame cache keeps receiving new frames as in a run.
-
-    Its runners feed a learner as ``LearnerLoop`` does, update N+1 launched before N's stats
-    are read: "replay" samples pixels (``sample_packed``: the shard's 9 MB gather, the pinned
-    copy and the transfer), "replay_cache" samples for the learner's frame cache
-    (``sample_cached``). The shard's own work (inserts, gathers) runs on this thread here,
-    where in a run it runs in the shard's process; both feeds pay the same inserts.
-    """
-
-    def __init__(self, args: argparse.Namespace) -> None:
-        from common.config import ReplayConfig  # the replay is only needed for these feeds
-        from replay.shard import ReplayShard
-        from replay.synthetic import SyntheticStream
-
-        cfg = ReplayConfig(capacity=args.replay_capacity, min_size_to_sample=args.batch_size)
-        self.shard = ReplayShard(SPEC, cfg)
-        stream = SyntheticStream(SPEC, 1, chunk_length=32, max_episode=200, seed=0)
-        self.chunks = [stream.next_chunk() for _ in range(64)]
-        self.seq = 0
-        self.batch_size = args.batch_size
-        self.updates_per_chunk = 32 / args.env_steps_per_update
-        self._due = 0.0
-        while self.shard.ring.counter < args.replay_capacity:
-            self._insert()
-        self._caches = 0
-
-    def _insert(self) -> None:
-        chunk = self.chunks[self.seq % len(self.chunks)]
-        self.shard.insert_chunk(chunk._replace(seq=self.seq))
-        self.seq += 1
-
-    def tick(self) -> None:
-        """Called once per update: inserts a chunk whenever its share of updates has passed."""
-        self._due += 1.0
-        if self._due >= self.updates_per_chunk:
-            self._due -= self.updates_per_chunk
-            self._insert()
-
-    def runners(self, learner: TD3Learner, name: str, info: dict, warmup: int) -> list[Runner]:
-        self._caches += 1
-        cache_id, new_frames = self._caches, [0, 0]  # frames received, batches
-
-        def cached() -> Any:
-            batch = self.shard.sample_cached(self.batch_size, cache_id)
-            new_frames[0] += batch.new_rows.size
-            new_frames[1] += 1
-            return batch
-
-        def feed(sample: Any) -> Any:
-            def run(n: int) -> None:
-                pending = None
-                for _ in range(n):
-                    self.tick()
-                    launched = learner.launch(sample())
-                    if pending is not None:
-                        pending.result()
-                    pending = launched
-                pending.result()
-            return run
-
-        packed = feed(lambda: self.shard.sample_packed(self.batch_size).unpack())
-        from_cache = feed(cached)
-        packed(warmup)
-        from_cache(max(warmup, 2))  # the first batches fill the cache
-        new_frames[:] = [0, 0]
-        cache_info = {**info, "env_steps_per_update": 32 / self.updates_per_chunk,
-                      "replay_capacity": self.shard.ring.capacity, "new_frames": new_frames}
-        return [Runner(name, "replay", packed, learner.device, info),
-                Runner(name, "replay_cache", from_cache, learner.device, cache_info)]
 
 
 def _sb3_model(args: argparse.Namespace, batches: list[SampleBatch]) -> Any:
