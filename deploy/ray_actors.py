@@ -20,8 +20,8 @@ from actors.rollout import RolloutReport
 from common import config as C
 from common import metrics as M
 from common.errors import CheckpointError
-from common.types import CachedBatch
 from common.metrics import MetricsSink, NullSink
+from common.types import CachedBatch
 from deploy import build
 from deploy.metrics_record import ShardRecorder, record_learner, record_publish, record_rollout
 from deploy.rundir import RunDir
@@ -185,7 +185,7 @@ class LearnerActor:
         cached = use_frame_cache(cfg.learner.frame_cache, self.learner.device, cfg.spec,
                                  len(shards) * capacity)
         log.info("event=learner_frame_cache on=%s rows=%d", cached, len(shards) * capacity)
-        self._frame_cache = cached
+        self._frame_cache_on = cached
         self.client = ReplayClient(shards, cfg.spec, batch_size=cfg.learner.td3.batch_size,
                                    prefetch=cfg.learner.prefetch, seed=seed,
                                    cache_capacity=capacity if cached else 0)
@@ -219,7 +219,7 @@ class LearnerActor:
         try:
             report = self.loop.run_updates(n, max_seconds)
         except Exception:
-            if self._frame_cache:
+            if self._frame_cache_on:
                 # A batch sampled for the cache may be lost before its frames were stored;
                 # later ones would count on them: the learner and the shards start over.
                 self.learner.drop_frame_cache()
@@ -243,7 +243,7 @@ class LearnerActor:
     def frame_cache(self) -> str:
         """"device" when batches take their frames from the learner's frame cache, else "off"
         (``learner.frame_cache`` as resolved)."""
-        return "device" if self._frame_cache else "off"
+        return "device" if self._frame_cache_on else "off"
 
     def pid(self) -> int:
         return os.getpid()

@@ -55,10 +55,6 @@ class FrameCache:
         size = spec.image_size
         self.frames = torch.zeros((self.rows, size, size), dtype=torch.uint8, device=device)
 
-    @property
-    def nbytes(self) -> int:
-        return self.frames.numel()
-
     def store(self, rows: torch.Tensor, frames: torch.Tensor) -> None:
         """Writes ``frames`` [K, H, W] into ``rows`` [K] (int64, distinct, on the device)."""
         if rows.numel():

@@ -25,9 +25,9 @@ from common.specs import EnvSpec
 from common.types import CachedBatch, SampleBatch
 from learner import losses, state
 from learner.augment import draw_shifts
-from learner.frame_cache import LazyFrameCache
 from learner.device import (DeviceBatch, configure_backends, resolve_device,
                             transfer_for, validate_batch)
+from learner.frame_cache import LazyFrameCache
 from learner.graphs import Draws, executor_for
 from learner.lanes import Lanes
 from learner.pixels import prepare_image

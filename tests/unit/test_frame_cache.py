@@ -254,7 +254,7 @@ def test_a_learner_failing_mid_batch_restarts_its_cache_and_its_shards(monkeypat
     actor.client = ReplayClient([LocalShard(s) for s in shards], LEARNER_SPEC, batch_size=16,
                                 prefetch=2, cache_capacity=100)
     actor.loop = LearnerLoop(actor.learner, actor.client.sample, lambda snapshot: None, 1000)
-    actor.metrics, actor._frame_cache = NullSink(), True
+    actor.metrics, actor._frame_cache_on = NullSink(), True
     actor.run_updates(3, 30.0)
     stores = {"calls": 0}
     real_store = FrameCache.store
