@@ -72,7 +72,8 @@ def profile_updates(args: argparse.Namespace) -> dict:
             "top": [{"op": k, "calls_per_update": c, "us_per_update": us} for k, c, us in per_op]}
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (bench/gpu_check.sh's calls are checked against it)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="fp32", help="fp32, bf16 or auto")
@@ -85,6 +86,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="learner.first_conv: auto, strided or blocks")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--json", default="")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
     result = profile_updates(args)
     print(f"device: {result['device']}  precision {args.precision}  compile {args.compile}  "

@@ -113,19 +113,27 @@ class Runner:
                 "s_per_update": median, "updates_per_s": 1.0 / median}
 
 
+def parse_variant(variant: str) -> tuple[str, set[str], str]:
+    """(precision, flags, learner.first_conv) of "precision[:compile][:graphs][:pre_step]
+    [:blocks|:strided]"; SystemExit naming the variant if it is not of that form."""
+    precision, *flags = variant.split(":")
+    first_conv = [f for f in flags if f in ("blocks", "strided")]
+    if (precision not in ("auto", "fp32", "bf16") or len(first_conv) > 1
+            or not set(flags) <= {"compile", "graphs", "pre_step", "blocks", "strided"}):
+        raise SystemExit(f"variant {variant!r}: expected "
+                         "precision[:compile][:graphs][:pre_step][:blocks|:strided], "
+                         "precision in auto/fp32/bf16")
+    return precision, set(flags), (first_conv or ["auto"])[0]
+
+
 def ours(variant: str, args: argparse.Namespace, batches: list[SampleBatch],
          replay: BenchReplay | None = None) -> list[Runner]:
     """Runners over one learner: numpy batches through ``update``, device batches, on CUDA
     pipelined numpy batches, and with ``replay`` the replay feeds (``BenchReplay``)."""
-    precision, *flags = variant.split(":")
-    first_conv = [f for f in flags if f in ("blocks", "strided")]
-    if (not set(flags) <= {"compile", "graphs", "pre_step", "blocks", "strided"}
-            or len(first_conv) > 1):
-        raise SystemExit(f"variant {variant!r}: expected "
-                         "precision[:compile][:graphs][:pre_step][:blocks|:strided]")
+    precision, flags, first_conv = parse_variant(variant)
     order = PolicyCritic.PRE_STEP if "pre_step" in flags else PolicyCritic.STEPPED
     cfg = LearnerConfig(device=args.device, precision=precision, compile="compile" in flags,
-                        cuda_graphs="graphs" in flags, first_conv=(first_conv or ["auto"])[0],
+                        cuda_graphs="graphs" in flags, first_conv=first_conv,
                         td3=TD3Config(batch_size=args.batch_size, policy_critic=order),
                         network=NetworkConfig(encoder_features=512, hidden_sizes=(256, 256)))
     learner = TD3Learner(SPEC, cfg, seed=0)
@@ -325,7 +333,8 @@ def check_round_sizes(args: argparse.Namespace) -> None:
                              f"critic and policy updates")
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (bench/gpu_check.sh's calls are checked against it)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument("--batch-size", type=int, default=256)
@@ -350,6 +359,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-sb3", action="store_true", help="skip the SB3 reference")
     parser.add_argument("--json", default="", help="also write the JSON here")
     parser.add_argument("--sb3-worker", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.sb3_worker:
         sb3_worker(args)
