@@ -134,7 +134,7 @@ def plot_learners(results: list[tuple[Path, dict[str, Any]]], out: Path) -> Path
         ax.legend(loc="lower right", fontsize=8)
         ax.invert_yaxis()
         ax.set_title(f"{result.get('device_name', '?')}, {result.get('threads', '?')} threads, "
-                     f"batch {result.get('batch_size', '?')} ({source.name})", fontsize=9)
+                     f"batch {result.get('batch_size', '?')}\n{source.name}", fontsize=9)
         ax.set_xlabel("updates / s")
     fig.tight_layout()
     path = out / "learner_throughput.png"
