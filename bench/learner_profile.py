@@ -90,8 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     result = profile_updates(args)
     print(f"device: {result['device']}  precision {args.precision}  compile {args.compile}  "
           f"batch {args.batch_size}")

@@ -42,6 +42,7 @@ from common.config import LearnerConfig, NetworkConfig, PolicyCritic, TD3Config
 from common.specs import EnvSpec
 from common.types import SampleBatch
 from bench.replay_feed import BenchReplay
+from learner.precision import PRECISIONS
 from learner.td3 import TD3Learner
 
 SPEC = EnvSpec()
@@ -118,11 +119,11 @@ def parse_variant(variant: str) -> tuple[str, set[str], str]:
     [:blocks|:strided]"; SystemExit naming the variant if it is not of that form."""
     precision, *flags = variant.split(":")
     first_conv = [f for f in flags if f in ("blocks", "strided")]
-    if (precision not in ("auto", "fp32", "bf16") or len(first_conv) > 1
+    if (precision not in PRECISIONS or len(first_conv) > 1
             or not set(flags) <= {"compile", "graphs", "pre_step", "blocks", "strided"}):
         raise SystemExit(f"variant {variant!r}: expected "
                          "precision[:compile][:graphs][:pre_step][:blocks|:strided], "
-                         "precision in auto/fp32/bf16")
+                         f"precision in {'/'.join(PRECISIONS)}")
     return precision, set(flags), (first_conv or ["auto"])[0]
 
 
@@ -363,8 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.sb3_worker:
         sb3_worker(args)
         return
