@@ -32,6 +32,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import pytest
 
+from tests.system_tools import require_tool
+
 
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now."""
@@ -171,7 +173,9 @@ class PrometheusServer:
 def prometheus(tmp_path: pathlib.Path) -> Iterator[Callable[..., PrometheusServer]]:
     """A factory: ``prometheus(targets, scrape_interval_s=1.0)`` -> a started server whose
     targets are all up (``wait_up=False``: not waited for, e.g. a target that starts later).
-    Every server it started is stopped at teardown."""
+    Every server it started is stopped at teardown. Skips the test where the binary is
+    missing (fails it under CI=true; see ``tests/system_tools.py``)."""
+    require_tool("prometheus")
     servers: list[PrometheusServer] = []
 
     def start(targets: Sequence[str], scrape_interval_s: float = 1.0,

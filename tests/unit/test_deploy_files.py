@@ -48,7 +48,7 @@ def carla(compose):
 
 def _tool(name: str) -> str:
     path = shutil.which(name, path=f"{BIN}:{shutil.os.environ.get('PATH', '')}")
-    assert path, f"{name} not found (check-jsonschema: pip extra 'test'; promtool: Debian package prometheus)"
+    assert path, f"{name} not found (pip extra 'test')"
     return path
 
 
@@ -173,22 +173,21 @@ def test_prometheus_reads_the_discovery_file_ray_writes(compose):
     assert "./deploy/prometheus:/etc/prometheus:ro" in compose["services"]["prometheus"]["volumes"]
 
 
-def test_promtool_accepts_the_prometheus_config_and_rules():
-    promtool = _tool("promtool")
+def test_promtool_accepts_the_prometheus_config_and_rules(promtool):
     config = _run(promtool, "check", "config", "--syntax-only", str(PROMETHEUS / "prometheus.yml"))
     assert config.returncode == 0, config.stdout + config.stderr
     rules = _run(promtool, "check", "rules", *map(str, sorted((PROMETHEUS / "rules").glob("*.yml"))))
     assert rules.returncode == 0, rules.stdout + rules.stderr
 
 
-def test_promtool_accepts_every_dashboard_query(tmp_path):
+def test_promtool_accepts_every_dashboard_query(promtool, tmp_path):
     dash = json.loads((GRAFANA / "dashboards/carla-td3.json").read_text())
     exprs = [t["expr"].replace("$__rate_interval", "1m") for p in dash["panels"] for t in p.get("targets", [])]
     rules = {"groups": [{"name": "dashboard", "rules": [
         {"record": f"dashboard:expr{i}", "expr": e} for i, e in enumerate(exprs)]}]}
     path = tmp_path / "dashboard_rules.yml"
     path.write_text(yaml.safe_dump(rules))
-    result = _run(_tool("promtool"), "check", "rules", str(path))
+    result = _run(promtool, "check", "rules", str(path))
     assert result.returncode == 0 and f"{len(exprs)} rules found" in result.stdout, result.stdout + result.stderr
 
 
@@ -216,16 +215,79 @@ def test_dockerfile_runs_as_non_root_and_copies_only_existing_paths():
             assert (ROOT / src).exists(), f"Dockerfile copies missing {src}"
 
 
-def test_image_pins_the_versions_the_tests_run_against():
+def _dockerignored(path: str, patterns: list[str]) -> bool:
+    """Whether ``.dockerignore`` keeps ``path`` (relative, '/'-separated) out of the build
+    context: a pattern matches the path or a folder above it, ``**`` any folders, ``!`` re-includes;
+    the last matching pattern wins."""
+    def regex(pattern: str) -> str:
+        parts = re.split(r"(\*\*/?|\*|\?)", pattern.strip("/"))
+        sub = {"**/": "(.*/)?", "**": ".*", "*": "[^/]*", "?": "[^/]"}
+        return "".join(sub.get(p, re.escape(p)) for p in parts)
+    prefixes = ["/".join(path.split("/")[:i]) for i in range(1, path.count("/") + 2)]
+    excluded = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        if any(re.fullmatch(regex(pattern.lstrip("!")), p) for p in prefixes):
+            excluded = not negate
+    return excluded
+
+
+def test_dockerignore_keeps_what_the_dockerfile_copies_and_drops_local_state():
+    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    dockerfile = (DOCKER / "Dockerfile").read_text()
+    copies = re.findall(r"^COPY (?!--from)(.+) \S+$", dockerfile, re.M)
+    sources = [src for srcs in copies for src in srcs.split()]
+    assert sources
+    for src in sources:
+        files = [src] + [p.relative_to(ROOT).as_posix() for p in (ROOT / src).rglob("*")
+                         if p.is_file() and "__pycache__" not in p.parts]
+        kept_out = [f for f in files if _dockerignored(f, patterns)]
+        assert not kept_out, f".dockerignore excludes what the Dockerfile copies: {kept_out[:5]}"
+    for path in (".venv/bin/python", "runs/x/config.json", ".git/HEAD", "deploy/__pycache__/cli.pyc",
+                 "common/x.pyc", ".pytest_cache/v", "docs/learning/episode.mp4"):
+        assert _dockerignored(path, patterns), path
+
+
+def _pins() -> dict[str, str]:
+    """constraints.txt's pins that apply to this interpreter and platform (markers evaluated)."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
     pins = {}
-    for line in (DOCKER / "constraints.txt").read_text().splitlines():
-        if line and not line.startswith("#"):
-            name, version = line.split("==")
-            pins[re.sub(r"\[.*\]", "", name)] = version
-    assert {"ray", "torch", "carla", "numpy", "prometheus-client"} <= set(pins)
-    for name, version in pins.items():
-        installed = importlib.metadata.version(name).split("+")[0]
-        assert installed == version, f"{name}: image pins {version}, tests run {installed}"
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        line = line.split(" #")[0].strip()
+        if not line or line.startswith("#"):
+            continue
+        req = Requirement(line)
+        if req.marker is None or req.marker.evaluate():
+            (spec,) = req.specifier
+            assert spec.operator == "==", f"constraints.txt: {line!r} is not an exact pin"
+            assert canonicalize_name(req.name) not in pins, f"constraints.txt pins {req.name} twice"
+            pins[canonicalize_name(req.name)] = spec.version
+    return pins
+
+
+def test_the_suite_runs_the_pinned_versions():
+    pins = _pins()
+    assert {"ray", "torch", "carla", "numpy", "prometheus-client", "opencv-python-headless",
+            "tqdm", "tensorboard", "pytest"} <= set(pins)
+    for dist in importlib.metadata.distributions():
+        name = re.sub(r"[-_.]+", "-", dist.metadata["Name"]).lower()
+        if name in pins:
+            installed = dist.version.split("+")[0]  # torch's CPU build is 2.13.0+cpu
+            assert installed == pins[name], f"{name}: constraints.txt pins {pins[name]}, tests run {installed}"
+
+
+def test_every_install_goes_through_the_one_lock_file():
+    makefile = (ROOT / "Makefile").read_text()
+    assert "--constraint constraints.txt" in makefile
+    assert all("$(PIP)" in line for line in makefile.splitlines() if "pip install" in line
+               and "--upgrade pip" not in line and not line.startswith("PIP"))
+    dockerfile = (DOCKER / "Dockerfile").read_text()
+    installs = [line for line in dockerfile.replace("\\\n", " ").splitlines() if "uv pip install" in line]
+    assert installs and all("--constraint /opt/carla-td3/constraints.txt" in line for line in installs)
+    assert "make test" in (ROOT / ".ci/run").read_text()
 
 
 def test_entrypoint_is_valid_bash_and_refuses_to_start_ray_without_a_token():
