@@ -35,6 +35,31 @@ def _metrics_export_port(metrics: C.MetricsConfig) -> int | None:
         return int(s.getsockname()[1])
 
 
+def _dashboard_auth_line(auth_mode: str | None, ray_cli: str) -> str:
+    """The log line after the dashboard URL: how to get the token it asks for, or that it asks none.
+
+    Args:
+        auth_mode: ``RAY_AUTH_MODE`` after ``ray.init`` (a new local Ray sets it to ``token``
+            unless the user set it).
+        ray_cli: the ``ray`` command of this environment.
+
+    Returns:
+        A key=value line: ``mode=token`` with the command that prints the token, or
+        ``mode=disabled``.
+    """
+    if (auth_mode or "").strip().lower() == "token":
+        return f'event=ray_dashboard_auth mode=token token_command="{ray_cli} get-auth-token"'
+    return "event=ray_dashboard_auth mode=disabled"
+
+
+def _ray_cli() -> str:
+    """The ``ray`` command next to this interpreter (the virtualenv's), else ``ray``."""
+    import sys
+
+    path = Path(sys.executable).with_name("ray")
+    return str(path) if path.exists() else "ray"
+
+
 def _init_ray(cfg: C.RunConfig, ray_address: str | None, dashboard: bool) -> bool:
     """Starts local Ray (sized for the fleet) or joins ``ray_address``. Returns True if started.
 
@@ -52,6 +77,7 @@ def _init_ray(cfg: C.RunConfig, ray_address: str | None, dashboard: bool) -> boo
                        _system_config=ray_system_config(cfg.spec, cfg.replay.chunk_length))
     if dashboard and context.dashboard_url:
         log.info("event=ray_dashboard url=http://%s", context.dashboard_url)
+        log.info(_dashboard_auth_line(os.environ.get("RAY_AUTH_MODE"), _ray_cli()))
     if port is not None:
         log.info("event=metrics_endpoint backend=ray url=http://127.0.0.1:%d/metrics", port)
     return True
