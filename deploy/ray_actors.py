@@ -22,11 +22,12 @@ from common import metrics as M
 from common.errors import CheckpointError
 from common.metrics import MetricsSink, NullSink
 from common.types import CachedBatch
-from deploy import build
+from deploy import build, precision_record
 from deploy.metrics_record import ShardRecorder, record_learner, record_publish, record_rollout
 from deploy.rundir import RunDir
 from deploy.weights_ray import RayWeightSource
 from deploy.weights_shm import ShmWeightWriter, channel_dir
+from learner.device import resolve_device
 from learner.frame_cache import use_frame_cache
 from learner.loop import LearnerLoop, LearnerReport
 from learner.td3 import TD3Learner
@@ -170,7 +171,13 @@ class LearnerActor:
         self._shm_wanted = cfg.learner.publish_shm
         self.metrics = metrics or NullSink()
         torch.set_num_threads(cfg.learner.cpu_threads or os.cpu_count() or 1)
-        self.learner = TD3Learner(cfg.spec, cfg.learner, seed)
+        # A run keeps the precision its first learner chose (deploy/precision_record.py).
+        device_type = resolve_device(cfg.learner.device).type
+        learner_cfg = precision_record.pinned(cfg.learner, run_dir, device_type)
+        self.learner = TD3Learner(cfg.spec, learner_cfg, seed)
+        if cfg.learner.precision == "auto":
+            precision_record.write_record(run_dir, device_type, cfg.learner.precision,
+                                          self.learner.precision)
         batch = cfg.learner.cpu_scheduling is C.CpuScheduling.BATCH
         if self.learner.device.type == "cpu" and batch:
             # The rollout actors on these cores wait on their simulators, then need the CPU

@@ -15,8 +15,14 @@ In fp32 a second timing, of the encoder's linear layer alone, chooses how that l
 a CPU: as MKL's matrix product or as oneDNN's convolution (``common.networks.DenseHWC``),
 which took 0.56 to 0.59 of the product's time on the AMD EPYC (``CONV_MARGIN``); bf16 is then
 measured against fp32 the faster way. Like cuDNN's autotuner, the choices can differ between
-machines and, near a margin, between runs; the log line says what was chosen and why.
-``precision="bf16"`` skips both timings.
+machines; the log line says what was chosen and why. ``precision="bf16"`` skips both timings.
+
+The rule holds on a busy machine: the ways are timed in alternation, several rounds each, and
+each is scored by its fastest round. Load from other processes (rollout workers starting up
+beside the learner) only ever adds time to a round, so the fastest round is the one closest to
+the way's own cost; a median moved with the load and once picked fp32 on a busy machine where
+bf16 is 1.6x faster. A run records what its learner chose and keeps it on --resume and
+restarts (deploy/ray_actors.py).
 
 Losses, targets and optimizer state stay fp32 in every case.
 """
@@ -25,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import statistics
 import time
 from dataclasses import dataclass
 from typing import Callable, ContextManager
@@ -53,8 +58,8 @@ CONV_MARGIN = 0.9
 
 @dataclass(frozen=True)
 class CpuProbe:
-    """Median seconds of one forward and backward pass, each way the probe timed (None: not
-    timed): the encoder in fp32 and in bf16 autocast, and its linear layer alone in fp32 as a
+    """Seconds of one forward and backward pass, each way the probe timed (its fastest round;
+    None: not timed): the encoder in fp32 and in bf16 autocast, and its linear layer alone in fp32 as a
     matrix product and as a convolution."""
 
     fp32_s: float | None = None
@@ -92,12 +97,12 @@ ProbeFn = Callable[[EnvSpec, int, int, bool, bool], CpuProbe]
 
 
 def probe_cpu(spec: EnvSpec, features: int, batch_size: int, with_bf16: bool, with_conv: bool,
-              rounds: int = 3) -> CpuProbe:
+              rounds: int = 5) -> CpuProbe:
     """Times, forward and backward on a random batch: the learner's image encoder in fp32 and
     in bf16 autocast (``with_bf16``), and its linear layer alone in fp32 as a matrix product
     and as a convolution (``with_conv``). Alternating after one warm-up pass each (oneDNN
-    builds its kernels for a shape on the first call). About 0.5 s at batch 256 on two cores;
-    the global RNG is left as it was."""
+    builds its kernels for a shape on the first call), each way scored by its fastest round
+    (``fastest_rounds``). The global RNG is left as it was."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         encoder = to_channels_last(ImageEncoder(spec, features))
@@ -126,15 +131,24 @@ def probe_cpu(spec: EnvSpec, features: int, batch_size: int, with_bf16: bool, wi
                if with_bf16 else {}),
             **({"dense_gemm": lambda: dense_pass(False), "dense_conv": lambda: dense_pass(True)}
                if with_conv else {})}
-    times: dict[str, list[float]] = {name: [] for name in ways}
-    for name, run in ways.items():
+    return CpuProbe(**{f"{name}_s": t for name, t in fastest_rounds(ways, rounds).items()})
+
+
+def fastest_rounds(ways: dict[str, Callable[[], None]], rounds: int,
+                   clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+    """Seconds of each way's fastest round: one untimed warm-up call each, then ``rounds``
+    rounds that call every way once in turn. Another process's load only adds time to a
+    round, so the minimum, unlike a mean or median, stays near the way's own cost while the
+    machine is busy, and interleaving gives every way the same chances of a quiet round."""
+    for run in ways.values():
         run()
+    times: dict[str, list[float]] = {name: [] for name in ways}
     for _ in range(max(1, rounds)):
         for name, run in ways.items():
-            start = time.perf_counter()
+            start = clock()
             run()
-            times[name].append(time.perf_counter() - start)
-    return CpuProbe(**{f"{name}_s": statistics.median(t) for name, t in times.items()})
+            times[name].append(clock() - start)
+    return {name: min(t) for name, t in times.items()}
 
 
 _PROBES: dict[tuple, CpuProbe] = {}

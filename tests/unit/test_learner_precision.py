@@ -131,3 +131,23 @@ def test_bf16_pixels_prepared_once_encode_exactly_as_the_cast_fp32_ones():
         once = encoder.encode(ImageEncoder.prepare(image, torch.bfloat16), vector)
         cast = encoder.encode(ImageEncoder.prepare(image), vector)
     assert once.dtype == torch.bfloat16 and torch.equal(once, cast)
+
+
+def test_each_way_is_scored_by_its_fastest_round_so_load_cannot_flip_the_choice():
+    # A fake clock: bf16 costs 6 and fp32 10 units of its own; "load" from another process
+    # adds 20 units to most of bf16's rounds and none of fp32's. A median would call bf16
+    # slower (26 > 10); the fastest rounds keep it faster.
+    now, calls = [0.0], {"fp32": 0, "bf16": 0}
+    loaded_rounds = {1, 2, 3, 4}  # bf16's timed rounds 1-4 of 5 (call 0 is the warm-up)
+
+    def way(name, cost):
+        def run():
+            calls[name] += 1
+            now[0] += cost + (20 if name == "bf16" and calls[name] - 1 in loaded_rounds else 0)
+        return run
+
+    best = lp.fastest_rounds({"fp32": way("fp32", 10), "bf16": way("bf16", 6)}, rounds=5,
+                             clock=lambda: now[0])
+    assert best == {"fp32": 10, "bf16": 6}
+    assert calls == {"fp32": 6, "bf16": 6}  # one warm-up each, then five rounds
+    assert lp.CpuProbe(fp32_s=best["fp32"], bf16_s=best["bf16"]).precision == "bf16"
