@@ -4,26 +4,70 @@ manager, and the vehicles it spawned (the ego and NPCs).
 Everything goes through the ``carla`` module the env was given (the real client or the fake).
 A server that does not answer within the timeout is reported as SimulatorUnreachable naming
 host:port. ``close`` restores asynchronous mode so the server is left as it was found.
+
+The town: a server whose current map is not ``target_town(cfg)`` loads it, the same way on a
+real server and on the fake; a town the server does not have is a ConfigError that names it
+and the server's maps, raised on connecting, before any episode.
 """
 from __future__ import annotations
 
 import logging
+from pathlib import PurePath
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from common.config import EnvConfig
-from common.errors import SimulatorError, SimulatorUnreachable
+from common.config import EnvConfig, SimulatorBackend
+from common.errors import ConfigError, SimulatorError, SimulatorUnreachable
 
 log = logging.getLogger(__name__)
 
 LOAD_WORLD_TIMEOUT_S = 60.0
 NPC_MIN_DISTANCE_M = 15.0
+DEFAULT_TOWN: str = EnvConfig.town  # the dataclass field's default
 
 
 def _short_map_name(name: str) -> str:
     """"Carla/Maps/Town01" -> "Town01"."""
     return name.rsplit("/", 1)[-1]
+
+
+def target_town(cfg: EnvConfig) -> str:
+    """The map an env drives on: ``cfg.town``, except on the fake with ``cfg.fake.xodr_path``
+    set, where the file wins and the map is named after its stem (the fake serves it so).
+
+    Raises:
+        ConfigError: if the file is set and ``cfg.town`` is neither its stem nor the default.
+    """
+    if cfg.backend is not SimulatorBackend.FAKE or not cfg.fake.xodr_path:
+        return cfg.town
+    stem = PurePath(cfg.fake.xodr_path).stem
+    if cfg.town not in (stem, DEFAULT_TOWN):
+        raise ConfigError(f"env.town ({cfg.town!r}) contradicts env.fake.xodr_path "
+                          f"({cfg.fake.xodr_path!r}), whose map is {stem!r}: leave env.town at "
+                          f"{DEFAULT_TOWN!r} or set it to {stem!r}")
+    return stem
+
+
+def _load_town(client: Any, world: Any, town: str, where: str, timeout_s: float) -> Any:
+    """``world``, or the world of ``town`` loaded (with at least LOAD_WORLD_TIMEOUT_S to do
+    it) when the server runs another map.
+
+    Raises:
+        ConfigError: naming ``town`` and the server's maps when it has no such map.
+    """
+    current = _short_map_name(world.get_map().name)
+    if current == _short_map_name(town):
+        return world
+    available = sorted(_short_map_name(m) for m in client.get_available_maps())
+    if _short_map_name(town) not in available:
+        raise ConfigError(f"env.town ({town!r}) is not a map of the server at {where}; "
+                          f"available: {available}")
+    log.info("event=load_world server=%s town=%s previous=%s", where, town, current)
+    client.set_timeout(max(timeout_s, LOAD_WORLD_TIMEOUT_S))
+    world = client.load_world(town)
+    client.set_timeout(timeout_s)
+    return world
 
 
 class Session:
@@ -34,6 +78,7 @@ class Session:
 
         Raises:
             SimulatorUnreachable: naming host:port when no server answers in time.
+            ConfigError: if the server has no map named ``target_town(cfg)``.
         """
         self.cfg = cfg
         self._carla = carla_module
@@ -48,17 +93,15 @@ class Session:
 
         Raises:
             SimulatorUnreachable: naming host:port when no server answers in time.
+            ConfigError: if the server has no map named ``target_town(cfg)``.
         """
         cfg, c = self.cfg, self._carla
         where = f"{cfg.host}:{cfg.port}"
+        town = target_town(cfg)
         try:
             client = c.Client(cfg.host, cfg.port)
             client.set_timeout(cfg.timeout_s)
-            world = client.get_world()
-            if _short_map_name(world.get_map().name) != cfg.town:
-                client.set_timeout(max(cfg.timeout_s, LOAD_WORLD_TIMEOUT_S))
-                world = client.load_world(cfg.town)
-                client.set_timeout(cfg.timeout_s)
+            world = _load_town(client, client.get_world(), town, where, cfg.timeout_s)
             self._original_settings = world.get_settings()
             settings = world.get_settings()
             settings.synchronous_mode = True

@@ -360,7 +360,11 @@ class FakeCarlaConfig:
     """The fake CARLA server (used when EnvConfig.backend is FAKE).
 
     Attributes:
-        xodr_path: OpenDRIVE map to load; "" loads the town the project ships.
+        xodr_path: OpenDRIVE file the fake serves as its one map, named after the file's
+            stem ("/maps/ring.xodr" is map "ring"); "" serves the small town the project
+            ships (actors/fakecarla/town.xodr, not CARLA's Town01) under the default
+            ``env.town``, "Town01". Set, it wins over ``env.town``, which must then be left at
+            its default or name the stem (see EnvConfig.town).
         tick_latency_s: wall-clock cost added to every tick, standing in for a real server.
         fail_tick_at: tick number at which a tick times out (-1: never). Fault injection.
         die_at_tick: tick number from which the server is dead (-1: never). Fault injection.
@@ -390,7 +394,11 @@ class EnvConfig:
         tm_port: traffic-manager port, distinct per env.
         timeout_s: client timeout for connecting and for each tick.
         sensor_timeout_s: how long to wait for a sensor reading of the tick's frame.
-        town: map to load.
+        town: the map to drive on. On connecting, an env whose server runs another map
+            loads this one; a name the server does not have fails before any episode with a
+            ConfigError naming it and the server's maps. The fake serves one map: the shipped
+            town as "Town01" (the default), or ``fake.xodr_path``'s, which then wins: this
+            field is left at "Town01" or names the file's stem, anything else is an error.
         fixed_delta_seconds: synchronous-mode time step.
         vehicle: ego blueprint id.
         camera: the camera.

@@ -8,7 +8,7 @@ import os
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from common import config as C
 from common.errors import CarlaTD3Error, ConfigError
@@ -16,15 +16,21 @@ from deploy import presets
 
 log = logging.getLogger("carla_td3")
 
+RUN_OVERRIDES = ("A trained run's --config and --set may change only env.* keys (its map, "
+                 "env.max_steps, ...): its spec and network are what the policy was trained "
+                 "with, so any other key is an error. ")
+MAPS = ("Another map: --set env.fake.xodr_path=FILE.xodr drives fake CARLA on that OpenDRIVE "
+        "file, the map named after its stem (env.town then stays Town01 or names the stem); "
+        "--set env.town=NAME loads a map the server has (fake CARLA's shipped town is Town01), "
+        "and any other name fails, naming the maps there are.")
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="carla-td3", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train (default: fake CARLA, local Ray, GPU if present)")
     t.add_argument("--preset", default="local", choices=sorted(presets.PRESETS))
-    t.add_argument("--config", type=Path, help="JSON file of config overrides (nested keys)")
-    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config key, e.g. --set replay.num_shards=4 (repeatable)")
+    _add_config_flags(t, "replay.num_shards=4")
     t.add_argument("--steps", type=int, help="total env steps (train.env_steps)")
     t.add_argument("--seed", type=int, help="master seed")
     t.add_argument("--actors", type=int, help="rollout actors (rollout.num_actors)")
@@ -36,21 +42,40 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--name", help="run directory name (default: a timestamp)")
     t.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its last checkpoint")
     t.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
-    e = sub.add_parser("evaluate", help="the deterministic policy of a checkpoint on held-out routes")
+    e = sub.add_parser("evaluate", help="the deterministic policy of a checkpoint on held-out routes",
+                       description="Runs a checkpoint's deterministic policy on the run's own env "
+                                   "(its saved config, rollout actor 0's server). " + RUN_OVERRIDES
+                                   + MAPS)
     e.add_argument("checkpoint", type=Path, help="a run directory (its latest checkpoint) or a checkpoint directory")
     e.add_argument("--episodes", type=int, default=10)
     e.add_argument("--seed", type=int, default=10_000)
     e.add_argument("--video", type=Path, help="write the first episode as an MP4 (camera + top-down)")
     e.add_argument("--split", choices=[s.value for s in C.RouteSplit], default=C.RouteSplit.EVAL.value,
-                   help="routes to drive: eval (held out, the default) or train (for validation)")
+                   help="routes to drive: eval (held out, the default) or train (for validation); "
+                        "a --set env.route_split comes after it and wins")
     e.add_argument("--json", type=Path, help="also write the results to this file")
-    d = sub.add_parser("drive", help="drive one episode on the fake town and write an MP4 "
-                                     "(camera beside a top-down view)")
+    _add_config_flags(e, "env.fake.xodr_path=/maps/ring.xodr")
+    d = sub.add_parser("drive", help="drive one episode (fake CARLA by default) and write an MP4 "
+                                     "(camera beside a top-down view)",
+                       description="Drives one episode and writes an MP4. Without --checkpoint: the "
+                                   "scripted pure-pursuit driver on the default config (fake CARLA, "
+                                   "its shipped town), then --config, then --set (any key). With "
+                                   "--checkpoint: the run's saved config on fake CARLA, then "
+                                   "--config, then --set. "
+                                   + RUN_OVERRIDES + MAPS)
     d.add_argument("--out", type=Path, required=True, help="MP4 file to write")
     d.add_argument("--seed", type=int, default=0, help="episode seed (route)")
     d.add_argument("--checkpoint", type=Path,
                    help="drive this run's policy instead of the scripted pure-pursuit controller")
+    _add_config_flags(d, "env.fake.xodr_path=/maps/ring.xodr")
     return p
+
+
+def _add_config_flags(p: argparse.ArgumentParser, example: str) -> None:
+    """--config FILE and --set KEY=VALUE, the same for every command."""
+    p.add_argument("--config", type=Path, help="JSON file of config overrides (nested keys)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"override one config key, e.g. --set {example} (repeatable; after --config)")
 
 
 def parse_override(text: str) -> tuple[str, str]:
@@ -71,15 +96,29 @@ def _flatten(data: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
+def file_overrides(path: Path | None) -> dict[str, object]:
+    """The dotted keys of a --config JSON file ({} without one).
+
+    Raises:
+        ConfigError: naming the file when it cannot be read or parsed.
+    """
+    if path is None:
+        return {}
+    try:
+        return _flatten(json.loads(path.read_text()))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"--config {path}: {exc}") from exc
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, object]:
+    """--config's keys, then --set's (a --set wins over the file)."""
+    return {**file_overrides(args.config), **dict(parse_override(o) for o in args.overrides)}
+
+
 def config_from_args(args: argparse.Namespace) -> C.RunConfig:
     """The effective RunConfig: preset, then --config file, then flags, then --set."""
     cfg = presets.preset(args.preset)
-    overrides: dict[str, object] = {}
-    if args.config:
-        try:
-            overrides.update(_flatten(json.loads(args.config.read_text())))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"--config {args.config}: {exc}") from exc
+    overrides = file_overrides(args.config)
     flag_keys = {"steps": "train.env_steps", "seed": "seed", "actors": "rollout.num_actors",
                  "shards": "replay.num_shards"}
     overrides.update({key: getattr(args, flag) for flag, key in flag_keys.items()
@@ -98,6 +137,7 @@ def config_from_args(args: argparse.Namespace) -> C.RunConfig:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from deploy import launch
+    from deploy.console import next_steps
 
     if args.resume:
         fixed = [f"--{k}" for k in ("config", "seed", "actors", "shards", "carla")
@@ -111,16 +151,28 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = config_from_args(args)
         out = launch.train(cfg, runs_root=args.runs, name=args.name, ray_address=args.ray_address,
                            dashboard=not args.no_dashboard,
-                           options={"preset": args.preset})
+                           options={"preset": args.preset, **_sized_for(args.preset)})
     print(json.dumps(out, indent=2, sort_keys=True))
+    # stderr: stdout stays one JSON document for scripts.
+    print(next_steps(out["run_dir"], out["env_steps"]), file=sys.stderr)
     return 0
+
+
+def _sized_for(preset: str) -> dict[str, str]:
+    """The device the default preset was sized for, recorded with the run's config."""
+    if preset != "local":
+        return {}
+    device = presets.local_device()
+    log.info("event=preset_sized preset=local device=%s", device)
+    return {"sized_for": device}
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from deploy import evaluate
 
     out = evaluate.evaluate_checkpoint(args.checkpoint, episodes=args.episodes, seed=args.seed,
-                                       video=args.video, split=C.RouteSplit(args.split))
+                                       video=args.video, split=C.RouteSplit(args.split),
+                                       overrides=overrides_from_args(args))
     text = json.dumps(out, indent=2, sort_keys=True)
     if args.json:
         args.json.write_text(text)
@@ -128,25 +180,41 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_drive(args: argparse.Namespace) -> int:
-    from actors.carla_env import make_env
-    from actors.scripted import PurePursuitDriver
-    from actors.video import record_episode
+def _drive_config(args: argparse.Namespace) -> tuple[C.RunConfig, Path | None]:
+    """What ``drive`` runs on, and the checkpoint that drives (None: the scripted driver): a
+    run's saved config on fake CARLA with env.* overrides only, or without --checkpoint the
+    default config with any override."""
+    overrides = overrides_from_args(args)
+    if not args.checkpoint:
+        return C.with_overrides(C.RunConfig(), overrides), None
+    from deploy import evaluate
 
-    if args.checkpoint:
+    evaluate.check_env_keys(overrides)
+    run_dir, checkpoint = evaluate.resolve_checkpoint(args.checkpoint)
+    cfg, _ = run_dir.read_config()
+    cfg = replace(cfg, env=replace(cfg.env, backend=C.SimulatorBackend.FAKE))
+    return evaluate.with_env_overrides(cfg, overrides), checkpoint
+
+
+def _driver(cfg: C.RunConfig, checkpoint: Path | None) -> Callable[[dict], Any]:
+    """The checkpoint's policy, or without one the scripted pure-pursuit driver."""
+    if checkpoint is not None:
         from deploy import evaluate
 
-        run_dir, checkpoint = evaluate.resolve_checkpoint(args.checkpoint)
-        cfg, _ = run_dir.read_config()
-        act = evaluate.load_policy(cfg, checkpoint).act
-        env_cfg, spec = replace(cfg.env, backend=C.SimulatorBackend.FAKE), cfg.spec
-    else:
-        cfg = C.RunConfig()
-        env_cfg, spec = cfg.env, cfg.spec
-        act = PurePursuitDriver.for_env(spec, env_cfg)
-    env = make_env(env_cfg, spec, seed=args.seed)
+        return evaluate.load_policy(cfg, checkpoint).act
+    from actors.scripted import PurePursuitDriver
+
+    return PurePursuitDriver.for_env(cfg.spec, cfg.env)
+
+
+def cmd_drive(args: argparse.Namespace) -> int:
+    from actors.carla_env import make_env
+    from actors.video import record_episode
+
+    cfg, checkpoint = _drive_config(args)
+    env = make_env(cfg.env, cfg.spec, seed=args.seed)  # first: a town the server lacks fails at once
     try:
-        summary = record_episode(env, act, str(args.out), seed=args.seed)
+        summary = record_episode(env, _driver(cfg, checkpoint), str(args.out), seed=args.seed)
     finally:
         env.close()
     print(json.dumps(summary._asdict(), indent=2))

@@ -1,10 +1,15 @@
-"""`carla-td3 evaluate`: the deterministic policy of a checkpoint on held-out routes."""
+"""`carla-td3 evaluate`: the deterministic policy of a checkpoint on held-out routes.
+
+A trained run is evaluated (or driven) with its own saved config; overrides may change only
+its ``env.*`` keys (another town or OpenDRIVE map, a step limit, ...): the policy's spec and
+network are the run's.
+"""
 from __future__ import annotations
 
 import logging
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -12,7 +17,7 @@ from actors.carla_env import make_env
 from actors.policy import CpuPolicy
 from actors.video import record_episode
 from common import config as C
-from common.errors import CheckpointError
+from common.errors import CheckpointError, ConfigError
 from common.weights import PolicySnapshot
 from deploy import build
 from deploy.ray_actors import learner_checkpoint
@@ -34,6 +39,25 @@ def resolve_checkpoint(path: Path) -> tuple[RunDir, Path]:
     if (path / "counters.json").exists() and (path.parent.parent / "config.json").exists():
         return RunDir(path.parent.parent), path
     raise CheckpointError(f"{path} is neither a run directory nor a checkpoint directory in one")
+
+
+def check_env_keys(overrides: Mapping[str, object]) -> None:
+    """Raises ConfigError naming every dotted key outside ``env.``: a trained run's other
+    keys (its spec, its network) are what its policy was trained with."""
+    fixed = sorted(key for key in overrides if not key.startswith("env."))
+    if fixed:
+        raise ConfigError(f"config key(s) {fixed} cannot be overridden for a trained run: its "
+                          f"policy's spec and network are the run's; only env.* keys can change")
+
+
+def with_env_overrides(cfg: C.RunConfig, overrides: Mapping[str, object]) -> C.RunConfig:
+    """A trained run's config with dotted-key overrides of its ``env.*`` keys.
+
+    Raises:
+        ConfigError: naming every key outside ``env.``, or an unknown key or bad value.
+    """
+    check_env_keys(overrides)
+    return C.with_overrides(cfg, overrides)
 
 
 def load_policy(cfg: C.RunConfig, checkpoint: Path) -> CpuPolicy:
@@ -84,18 +108,35 @@ def run_episodes(env: Any, act: Callable[[dict], np.ndarray], episodes: int, see
 
 
 def evaluate_checkpoint(path: Path, episodes: int, seed: int, video: Path | None = None,
-                        split: C.RouteSplit = C.RouteSplit.EVAL) -> dict[str, Any]:
+                        split: C.RouteSplit = C.RouteSplit.EVAL,
+                        overrides: Mapping[str, object] | None = None) -> dict[str, Any]:
     """Evaluates a checkpoint's deterministic policy on its own env: on the held-out routes,
     or with ``split=RouteSplit.TRAIN`` on the training routes (a validation set for choosing
-    among checkpoints that leaves the held-out routes untouched)."""
+    among checkpoints that leaves the held-out routes untouched).
+
+    Args:
+        path: a run directory (its latest checkpoint) or one checkpoint directory.
+        episodes: episodes to run, seeds ``seed``, ``seed + 1``, ...
+        seed: the first episode's seed.
+        video: also record one more episode (seed ``seed``) to this MP4.
+        split: the routes to draw from (``env.route_split``).
+        overrides: dotted ``env.*`` keys applied last, over the split (``with_env_overrides``).
+
+    Raises:
+        CheckpointError: for a bad path or ``episodes`` below 1.
+        ConfigError: for an override outside ``env.*``, or a town the server lacks.
+    """
     if episodes < 1:
         raise CheckpointError(f"--episodes ({episodes}) must be >= 1")
+    overrides = dict(overrides or {})
+    check_env_keys(overrides)
     run_dir, checkpoint = resolve_checkpoint(path)
     cfg, _ = run_dir.read_config()
-    policy = load_policy(cfg, checkpoint)
-    env_cfg = replace(build.actor_env_config(cfg, 0), route_split=split)
-    env = make_env(env_cfg, cfg.spec, seed=seed)
+    cfg = replace(cfg, env=replace(build.actor_env_config(cfg, 0), route_split=split))
+    cfg = with_env_overrides(cfg, overrides)
+    env = make_env(cfg.env, cfg.spec, seed=seed)  # first: a town the server lacks fails at once
     try:
+        policy = load_policy(cfg, checkpoint)
         out = run_episodes(env, policy.act, episodes, seed)
         if video is not None:
             summary = record_episode(env, policy.act, str(video), seed=seed)

@@ -5,6 +5,7 @@ import carla
 
 from actors.fakecarla.actors import Actor, ActorList
 from actors.fakecarla.blueprints import ActorBlueprint, BlueprintLibrary
+from actors.fakecarla.mapdata import MAP_PATH_PREFIX
 from actors.fakecarla.server import SERVER_VERSION, Connection, Host
 from actors.fakecarla.traffic import TrafficManager
 
@@ -131,8 +132,16 @@ class Client:
 
     def load_world(self, map_name: str, reset_settings: bool = True,
                    map_layers: carla.MapLayer = carla.MapLayer.All) -> World:
-        """Starts a new episode on the configured map (any ``map_name`` loads it)."""
+        """Starts a new episode on the server's one map, named bare ("Town01") or as
+        ``get_available_maps`` spells it ("/Game/Carla/Maps/Town01").
+
+        Raises:
+            RuntimeError: "map not found" for any other name, as the real server answers.
+        """
         self._conn.check()
+        name = self._conn.server.assets.name
+        if map_name not in (name, MAP_PATH_PREFIX + name):
+            raise RuntimeError("map not found")
         self._conn.server.reset_world(reset_settings)
         return World(self._conn)
 
@@ -141,7 +150,7 @@ class Client:
 
     def get_available_maps(self) -> list[str]:
         self._conn.check()
-        return [self._conn.server.assets.name]
+        return [MAP_PATH_PREFIX + self._conn.server.assets.name]
 
     def get_trafficmanager(self, port: int = 8000) -> TrafficManager:
         self._conn.check()

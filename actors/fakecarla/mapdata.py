@@ -19,7 +19,11 @@ from common.errors import ConfigError
 log = logging.getLogger(__name__)
 
 DEFAULT_XODR = pathlib.Path(__file__).with_name("town.xodr")
-TOWN_NAME = "FakeTown"
+# The shipped town's map name: the default ``env.town`` (common.config.EnvConfig), so a default
+# config, and every run trained on the fake, names the map the fake serves. It is the fake's own
+# town (actors/fakecarla/town.py), not CARLA's Town01.
+TOWN_NAME = "Town01"
+MAP_PATH_PREFIX = "/Game/Carla/Maps/"  # how get_available_maps spells a map, as CARLA does
 
 # Raster classes (indices into the renderer's palette), numbered by how visible they are, so a
 # coarse raster level is a plain max-pool of the finer one.
@@ -72,6 +76,12 @@ class MapAssets:
     obstacles: np.ndarray
 
 
+def map_name(xodr_path: str) -> str:
+    """The name the fake serves an OpenDRIVE file under: TOWN_NAME for "" (the shipped town),
+    else the file's stem ("/maps/ring.xodr" -> "ring")."""
+    return pathlib.PurePath(xodr_path).stem if xodr_path else TOWN_NAME
+
+
 def load_assets(xodr_path: str) -> MapAssets:
     """Parses an OpenDRIVE file ("" = the shipped town) and precomputes render data.
 
@@ -82,7 +92,7 @@ def load_assets(xodr_path: str) -> MapAssets:
     if not path.is_file():
         raise ConfigError(f"xodr_path ({xodr_path!r}) is not a file")
     xodr = path.read_text()
-    name = TOWN_NAME if not xodr_path else path.stem
+    name = map_name(xodr_path)
     carla_map = carla.Map(name, xodr)
     lanes = _lane_polylines(carla_map)
     if not lanes:

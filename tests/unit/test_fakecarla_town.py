@@ -1,14 +1,15 @@
 """The shipped OpenDRIVE town: it is what the generator makes, carla.Map reads it, its lanes
-connect through the junctions, and any other OpenDRIVE file loads too."""
+connect through the junctions, any other OpenDRIVE file loads too, and each is served under one
+map name that load_world and get_available_maps agree on."""
 import random
 
 import carla
 import pytest
 
 from actors.fakecarla import make_module
-from actors.fakecarla.mapdata import DEFAULT_XODR
+from actors.fakecarla.mapdata import DEFAULT_XODR, TOWN_NAME
 from actors.fakecarla.town import generate_town_xodr
-from common.config import FakeCarlaConfig
+from common.config import EnvConfig, FakeCarlaConfig
 
 STRAIGHT_XODR = """<?xml version="1.0" standalone="yes"?>
 <OpenDRIVE><header revMajor="1" revMinor="4" name="Straight"><geoReference><![CDATA[+proj=tmerc]]></geoReference></header>
@@ -24,7 +25,7 @@ STRAIGHT_XODR = """<?xml version="1.0" standalone="yes"?>
 
 @pytest.fixture(scope="module")
 def town():
-    return carla.Map("FakeTown", DEFAULT_XODR.read_text())
+    return carla.Map(TOWN_NAME, DEFAULT_XODR.read_text())
 
 
 def test_shipped_file_is_the_generator_output():
@@ -65,8 +66,33 @@ def test_any_opendrive_file_loads(tmp_path):
     path = tmp_path / "straight.xodr"
     path.write_text(STRAIGHT_XODR)
     fake = make_module(FakeCarlaConfig(xodr_path=str(path)))
-    world = fake.Client("127.0.0.1", 2000).load_world("Town01")
+    world = fake.Client("127.0.0.1", 2000).load_world("straight")
     waypoint = world.get_map().get_waypoint(fake.Location(x=50.0, y=1.5))
     assert world.get_map().name == "straight" and waypoint.road_id == 7 and waypoint.lane_width == 3.0
     ego = world.try_spawn_actor(world.get_blueprint_library().find("vehicle.tesla.model3"), waypoint.transform)
     assert ego is not None and world.tick() == 1
+
+
+def test_shipped_town_is_served_as_the_default_env_town():
+    assert TOWN_NAME == EnvConfig().town == "Town01"
+    client = make_module().Client("127.0.0.1", 2000)
+    assert client.get_world().get_map().name == "Town01"
+    assert client.get_available_maps() == ["/Game/Carla/Maps/Town01"]
+    for name in ("Town01", "/Game/Carla/Maps/Town01"):
+        assert client.load_world(name).get_map().name == "Town01"
+
+
+@pytest.mark.parametrize("name", ["Town99", "town01", "Carla/Maps/Town01", ""])
+def test_load_world_of_another_map_fails_as_the_real_server_does(name):
+    client = make_module().Client("127.0.0.1", 2000)
+    with pytest.raises(RuntimeError, match="map not found"):
+        client.load_world(name)
+
+
+def test_an_opendrive_file_is_served_under_its_stem(tmp_path):
+    path = tmp_path / "straight.xodr"
+    path.write_text(STRAIGHT_XODR)
+    client = make_module(FakeCarlaConfig(xodr_path=str(path))).Client("127.0.0.1", 2000)
+    assert client.get_available_maps() == ["/Game/Carla/Maps/straight"]
+    with pytest.raises(RuntimeError, match="map not found"):
+        client.load_world("Town01")

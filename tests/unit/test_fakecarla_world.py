@@ -259,7 +259,7 @@ def test_snapshot_and_settings():
     assert snap.frame == frame == 1 and snap.timestamp.elapsed_seconds == pytest.approx(0.05)
     assert client.get_server_version() == "0.9.16"
     fresh = client.load_world("Town01")
-    assert not fresh.get_settings().synchronous_mode and fresh.get_map().name == "FakeTown"
+    assert not fresh.get_settings().synchronous_mode and fresh.get_map().name == "Town01"
     assert np.isclose(world.get_map().get_waypoint(carla.Location(x=60, y=-1.75)).lane_width, 3.5)
 
 
