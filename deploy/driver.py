@@ -18,11 +18,12 @@ import ray
 from common import config as C
 from common.errors import LearnerDiverged, SpecError
 from deploy import build
+from deploy.console import ProgressDisplay, make_progress_display
 from deploy.metrics_ray import component_sink
 from deploy.progress import Progress, RunCounters, summary
 from deploy.ray_actors import (LearnerActor, RestoringShard, RolloutActor, learner_checkpoint,
                                shard_checkpoint)
-from deploy.rundir import RunDir
+from deploy.rundir import MetricsLog, RunDir
 from deploy.weights_ray import WeightBoard
 from deploy.weights_shm import channel_dir
 
@@ -89,6 +90,8 @@ class Driver:
         self.run_dir = run_dir
         self.counters = counters or RunCounters()
         self.progress = Progress(self.counters)
+        self._metrics: MetricsLog | None = None  # open while run() runs
+        self._display: ProgressDisplay | None = None
         self.fleet: Fleet | None = None
         self._next_checkpoint = self._round_up(self.counters.updates)
         self._diverged: str | None = None  # why the learner's weights cannot be published
@@ -106,12 +109,14 @@ class Driver:
         wall0 = self.counters.wall_seconds
         interrupted = False
         try:
+            self._open_reporting()
             self._loop(fleet, start, wall0)
         except KeyboardInterrupt:
             interrupted = True
             log.info("event=interrupted action=checkpoint_and_shutdown")
         finally:
             self.counters.wall_seconds = wall0 + time.monotonic() - start
+            self._close_reporting()
             self._shutdown(fleet)
         if self._diverged is not None:
             latest = self.run_dir.latest_checkpoint()
@@ -157,6 +162,8 @@ class Driver:
                     log.warning("event=checkpoint_skipped error=%s", type(exc).__name__)
                 self._next_checkpoint = self._round_up(counters.updates)
         self._drain(fleet, pending, timeout_s=self._drain_limit(None))
+        counters.wall_seconds = wall0 + time.monotonic() - start
+        self._report(fleet)  # the last row: the bar and the curves reach the end of the budget
 
     def _drain_limit(self, normal: float | None) -> float | None:
         """How long a drain waits: a diverged learner samples no more, so actors whose inserts
@@ -225,8 +232,20 @@ class Driver:
         except ray.exceptions.RayError as exc:  # a shard is restarting: keep the last size
             log.warning("event=replay_size_unavailable error=%s", type(exc).__name__)
         row = self.progress.row(self.counters)
-        self.run_dir.append_metrics(row)
-        log.info("progress %s", Progress.line(row))
+        self._metrics.write(row)
+        self._display.update(row)
+
+    def _open_reporting(self) -> None:
+        """metrics.csv and TensorBoard (a resumed run purges the points after its checkpoint),
+        and the progress bar or lines."""
+        self._metrics = MetricsLog(self.run_dir, resumed_at=self.counters.env_steps)
+        self._display = make_progress_display(self.cfg.train.env_steps, self.counters.env_steps)
+
+    def _close_reporting(self) -> None:
+        for part in (self._display, self._metrics):
+            if part is not None:
+                part.close()
+        self._display = self._metrics = None
 
     def checkpoint(self) -> Path:
         """Learner state, every shard and the counters, committed atomically."""

@@ -5,6 +5,7 @@ Layout::
     RUN_DIR/config.json            the effective RunConfig
     RUN_DIR/run.json               run options (env-step budget, mode, preset)
     RUN_DIR/metrics.csv            one row per progress report
+    RUN_DIR/tb/                    the same rows as TensorBoard scalars (one event file a start)
     RUN_DIR/checkpoints/ckpt-<updates>/{learner.pt, counters.json, replay/shard-<i>/}
     RUN_DIR/checkpoints/LATEST     name of the newest complete checkpoint (atomic replace)
     RUN_DIR/summary.json           written at the end
@@ -21,6 +22,7 @@ from typing import Any
 
 from common import config as C
 from common.errors import CheckpointError
+from deploy.tensorboard_log import TensorBoardLog
 
 KEEP_CHECKPOINTS = 2
 
@@ -37,6 +39,7 @@ class RunDir:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self.checkpoints = self.path / "checkpoints"
+        self.tensorboard = self.path / "tb"
         self._metrics_fields: list[str] | None = None
 
     @classmethod
@@ -120,3 +123,25 @@ class RunDir:
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         atomic_write_text(self.path / "summary.json", json.dumps(summary, indent=2, sort_keys=True))
+
+
+class MetricsLog:
+    """Where each progress row goes: a metrics.csv line and TensorBoard scalars in ``tb/``."""
+
+    def __init__(self, run_dir: RunDir, resumed_at: int = 0) -> None:
+        """Opens the TensorBoard event file.
+
+        Args:
+            run_dir: the run's directory.
+            resumed_at: the env steps of the checkpoint a resumed run starts from (0 for a new
+                run); TensorBoard drops the later points of the earlier event files.
+        """
+        self._run_dir = run_dir
+        self._tensorboard = TensorBoardLog(run_dir.tensorboard, purge_step=resumed_at or None)
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._run_dir.append_metrics(row)
+        self._tensorboard.write(row)
+
+    def close(self) -> None:
+        self._tensorboard.close()

@@ -90,6 +90,8 @@ def test_ctrl_c_checkpoints_and_leaves_no_process_behind(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, out[-3000:]
+    assert "progress env_steps=" in out, out[-3000:]  # off a terminal: key=value lines, no bar
+    assert list((run / "tb").glob("events.out.tfevents.*")), "no TensorBoard event file"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["interrupted"] is True
     counters = json.loads((run / "checkpoints" / (run / "checkpoints" / "LATEST").read_text().strip()
