@@ -1,8 +1,8 @@
 """Named run configurations, as Python objects. The CLI starts from one and applies overrides.
 
 - smoke: seconds on a laptop CPU; small images; proves the pipeline end to end (used by tests).
-- local: the default `carla-td3 train`: fake CARLA, local Ray, a few actors and shards, sized to
-  show learning progress within minutes on a CPU and to use a GPU when there is one.
+- local: the default `carla-td3 train`: fake CARLA, local Ray, sized by the device it finds
+  (``local_cpu``: the learning benchmark's small network; ``local_gpu``: the seed's network).
 - cluster: a multi-GPU box with real CARLA servers (see docs/deployment.md).
 - learn: the learning benchmark (bench/learning.py): small enough for a 2-core CPU learner.
 """
@@ -34,16 +34,52 @@ def smoke() -> C.RunConfig:
                       learner_updates_per_call=5, progress_every_s=2.0))
 
 
-def local() -> C.RunConfig:
-    base = C.RunConfig()
+def local(device: str | None = None) -> C.RunConfig:
+    """The default `carla-td3 train`, sized by the device the learner will find.
+
+    Args:
+        device: "cpu" or "cuda"; None looks (``local_device()``).
+    """
+    return local_gpu() if (device or local_device()) == "cuda" else local_cpu()
+
+
+def local_device() -> str:
+    """"cuda" when this machine's torch sees a GPU, else "cpu"."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def local_cpu() -> C.RunConfig:
+    """A CPU learner on a few cores shared with the simulators: the learning benchmark's
+    sizes (``learn``: 48x48 frames, a 64-feature encoder, batch 64, DrQ's image shift) on
+    long enough a budget to watch training success climb (docs/learning.md gives the time
+    it takes). Of the two actors, the second explores with the first's noise squared
+    (Ape-X's per-actor noise, ``rollout.noise_spread``), so the training episodes' success
+    rate shows what the policy can do while the first actor keeps exploring."""
+    base = learn()
     return replace(
         base,
-        replay=replace(base.replay, num_shards=2, capacity=100_000, min_size_to_sample=1_000),
-        rollout=replace(base.rollout, num_actors=2, learning_starts=2_000,
-                        exploration_noise=0.2),
-        # The rate limiter keeps the learner in step with the actors (one update per 10 env
-        # steps), so a CPU run learns instead of filling the replay ahead of a slow learner.
-        train=replace(base.train, env_steps=50_000, updates_per_env_step=0.1))
+        learner=replace(base.learner, checkpoint_every=2_000),
+        rollout=replace(base.rollout, noise_spread=1.0),
+        train=replace(base.train, env_steps=100_000, progress_every_s=5.0))
+
+
+def local_gpu() -> C.RunConfig:
+    """A learner on a GPU: the seed's network (NatureCNN over 4x84x84, 512 features, batch
+    256) with DrQ's image shift, an update per two env steps, and a rollout actor per spare
+    core (2 to 8)."""
+    import os
+
+    base = C.RunConfig()
+    actors = max(2, min(8, (os.cpu_count() or 2) - 2))
+    return replace(
+        base,
+        learner=replace(base.learner, td3=replace(base.learner.td3, image_shift=4)),
+        replay=replace(base.replay, num_shards=2, capacity=200_000, min_size_to_sample=2_000),
+        rollout=replace(base.rollout, num_actors=actors, learning_starts=5_000,
+                        exploration_noise=0.2, noise_spread=1.0),
+        train=replace(base.train, env_steps=200_000, updates_per_env_step=0.5))
 
 
 def cluster() -> C.RunConfig:

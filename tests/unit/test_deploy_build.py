@@ -43,7 +43,7 @@ def test_endpoint_count_must_match_actor_count():
 
 
 @pytest.mark.parametrize("override,message", [
-    ({"replay.min_size_to_sample": 10}, r"min_size_to_sample \(10\) must be >= batch_size \(256\)"),
+    ({"replay.min_size_to_sample": 10}, r"min_size_to_sample \(10\) must be >= batch_size \(64\)"),
     ({"rollout.learning_starts": 10**9}, "the policy never acts"),
     ({"rollout.num_actors": 0}, r"num_actors \(0\) must be >= 1"),
     ({"rollout.noise_spread": 1.0, "rollout.exploration_noise": 1.5}, "must be < 1 when noise_spread"),
@@ -53,7 +53,7 @@ def test_endpoint_count_must_match_actor_count():
 ])
 def test_impossible_combinations_fail_naming_the_values(override, message):
     with pytest.raises(ConfigError, match=message):
-        build.validate(C.with_overrides(presets.local(), override))
+        build.validate(C.with_overrides(presets.local("cpu"), override))
 
 
 def test_rate_limiter_derives_from_updates_per_env_step():
