@@ -153,6 +153,21 @@ def make_progress_display(total: int, initial: int = 0,
     return ProgressLines()
 
 
+def _command(name: str) -> str:
+    """How to call the virtualenv's ``name`` from here: bare when the shell finds this very
+    program on PATH, else its path (``.venv/bin/carla-td3`` after ``make train``)."""
+    import shutil
+
+    here = Path(sys.executable).parent / name
+    found = shutil.which(name)
+    if found is not None and Path(found).resolve() == here.resolve():
+        return name
+    try:
+        return shlex.quote(os.path.relpath(here))
+    except ValueError:  # another drive (Windows)
+        return shlex.quote(str(here))
+
+
 def next_steps(run_path: str | Path, env_steps: int | None = None) -> str:
     """Where a finished (or interrupted) run is and the commands that usually come next.
 
@@ -168,10 +183,11 @@ def next_steps(run_path: str | Path, env_steps: int | None = None) -> str:
     present = [name for name in ("summary.json", "metrics.csv", "checkpoints/", "tb/")
                if (path / name.rstrip("/")).exists()]
     steps = str(2 * env_steps) if env_steps else "N"
+    cli, board = _command("carla-td3"), _command("tensorboard")
     return "\n".join([
         f"run: {path}  ({', '.join(present)})",
-        f"next: carla-td3 evaluate {run} --episodes 20 --video eval.mp4",
-        f"      carla-td3 drive --checkpoint {run} --out drive.mp4",
-        f"      tensorboard --logdir {shlex.quote(str(path.parent))}",
-        f"      carla-td3 train --resume {run} --steps {steps}",
+        f"next: {cli} evaluate {run} --episodes 20 --video eval.mp4",
+        f"      {cli} drive --checkpoint {run} --out drive.mp4",
+        f"      {board} --logdir {shlex.quote(str(path.parent))}",
+        f"      {cli} train --resume {run} --steps {steps}",
     ])

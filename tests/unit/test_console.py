@@ -5,6 +5,7 @@ import io
 import logging
 import shlex
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -102,17 +103,28 @@ def test_log_records_and_printed_lines_go_above_the_bar(monkeypatch):
     assert "success=0.50" in lines[-2], lines  # the bar, redrawn below them, then closed
 
 
-def test_next_steps_names_the_run_and_valid_commands(tmp_path):
+def test_next_steps_names_the_run_and_valid_commands(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # the venv is not on PATH, as after make train
     run = tmp_path / "20261207-221500"
     (run / "checkpoints").mkdir(parents=True)
     (run / "metrics.csv").write_text("env_steps\n")
     text = next_steps(run, env_steps=500)
     first, *commands = text.splitlines()
     assert first == f"run: {run}  (metrics.csv, checkpoints/)"
-    commands = [c.removeprefix("next:").strip() for c in commands]
-    assert f"tensorboard --logdir {tmp_path}" in commands
-    assert f"carla-td3 train --resume {run} --steps 1000" in commands
-    ours = [shlex.split(c)[1:] for c in commands if c.startswith("carla-td3 ")]
+    commands = [shlex.split(c.removeprefix("next:").strip()) for c in commands]
+    for program, *_ in commands:  # the venv's programs, by a path that runs from here
+        assert Path(program).name in ("carla-td3", "tensorboard") and Path(program).is_file()
+        assert Path(program).parent.resolve() == Path(sys.executable).parent.resolve()
+    assert [str(tmp_path)] == [c[2] for c in commands if Path(c[0]).name == "tensorboard"]
+    ours = [args for program, *args in commands if Path(program).name == "carla-td3"]
     assert [args[0] for args in ours] == ["evaluate", "drive", "train"]
+    assert ours[2] == ["train", "--resume", str(run), "--steps", "1000"]
     for args in ours:
         cli._parser().parse_args(args)  # exits on an unknown flag
+
+
+def test_next_steps_calls_the_programs_bare_when_path_finds_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:/usr/bin:/bin")
+    lines = next_steps(tmp_path / "run", env_steps=10).splitlines()
+    assert lines[1].startswith("next: carla-td3 evaluate ")
+    assert lines[3].strip().startswith("tensorboard --logdir ")
