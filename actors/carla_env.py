@@ -31,8 +31,8 @@ from actors.route import Projection, Route, choose_route, spawn_points, to_vehic
 from actors.sensors import CameraMount, SensorReading, SensorRig
 from actors.carla_session import Session
 from common.config import EnvConfig, PedalAction, SimulatorBackend
-from common.errors import SimulatorError, SimulatorTimeout, SpecError
-from common.specs import IMAGE_KEY, VECTOR_KEY, EnvSpec
+from common.errors import ConfigError, SimulatorError, SimulatorTimeout, SpecError
+from common.specs import IMAGE_KEY, SPEED_LIMIT_MPS, VECTOR_KEY, EnvSpec
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +55,17 @@ class CarlaEnv:
             seed: seeds the episode seeds used when ``reset`` gets none.
 
         Raises:
+            ConfigError: the reward weights allow a step reward beyond the spec's limit.
             SimulatorUnreachable: no server answered at cfg.host:cfg.port within cfg.timeout_s.
         """
+        check_reward_limit(cfg, spec)
         self.cfg = cfg
         self.spec = spec
         self._carla = carla_module if carla_module is not None else importlib.import_module("carla")
         self.observation_space = spaces.Dict({
             IMAGE_KEY: spaces.Box(0, 255, spec.image.shape, np.uint8),
-            VECTOR_KEY: spaces.Box(-np.inf, np.inf, spec.vector.shape, np.float32),
+            VECTOR_KEY: spaces.Box(*(spec.vector.clip(b) for b in spec.vector.bounds()),
+                                   spec.vector.shape, np.float32),
         })
         self.action_space = spaces.Box(-1.0, 1.0, spec.action.shape, np.float32)
         self._seeds = np.random.default_rng(seed)
@@ -242,6 +245,19 @@ class CarlaEnv:
         if ep is not None:
             self._session.guarded("destroy_ego", ep.ego.destroy)
         self._session.destroy_npcs()
+
+
+def check_reward_limit(cfg: EnvConfig, spec: EnvSpec) -> None:
+    """Raises ConfigError if ``cfg.reward`` allows a step reward beyond ``spec.reward_limit``,
+    which the wire would refuse (common/specs.py). A step passes at most the waypoints that a
+    vehicle at the spec's speed bound covers in one step, plus one.
+    """
+    spacing = spec.lookahead_m / spec.num_waypoints
+    passed = math.ceil(SPEED_LIMIT_MPS * cfg.fixed_delta_seconds / spacing) + 1
+    bound = rewards.step_reward_bound(cfg.reward, passed)
+    if bound > spec.reward_limit:
+        raise ConfigError(f"reward weights allow a step reward of {bound:.1f}, beyond "
+                          f"spec.reward_limit ({spec.reward_limit}): raise it or lower them")
 
 
 def pedal_from_action(command: float, speed_mps: float, cfg: EnvConfig) -> float:

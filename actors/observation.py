@@ -4,7 +4,7 @@ The image pipeline follows the spec (common/specs.py): OpenCV ``COLOR_BGRA2GRAY`
 ``resize`` with ``INTER_AREA`` to ``spec.image_size`` squared, uint8, stacked by
 common.framestack.FrameStack (reset repeats the first frame). The vector is speed, lateral
 deviation and heading error, each over its scale from the spec, then the K route waypoints in
-the vehicle frame over the look-ahead distance.
+the vehicle frame over the look-ahead distance, clipped to the spec's bounds.
 """
 from __future__ import annotations
 
@@ -54,7 +54,9 @@ def build_vector(spec: EnvSpec, speed_mps: float, lateral_m: float, heading_erro
     head = np.array([speed_mps / SPEED_SCALE_MPS, lateral_m / spec.lateral_scale_m,
                      heading_error_rad / spec.heading_scale_rad])
     tail = (waypoints_vehicle / spec.lookahead_m).reshape(-1)
-    return np.concatenate([head, tail]).astype(np.float32)
+    # Clipped to the spec's bounds, which no ordinary step reaches (common/specs.py), so that a
+    # simulator glitch (a vehicle flung at 300 m/s) is not refused on the wire.
+    return spec.vector.clip(np.concatenate([head, tail]))
 
 
 class ObservationBuilder:

@@ -203,6 +203,21 @@ def reward_terms(m: StepMeasurements, cfg: RewardConfig) -> RewardTerms:
     )
 
 
+def step_reward_bound(cfg: RewardConfig, waypoints_per_step: int) -> float:
+    """The largest |reward| one step can earn: every component at its largest magnitude (a
+    collision at twice the target speed, a lane invasion, leaving the road, the goal), the
+    weights' signs ignored.
+
+    Args:
+        cfg: weights, penalties and bonuses.
+        waypoints_per_step: the most observation waypoints one step can pass.
+    """
+    safety = cfg.lane_invasion_penalty + cfg.off_road_penalty + 1.5 * cfg.collision_penalty
+    progress = 1.0 + cfg.waypoint_bonus * waypoints_per_step + cfg.goal_bonus
+    return (abs(cfg.efficiency) + abs(cfg.lane_keeping) + abs(cfg.comfort)
+            + abs(cfg.safety) * safety + abs(cfg.progress) * progress)
+
+
 def invaded_lane(m: StepMeasurements) -> bool:
     """The step crossed a lane marking or ended off the driving lanes."""
     return m.lane_invasion or not m.on_driving_lane

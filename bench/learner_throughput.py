@@ -68,16 +68,17 @@ def synthetic_batches(batch_size: int, count: int, seed: int = 0) -> list[Sample
     are overlapping views of one [B, F + 1, H, W] block (``replay.shard.PackedBatch``)."""
     rng = np.random.default_rng(seed)
     frames = (batch_size, SPEC.frames + 1, SPEC.image_size, SPEC.image_size)
+    vector = (batch_size, SPEC.vector_dim)  # clipped to the spec's bounds, as the env's are
 
     def one() -> SampleBatch:
         block = rng.integers(0, 256, frames, dtype=np.uint8)
         return SampleBatch(
             block[:, :-1],
-            rng.standard_normal((batch_size, SPEC.vector_dim), dtype=np.float32),
+            SPEC.vector.clip(rng.standard_normal(vector, dtype=np.float32)),
             rng.uniform(-1, 1, (batch_size, SPEC.action_dim)).astype(np.float32),
             rng.standard_normal(batch_size, dtype=np.float32),
             block[:, 1:],
-            rng.standard_normal((batch_size, SPEC.vector_dim), dtype=np.float32),
+            SPEC.vector.clip(rng.standard_normal(vector, dtype=np.float32)),
             (rng.random(batch_size) < 0.02).astype(np.float32),
             np.zeros(batch_size, np.float32), np.zeros(batch_size, np.int64),
             np.ones(batch_size, np.float32), np.arange(batch_size, dtype=np.int64))

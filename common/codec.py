@@ -16,7 +16,10 @@ Chunk consistency rules (``validate_chunk``), beyond the per-array spec checks:
   * a record after a terminal record (``terminated`` or ``truncated``) in the same chunk must be
     ``first``: an ended episode is never continued. A ``first`` record may follow a
     non-terminal one (the actor abandoned that episode; its stored transitions stay valid).
-Any violation raises WireError (malformed message) or SpecError (array against the spec).
+Values: every float must lie inside the spec's bounds (common/specs.py): the vector's
+components, the action box and the reward limit; a NaN or an infinity is outside them all.
+Any violation raises WireError (malformed message) or SpecError (array against the spec, naming
+the field and the index of the first bad value, e.g. ``reward[3] (1e+30) above maximum 100.0``).
 """
 from __future__ import annotations
 
@@ -39,7 +42,6 @@ _UINT64_MAX = 2**64 - 1
 
 _CHUNK_ARRAYS = ("frame", "vector", "first", "action", "reward", "terminated", "truncated",
                  "policy_version")
-_REWARD = ArraySpec("reward", (), "float32")
 _CHUNK_KEYS = frozenset(("v", "kind", "stream_id", "seq") + _CHUNK_ARRAYS)
 _BATCH_KEYS = frozenset(("v", "kind") + SampleBatch._fields)
 
@@ -172,12 +174,13 @@ def validate_chunk(chunk: StepChunk, spec: EnvSpec, limits: WireLimits = WireLim
     spec.frame.validate(chunk.frame, 1)
     spec.vector.validate(chunk.vector, 1)
     spec.action.validate(chunk.action, 1)
-    for key, dtype in (("first", "bool"), ("reward", "float32"), ("terminated", "bool"),
-                       ("truncated", "bool"), ("policy_version", "int64")):
+    spec.reward.validate(chunk.reward, 1)
+    for key, dtype in (("first", "bool"), ("terminated", "bool"), ("truncated", "bool"),
+                       ("policy_version", "int64")):
         ArraySpec(key, (), dtype).validate(getattr(chunk, key), 1)
         if getattr(chunk, key).shape[0] != n:
             raise SpecError(f"{key}: length {getattr(chunk, key).shape[0]} != record count {n}")
-    for key in ("vector", "action"):
+    for key in ("vector", "action", "reward"):
         if getattr(chunk, key).shape[0] != n:
             raise SpecError(f"{key}: length {getattr(chunk, key).shape[0]} != record count {n}")
     _check_records(chunk)
@@ -234,10 +237,11 @@ def decode_chunk(data: bytes, spec: EnvSpec, limits: WireLimits = WireLimits()) 
     arrays = {k: _array_field(msg, k, dtypes[k], shapes.get(k, (n,))) for k in _CHUNK_ARRAYS}
     chunk = StepChunk(stream_id=stream_id, seq=seq, **arrays)
     # Ids, the record count, every dtype and shape, and the bools' bytes are checked above;
-    # what validate_chunk adds for a decoded chunk is the float values and the record rules.
+    # what validate_chunk adds for a decoded chunk is the float values (finite and inside the
+    # spec's bounds) and the record rules.
     spec.vector.validate(chunk.vector, 1)
     spec.action.validate(chunk.action, 1)
-    _REWARD.validate(chunk.reward, 1)
+    spec.reward.validate(chunk.reward, 1)
     _check_records(chunk)
     return chunk
 

@@ -55,6 +55,12 @@ class StepChunk(NamedTuple):
         return int(self.num_records - np.count_nonzero(self.first))
 
 
+# The float arrays of a SampleBatch and of a CachedBatch: the ones a NaN or an infinity can
+# reach (the camera frames are uint8, the ids and versions int64).
+FLOAT_FIELDS = ("obs_vector", "action", "reward", "next_vector", "terminated", "truncated",
+                "weight")
+
+
 class SampleBatch(NamedTuple):
     """A batch of transitions for the learner, stacks rebuilt, native dtypes.
 

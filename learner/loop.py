@@ -2,6 +2,10 @@
 
 A plain class over callables, so the same loop runs in-process (local mode, tests) and inside
 the Ray learner actor, where ``sample`` is the replay client's prefetching sampler.
+
+A batch with a NaN or an infinity in a float array never reaches the update: it is dropped,
+counted (``LearnerReport.rejected_batches``) and logged naming the field, and the weights stay
+as they were. The wire refuses such values (common/codec.py); this guards what it cannot see.
 """
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from common.types import SampleBatch
+from common.types import FLOAT_FIELDS, CachedBatch, SampleBatch
 from common.weights import PolicySnapshot, require_finite
 
 log = logging.getLogger(__name__)
@@ -24,6 +28,7 @@ class Learner(Protocol):
 
     def update(self, batch: SampleBatch) -> Any: ...
     def policy_state(self) -> dict[str, np.ndarray]: ...
+    # Optional: ``skip(batch)``, told of a batch dropped without an update (TD3Learner.skip).
 
 
 @dataclass
@@ -42,6 +47,7 @@ class LearnerReport:
     publishes: int = 0
     batch_waits: list[float] = field(default_factory=list)  # per batch, retries included
     publish_times: list[float] = field(default_factory=list)  # seconds of each publish
+    rejected_batches: int = 0  # dropped for a NaN or an infinity (see first_nonfinite)
 
 
 def _scalar_stats(stats: Any) -> dict[str, float]:
@@ -52,6 +58,18 @@ def _scalar_stats(stats: Any) -> dict[str, float]:
     else:
         items = dict(stats).items()
     return {k: float(v) for k, v in items if isinstance(v, (int, float, np.floating, np.integer))}
+
+
+def first_nonfinite(batch: SampleBatch | CachedBatch) -> tuple[str, float] | None:
+    """The first NaN or infinity in the batch's float arrays, as (``"reward[3]"``, value), or
+    None when all are finite. Reads only those small arrays, never the frames."""
+    for name in FLOAT_FIELDS:
+        value = getattr(batch, name)
+        finite = np.isfinite(value)
+        if not finite.all():
+            index = tuple(int(i) for i in np.argwhere(~finite)[0])
+            return name + "".join(f"[{i}]" for i in index), float(value[index])
+    return None
 
 
 def policy_lag(version: int, batch: SampleBatch) -> float:
@@ -81,6 +99,7 @@ class LearnerLoop:
         self._idle_sleep_s = idle_sleep_s
         self._max_idle_sleep_s = max(idle_sleep_s, max_idle_sleep_s)
         self.version = -1
+        self.rejected_batches = 0
 
     def publish(self) -> float:
         """Publishes the current policy; its version is the learner's update count.
@@ -123,6 +142,10 @@ class LearnerLoop:
                 idle = min(2.0 * idle, self._max_idle_sleep_s)
                 continue
             idle = self._idle_sleep_s
+            bad = first_nonfinite(batch)
+            if bad is not None:
+                self._reject(batch, *bad, report)
+                continue
             report.batch_waits.append(time.perf_counter() - wait_from)
             t1 = time.perf_counter()
             launched = launch(batch) if launch is not None else _Done(self.learner.update(batch))
@@ -145,6 +168,18 @@ class LearnerLoop:
         report.total_updates = int(self.learner.updates)
         report.policy_version = self.version
         return report
+
+    def _reject(self, batch: SampleBatch | CachedBatch, where: str, value: float,
+                report: LearnerReport) -> None:
+        """Drops a batch holding a NaN or an infinity before it reaches the weights."""
+        skip = getattr(self.learner, "skip", None)
+        if skip is not None:
+            skip(batch)
+        self.rejected_batches += 1
+        report.rejected_batches += 1
+        log.warning("event=batch_rejected reason=non_finite field=%s value=%s updates=%d "
+                    "rejected_total=%d", where, value, self.learner.updates,
+                    self.rejected_batches)
 
     def _finish(self, pending: tuple[Any, SampleBatch], report: LearnerReport) -> None:
         """Waits for a launched update's stats; sends its priorities and records its stats."""

@@ -22,7 +22,7 @@ from common.config import LearnerConfig, PolicyCritic
 from common.errors import ConfigError
 from common.networks import run_dense_as_conv
 from common.specs import EnvSpec
-from common.types import CachedBatch, SampleBatch
+from common.types import FLOAT_FIELDS, CachedBatch, SampleBatch
 from learner import losses, state
 from learner.augment import draw_shifts
 from learner.device import (DeviceBatch, configure_backends, resolve_device,
@@ -292,6 +292,20 @@ class TD3Learner:
         pending = self._launch(self.to_device(batch))
         self._to_device.release()  # the copy of a later batch may reuse its buffers after this
         return pending
+
+    def skip(self, batch: SampleBatch | CachedBatch) -> None:
+        """Drops ``batch`` without an update (``learner.loop`` refuses a non-finite one): the
+        weights, optimizers and update count stay as they were. A CachedBatch's new frames
+        are still stored, since the replay client counts on the frame cache holding them;
+        its float fields, which nothing reads then, are zeroed so that they pass the spec.
+
+        Raises:
+            SpecError: if the batch's rows or frames do not match the frame cache.
+        """
+        if isinstance(batch, CachedBatch):
+            zeros = {name: np.zeros_like(getattr(batch, name)) for name in FLOAT_FIELDS}
+            self.to_device(batch._replace(**zeros))
+            self._to_device.release()
 
     def to_device(self, batch: SampleBatch | CachedBatch) -> DeviceBatch:
         """Validates ``batch`` and copies it to the learner's device (pinned, non-blocking on

@@ -2,8 +2,9 @@
 
 Frames are stacked with common.framestack.FrameStack (the env's own stacking), so a test can
 compare what the replay rebuilds with what the env produced, byte for byte. Each record's
-``vector[0]`` holds a unique record id, which identifies a sampled transition by its next
-observation.
+``vector[0]`` holds a unique record id (``record_id`` reads it back), which identifies a sampled
+transition by its next observation; the other components are uniform in [-1, 1], inside the
+spec's bounds.
 """
 from __future__ import annotations
 
@@ -14,6 +15,15 @@ import numpy as np
 from common.framestack import FrameStack
 from common.specs import EnvSpec
 from common.types import StepChunk
+
+# Ids are stored as id * 2**-24 in vector[0]: exact in float32 for every id below 2**24, and
+# inside the spec's speed bound [0, 5] (common/specs.py), which an id itself would leave.
+_ID_SCALE = 2.0**-24
+
+
+def record_id(vector: np.ndarray) -> int:
+    """The record id a synthetic observation ``vector`` carries."""
+    return int(round(float(vector[0]) / _ID_SCALE))
 
 
 class ExpectedTransition(NamedTuple):
@@ -75,14 +85,14 @@ class SyntheticStream:
     def _record(self, out: dict[str, np.ndarray], i: int) -> None:
         frame = self._frames[self.rng.integers(0, len(self._frames))]
         vector = self.rng.uniform(-1, 1, self.spec.vector_dim).astype(np.float32)
-        vector[0] = self.next_id
+        vector[0] = self.next_id * _ID_SCALE
         self.next_id += 1
         out["frame"][i], out["vector"][i] = frame, vector
         if self._left == 0 or self._obs is None:
             out["first"][i] = True
             self._left = int(self.rng.integers(1, self.max_episode + 1))
             self._obs = (self.stack.reset(frame), vector)
-            self._ids = [int(vector[0])] * self.spec.frames
+            self._ids = [record_id(vector)] * self.spec.frames
             return
         action = self.rng.uniform(-1, 1, self.spec.action_dim).astype(np.float32)
         reward = np.float32(self.rng.normal())
@@ -94,9 +104,9 @@ class SyntheticStream:
         out["action"][i], out["reward"][i], out["policy_version"][i] = action, reward, version
         out["terminated"][i], out["truncated"][i] = terminated, truncated
         next_image = self.stack.push(frame)
-        next_ids = self._ids[1:] + [int(vector[0])]
+        next_ids = self._ids[1:] + [record_id(vector)]
         if self.record_expected:
-            self.expected[int(vector[0])] = ExpectedTransition(
+            self.expected[record_id(vector)] = ExpectedTransition(
                 self._obs[0], self._obs[1], action, reward, next_image, vector, terminated,
                 truncated, version, frozenset(self._ids + next_ids))
         self._ids = next_ids

@@ -20,16 +20,18 @@ def small_config(topology: EncoderTopology = EncoderTopology.SEPARATE, **td3: fl
 
 
 def random_batch(spec: EnvSpec, size: int, seed: int) -> SampleBatch:
-    """A batch of random transitions, the same for the same seed."""
+    """A batch of random transitions, the same for the same seed (vectors clipped to the
+    spec's bounds)."""
     rng = np.random.default_rng(seed)
     image = (spec.frames, spec.image_size, spec.image_size)
+    vector = (size, spec.vector_dim)
     return SampleBatch(
         obs_image=rng.integers(0, 256, (size, *image), dtype=np.uint8),
-        obs_vector=rng.standard_normal((size, spec.vector_dim), dtype=np.float32),
+        obs_vector=spec.vector.clip(rng.standard_normal(vector, dtype=np.float32)),
         action=rng.uniform(-1, 1, (size, spec.action_dim)).astype(np.float32),
         reward=rng.standard_normal(size, dtype=np.float32),
         next_image=rng.integers(0, 256, (size, *image), dtype=np.uint8),
-        next_vector=rng.standard_normal((size, spec.vector_dim), dtype=np.float32),
+        next_vector=spec.vector.clip(rng.standard_normal(vector, dtype=np.float32)),
         terminated=(rng.random(size) < 0.2).astype(np.float32),
         truncated=(rng.random(size) < 0.1).astype(np.float32),
         policy_version=np.full(size, -1, np.int64),

@@ -10,7 +10,7 @@ from common.specs import EnvSpec
 from common.types import SampleBatch
 from replay.shard import ReplayShard
 from replay.storage import RING_ARRAYS
-from replay.synthetic import ExpectedTransition, SyntheticStream
+from replay.synthetic import ExpectedTransition, SyntheticStream, record_id
 
 SMALL_SPEC = EnvSpec(frames=4, image_size=36, num_waypoints=2)
 
@@ -24,7 +24,8 @@ def fingerprint(shard: ReplayShard) -> str:
         h.update(key.encode() + np.ascontiguousarray(value).tobytes())
     streams = sorted((sid, st.last_seq, st.step, st.ended, st.slots.tolist(), st.stamps.tolist(),
                       st.refused_seq) for sid, st in shard.streams.items())
-    counts = {k: v for k, v in shard.counts.items() if k != "rejected" and not k.endswith("_seconds")}
+    counts = {k: v for k, v in shard.counts.items()
+              if not k.startswith("rejected") and not k.endswith("_seconds")}
     h.update(repr((streams, counts, shard.ring.counter, shard.ring.num_valid,
                    shard.limiter.inserts, shard.limiter.samples)).encode())
     return h.hexdigest()
@@ -46,7 +47,7 @@ def expected_by_id(streams: list[SyntheticStream]) -> dict[int, ExpectedTransiti
 def assert_batch_matches(batch: SampleBatch, expected: dict[int, ExpectedTransition]) -> None:
     """Every sampled transition equals, byte for byte, what the env produced."""
     for i in range(batch.size):
-        e = expected[int(batch.next_vector[i, 0])]
+        e = expected[record_id(batch.next_vector[i])]
         assert batch.obs_image[i].tobytes() == e.obs_image.tobytes(), i
         assert batch.next_image[i].tobytes() == e.next_image.tobytes(), i
         assert batch.obs_vector[i].tobytes() == e.obs_vector.tobytes(), i

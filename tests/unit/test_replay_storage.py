@@ -7,14 +7,14 @@ from common.errors import ConfigError, WireError
 from common.specs import EnvSpec
 from common.types import StepChunk
 from replay.storage import FrameRing
-from replay.synthetic import SyntheticStream
+from replay.synthetic import SyntheticStream, record_id
 from tests.unit.replay_support import (SMALL_SPEC, assert_batch_matches, expected_by_id,
                                        make_streams, small_shard)
 
 
 def _intact_ids(shard) -> set[int]:
     ring = shard.ring
-    return {int(v) for v in ring.vector[ring.stamp >= 0, 0]}
+    return {record_id(v) for v in ring.vector[ring.stamp >= 0]}
 
 
 def _assert_valid_set_exact(shard, expected) -> None:
@@ -23,7 +23,7 @@ def _assert_valid_set_exact(shard, expected) -> None:
     intact = _intact_ids(shard)
     want = {tid for tid, e in expected.items() if e.refs <= intact}
     valid_slots = np.flatnonzero(shard.ring.valid)
-    got = {int(v) for v in shard.ring.vector[valid_slots, 0]}
+    got = {record_id(v) for v in shard.ring.vector[valid_slots]}
     assert got == want
     assert shard.ring.num_valid == len(want)
     if valid_slots.size:

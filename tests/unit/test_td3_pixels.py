@@ -22,7 +22,7 @@ def _observations(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndar
     column = np.where(side < 0, rng.integers(2, 14, n), rng.integers(22, 34, n))
     for i, c in enumerate(column):
         image[i, 0, :, c - 2:c + 2] = 255
-    vector = rng.standard_normal((n, SPEC.vector_dim), dtype=np.float32)
+    vector = SPEC.vector.clip(rng.standard_normal((n, SPEC.vector_dim), dtype=np.float32))
     return image, vector, side
 
 
