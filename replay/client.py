@@ -8,7 +8,9 @@ without Ray for tests and debugging.
 Routing: actor ``i`` always writes to shard ``i % num_shards``, so its episodes stay whole in
 one shard. Each actor's ``ShardWriter`` keeps a small window of inserts in flight; when the
 shard refuses one (rate limiter), the writer waits with backoff and resends it and every later
-chunk in order (the shard refuses a stream's later seqs until the refused one returns).
+chunk in order (the shard refuses a stream's later seqs until the refused one returns). A chunk
+the shard rejects as bad data (WireError, SpecError) is dropped and counted, and the writer
+goes on with the next one.
 
 Sampling: ``sample()`` keeps ``prefetch`` requests in flight; each new request goes to a shard
 drawn in proportion to the shards' last known sizes. Samples come back as PackedBatch (F + 1
@@ -42,7 +44,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from common.codec import encode_chunk
-from common.errors import ConfigError, WireError
+from common.errors import ConfigError, SpecError, WireError
 from common.specs import EnvSpec
 from common.types import CachedBatch, SampleBatch, StepChunk
 from replay.handles import SHARD_FAILURES, LocalShard, first_ready, ready, result
@@ -52,6 +54,11 @@ from replay.shard import KEY_SHARD_SHIFT, InsertAck, PackedBatch, RateLimited
 __all__ = ["LocalShard", "ReplayClient", "ShardWriter", "ray_system_config"]
 
 log = logging.getLogger(__name__)
+
+# A rate-limited insert waits as long as the limiter holds it back (the learner decides when
+# sampling lets inserts go on), as Reverb's writers do by default; every this many seconds of
+# one wait the writer logs a warning naming the shard.
+BLOCKED_WARN_EVERY_S = 60.0
 
 
 def ray_system_config(spec: EnvSpec, chunk_length: int) -> dict[str, int]:
@@ -72,6 +79,13 @@ def _new_cache_id() -> int:
 
 class ShardWriter:
     """One actor's writer to its shard: a window of inserts in flight, resend when refused.
+
+    A chunk that the shard rejects as bad data (it raises WireError or SpecError: resending it
+    can only fail again) is dropped and counted by reason in ``rejected`` ("wire", "spec"; a
+    chunk that ``send_chunk`` cannot encode counts as "encode"), logged at the 1st, 2nd, 4th,
+    ... drop, and the writer goes on with the next chunk; the shard restarts the stream at
+    its next ``first`` record. A rate-limited insert is no failure: it is resent until the
+    limiter admits it, with a warning every BLOCKED_WARN_EVERY_S seconds of one wait.
 
     When the shard dies (a call fails with one of SHARD_FAILURES) the chunk is counted as lost,
     never resent: the restarted shard restored an older state of the stream, and the seq gap
@@ -101,11 +115,23 @@ class ShardWriter:
         self.duplicates = 0
         self.refusals = 0
         self.lost_chunks = 0
+        self.rejected: dict[str, int] = {"wire": 0, "spec": 0, "encode": 0}
         self.blocked_seconds = 0.0
 
+    @property
+    def rejected_chunks(self) -> int:
+        """Chunks dropped as bad data, all reasons."""
+        return sum(self.rejected.values())
+
     def send_chunk(self, chunk: StepChunk) -> None:
-        """Encodes and sends a chunk (usable as actors' ChunkWriter sink)."""
-        self.send(encode_chunk(chunk, self.spec))
+        """Encodes and sends a chunk (usable as actors' ChunkWriter sink); a chunk the codec
+        refuses is dropped and counted (reason "encode")."""
+        try:
+            data = encode_chunk(chunk, self.spec)
+        except (WireError, SpecError) as exc:
+            self._drop("encode", exc)
+            return
+        self.send(data)
 
     def send(self, data: bytes) -> None:
         """Sends an encoded chunk; waits only when ``window`` inserts are in flight, and
@@ -124,7 +150,9 @@ class ShardWriter:
 
     def stats(self) -> dict[str, float]:
         return {"stored": self.stored, "duplicates": self.duplicates, "refusals": self.refusals,
-                "lost_chunks": self.lost_chunks, "blocked_seconds": self.blocked_seconds,
+                "lost_chunks": self.lost_chunks, "rejected_chunks": self.rejected_chunks,
+                **{f"rejected_chunks_{reason}": n for reason, n in self.rejected.items()},
+                "blocked_seconds": self.blocked_seconds,
                 "shard_failures": self.health.failures, "shard_rejoins": self.health.rejoins}
 
     def _settle_oldest(self) -> None:
@@ -139,16 +167,46 @@ class ShardWriter:
             self.health.failed(exc, epoch)
             self.blocked_seconds += time.perf_counter() - t0
             return
+        except (WireError, SpecError) as exc:
+            self._pending.popleft()
+            self._drop("spec" if isinstance(exc, SpecError) else "wire", exc)
+            return
         self._pending.popleft()
         self.stored += ack.stored
         self.duplicates += int(ack.duplicate)
 
+    def _drop(self, reason: str, exc: BaseException) -> None:
+        """Counts a chunk rejected as bad data; logs the 1st, 2nd, 4th, ... of a reason."""
+        self.rejected[reason] += 1
+        n = self.rejected[reason]
+        if n & (n - 1) == 0:
+            log.warning("event=writer_chunk_rejected shard=%d reason=%s rejected=%d error=%s",
+                        self.health.shard_index, reason, n, exc)
+
+    def _drain_later(self) -> None:
+        """Waits for the inserts behind the refused head (the shard refused their seqs too),
+        dropping those it rejected as bad data, so that only the rest is resent."""
+        kept = [self._pending[0]]
+        for item in list(self._pending)[1:]:
+            try:
+                result(item[1])
+            except (WireError, SpecError) as exc:
+                self._drop("spec" if isinstance(exc, SpecError) else "wire", exc)
+                continue
+            kept.append(item)
+        self._pending = collections.deque(kept)
+
     def _resend_refused(self, ack: InsertAck) -> InsertAck:
         t0, delay = time.perf_counter(), self.backoff_s
+        warn_at = t0 + BLOCKED_WARN_EVERY_S
         while ack.rate_limited:
             self.refusals += 1
-            for _, ref, _ in list(self._pending)[1:]:
-                result(ref)  # later seqs of this stream were refused too: drain, then resend
+            self._drain_later()
+            if time.perf_counter() >= warn_at:
+                warn_at += BLOCKED_WARN_EVERY_S
+                log.warning("event=writer_blocked shard=%d reason=rate_limited waited_s=%.0f "
+                            "pending=%d", self.health.shard_index, time.perf_counter() - t0,
+                            len(self._pending))
             time.sleep(delay)
             delay = min(2 * delay, self.max_backoff_s)
             epoch = self.health.epoch

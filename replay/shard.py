@@ -2,43 +2,50 @@
 
 Inserts are msgpack StepChunks (common/codec.py) from rollout actors. A message is decoded and
 fully validated, and its place in its stream checked, before anything is written: an invalid
-message raises WireError/SpecError and leaves the shard exactly as it was.
+message raises WireError/SpecError and leaves the shard exactly as it was. Every such refusal
+is counted in ``rejected`` and, by reason, in ``rejected_<reason>`` (REJECT_REASONS): "wire"
+(a malformed message), "spec" (an array against the spec), "stream" (a chunk that breaks its
+stream, e.g. continues an episode that ended).
 
-Idempotence: a chunk whose ``seq`` is not above the stream's last accepted seq is acknowledged
-as a duplicate and ignored, so a retried Ray task never stores a batch twice. A seq gap or an
-unknown stream restarts the stream at the chunk's next ``first`` record. Streams whose slots
-have all been overwritten are forgotten after a while (``_prune_streams``); a retry older than
-a full ring turn may then be stored again.
+Idempotence: a chunk whose ``seq`` is at most DUPLICATE_WINDOW below the stream's last
+accepted seq, or equal to it, is acknowledged as a duplicate and ignored, so a retried Ray task
+never stores a batch twice. A seq gap or an unknown stream restarts the stream at the chunk's
+next ``first`` record, and so does a seq further behind (a sender that started over). The table
+of streams is bounded, and streams that hold no intact record are forgotten
+(replay/streams.py); a retry of such a stream's old chunk may then be stored again.
 
 A shard is not thread-safe: run it as a single-threaded Ray actor (Ray's default for a
-synchronous actor class). Rate limiting never blocks the actor: a refused call returns at once, ``InsertAck.rate_limited``
-for an insert (the writer resends the same message; later seqs of that stream are refused
-until it does, so episodes stay whole and in order) and a ``RateLimited`` value for a sample.
+synchronous actor class). Rate limiting never blocks the actor: a refused call returns at once,
+``InsertAck.rate_limited`` for an insert (the writer resends the same message; later seqs of
+that stream are refused until it does, so episodes stay whole and in order) and a
+``RateLimited`` value for a sample.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import pathlib
 import time
-from typing import NamedTuple
+from typing import Iterator, Mapping, NamedTuple
 
 import numpy as np
 
 from common.codec import WireLimits, decode_chunk, encode_batch, validate_chunk
 from common.config import ReplayConfig
-from common.errors import ConfigError, WireError
+from common.errors import ConfigError, SpecError, WireError
 from common.specs import EnvSpec
 from common.types import CachedBatch, SampleBatch, StepChunk
 from replay import checkpoint
 from replay.rate_limiter import RateLimiter
 from replay.samplers import make_sampler
 from replay.storage import FrameRing, StreamState
+from replay.streams import MAX_STREAMS, StreamTable, restarts
 
 log = logging.getLogger(__name__)
 
 KEY_SHARD_SHIFT = 48
 _STAMP_MASK = (1 << KEY_SHARD_SHIFT) - 1
-_MAX_KNOWN_STREAMS = 4096
+REJECT_REASONS = ("wire", "spec", "stream")
 
 
 class InsertAck(NamedTuple):
@@ -110,9 +117,11 @@ class ReplayShard:
         cfg: the replay section of the config.
         shard_index: this shard's index (stored in the top bits of sample keys).
         seed: sampling seed.
+        max_streams: the most writer streams remembered (replay/streams.py).
     """
 
-    def __init__(self, spec: EnvSpec, cfg: ReplayConfig, shard_index: int = 0, seed: int = 0) -> None:
+    def __init__(self, spec: EnvSpec, cfg: ReplayConfig, shard_index: int = 0, seed: int = 0,
+                 max_streams: int = MAX_STREAMS) -> None:
         if not 0 <= shard_index < (1 << 14):
             raise ConfigError(f"shard_index ({shard_index}) must be in [0, 16384)")
         self.spec, self.cfg, self.shard_index = spec, cfg, int(shard_index)
@@ -123,9 +132,10 @@ class ReplayShard:
         self.sampler = make_sampler(cfg, self.ring.valid, lambda: self.ring.filled,
                                     lambda: self.ring.num_valid)
         self.rng = np.random.default_rng([seed, shard_index])
-        self.streams: dict[int, StreamState] = {}
+        self._streams = StreamTable(max_streams)
         self.counts = {"inserts": 0, "duplicates": 0, "dropped_records": 0, "rejected": 0,
-                       "insert_refusals": 0, "samples": 0, "sample_refusals": 0,
+                       **{f"rejected_{reason}": 0 for reason in REJECT_REASONS},
+                       "stream_restarts": 0, "insert_refusals": 0, "samples": 0, "sample_refusals": 0,
                        "priority_updates": 0, "stale_priority_updates": 0,
                        "insert_busy_seconds": 0.0, "sample_busy_seconds": 0.0,
                        "cache_frames_sent": 0, "cache_resets": 0}
@@ -136,6 +146,16 @@ class ReplayShard:
         log.info("replay_shard index=%d capacity=%d sampler=%s bytes=%d bytes_per_slot=%.1f",
                  self.shard_index, cfg.capacity, cfg.sampler.value, self.ring.nbytes,
                  self.ring.bytes_per_slot())
+
+    @property
+    def streams(self) -> StreamTable:
+        """The writer streams this shard remembers (replay/streams.py)."""
+        return self._streams
+
+    @streams.setter
+    def streams(self, states: Mapping[int, StreamState]) -> None:
+        # replay/checkpoint.py restores the table by assigning a plain mapping.
+        self._streams.replace(states)
 
     def size(self) -> int:
         """Valid (sampleable) transitions held."""
@@ -148,44 +168,56 @@ class ReplayShard:
             WireError, SpecError: the message is invalid; the shard is unchanged.
         """
         t0 = time.perf_counter()
-        try:
+        with self._counting_rejections("wire"):
             chunk = decode_chunk(data, self.spec, self.limits)
-        except ValueError:
-            self.counts["rejected"] += 1
-            raise
-        ack = self._insert_valid(chunk)
+        with self._counting_rejections("stream"):
+            ack = self._insert_valid(chunk)
         self.counts["insert_busy_seconds"] += time.perf_counter() - t0
         return ack
 
     def insert_chunk(self, chunk: StepChunk) -> InsertAck:
         """Validates and stores a chunk built in this process (same rules as ``insert``)."""
-        try:
+        with self._counting_rejections("wire"):
             validate_chunk(chunk, self.spec, self.limits)
-        except ValueError:
+        with self._counting_rejections("stream"):
+            return self._insert_valid(chunk)
+
+    @contextlib.contextmanager
+    def _counting_rejections(self, reason: str) -> Iterator[None]:
+        """Counts an insert that raises as rejected, by ``reason`` ("spec" for a SpecError)."""
+        try:
+            yield
+        except Exception as exc:
+            reason = "spec" if isinstance(exc, SpecError) else reason
             self.counts["rejected"] += 1
+            self.counts[f"rejected_{reason}"] += 1
+            if self.counts["rejected"] & (self.counts["rejected"] - 1) == 0:  # 1, 2, 4, ...
+                log.warning("event=insert_rejected shard=%d reason=%s rejected=%d error=%s",
+                            self.shard_index, reason, self.counts["rejected"], exc)
             raise
-        return self._insert_valid(chunk)
 
     def _insert_valid(self, chunk: StepChunk) -> InsertAck:
-        state = self.streams.get(chunk.stream_id)
         sid, seq = chunk.stream_id, chunk.seq
+        state = self.streams.get(sid)
+        restart = restarts(state, seq)
+        if restart:
+            state = None  # no retry: the sender started the stream over (replay/streams.py)
         if state is not None and seq <= state.last_seq:
             self.counts["duplicates"] += 1
             return InsertAck(sid, seq, 0, 0, True, False)
         if state is not None and state.refused_seq >= 0 and seq != state.refused_seq:
             return self._refuse_insert(sid, seq, state)
-        if state is not None and seq != state.last_seq + 1:
-            state = None  # a gap: the stream restarts at its next first record
-        plan = self.ring.plan(chunk, state)
+        # After a gap the stream restarts at its next first record.
+        base = state if state is not None and seq == state.last_seq + 1 else None
+        plan = self.ring.plan(chunk, base)
         if not self.limiter.admit("insert", self.limiter.can_insert(self.size())):
-            return self._refuse_insert(sid, seq, self.streams.get(sid))
-        new_state = self.ring.write(chunk, state, plan, self.sampler.remove, self.sampler.add)
-        self.streams[sid] = new_state
+            return self._refuse_insert(sid, seq, state)
+        new_state = self.ring.write(chunk, base, plan, self.sampler.remove, self.sampler.add)
+        self.streams.put(sid, new_state, self.ring.counter - self.ring.capacity)
         self.limiter.on_insert(plan.stored_transitions)
         self.counts["inserts"] += plan.stored_transitions
         self.counts["dropped_records"] += plan.dropped_records
-        if len(self.streams) > _MAX_KNOWN_STREAMS:
-            self._prune_streams()
+        self.counts["stream_restarts"] += int(restart)
         return InsertAck(sid, seq, plan.stored_transitions, plan.dropped_records, False, False)
 
     def _refuse_insert(self, sid: int, seq: int, state: StreamState | None) -> InsertAck:
@@ -193,16 +225,10 @@ class ReplayShard:
         if state is None:
             f = self.spec.frames
             state = StreamState(seq - 1, -1, False, np.zeros(f, np.int64), np.full(f, -1, np.int64))
-            self.streams[sid] = state
         if state.refused_seq < 0:
             state.refused_seq = seq
+        self.streams.put(sid, state, self.ring.counter - self.ring.capacity)
         return InsertAck(sid, seq, 0, 0, False, True)
-
-    def _prune_streams(self) -> None:
-        intact_from = self.ring.counter - self.ring.capacity
-        stale = [sid for sid, st in self.streams.items() if st.stamps.max() < intact_from]
-        for sid in stale:
-            del self.streams[sid]
 
     def sample_packed(self, batch_size: int) -> PackedBatch | RateLimited:
         """Samples ``batch_size`` valid transitions as a PackedBatch (what travels over Ray).
@@ -326,7 +352,8 @@ class ReplayShard:
         """Counters and gauges: inserts, samples, size, bytes, blocked seconds, ..."""
         return {**self.counts, "shard_index": self.shard_index, "size": self.size(),
                 "capacity": self.ring.capacity, "slots_written": self.ring.counter,
-                "streams": len(self.streams), "bytes": self.ring.nbytes,
+                "streams": len(self.streams), "streams_pruned": self.streams.pruned,
+                "streams_evicted": self.streams.evicted, "bytes": self.ring.nbytes,
                 "insert_blocked_seconds": self.limiter.blocked_seconds["insert"],
                 "sample_blocked_seconds": self.limiter.blocked_seconds["sample"]}
 
