@@ -26,7 +26,7 @@ class CpuPolicy:
         # 0.98 ms of CPU per batch-1 inference, one thread).
         self._own = to_channels_last(self._build().eval())
         self.action_dim = spec.action_dim
-        self.version = RANDOM_POLICY_VERSION
+        self.version = self._own_version = RANDOM_POLICY_VERSION
         self._use(self._own)
 
     def _build(self) -> PolicyNet:
@@ -46,7 +46,14 @@ class CpuPolicy:
         """Copies a snapshot into the policy's own weights and runs on them; raises SpecError
         if its names or shapes do not match."""
         load_policy_state(self._own, snapshot.state)
-        self.version = snapshot.version
+        self.version = self._own_version = snapshot.version
+        self._use(self._own)
+
+    def unbind(self) -> None:
+        """Runs on its own weights again, as the version last loaded into them (random before
+        any ``load``), without reading the bound arrays: for weights that can no longer be
+        trusted (a damaged or truncated shared-memory file)."""
+        self.version = self._own_version
         self._use(self._own)
 
     def view(self, state: Mapping[str, np.ndarray]) -> PolicyNet:

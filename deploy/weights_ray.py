@@ -5,7 +5,8 @@ its env loop only reads a field (no Ray call, no wait, per step).
 Where the learner also writes shared-memory weight files (deploy/weights_shm.py), the board
 posts their channel with each version; an actor on the same node then runs its policy on the
 newest file's arrays in place and skips the object-store fetch (publish -> use without any Ray
-call or copy in between)."""
+call or copy in between). A file it cannot open or trust (not private, truncated, a checksum
+that does not match) is given up for the object store."""
 from __future__ import annotations
 
 import asyncio
@@ -22,6 +23,12 @@ from common.weights import PolicySnapshot
 from deploy.weights_shm import ShmChannel, ShmWeightReader
 
 log = logging.getLogger(__name__)
+
+# How far a file's version may run ahead of the newest version this actor has seen on the
+# board: the board's answer is at most a poll (``poll_timeout_s``) old, in which the learner
+# makes far fewer updates. A version beyond it (damage) is ignored, so it cannot hold the
+# actor on one slot.
+MAX_VERSION_LEAD = 100_000
 
 
 class WeightBoard:
@@ -107,6 +114,7 @@ class RayWeightSource:
         self._latest_published_at = 0.0
         self._latest_fetched_at = 0.0
         self._channel: ShmChannel | None = None  # the board's, kept by the thread
+        self._board_version = -1  # the newest version the thread saw on the board
         self._unusable: ShmChannel | None = None  # a channel that failed to open
         self._refetch = threading.Event()  # the thread must fetch the newest version again
         self._reader: ShmWeightReader | None = None  # used by the env loop's thread only
@@ -144,6 +152,7 @@ class RayWeightSource:
                 version, refs, published_at, channel = ray.get(call)
                 with self._lock:
                     self._channel = channel
+                    self._board_version = max(self._board_version, version)
                 if self._direct(channel) or version <= known or not refs:
                     continue
                 state = ray.get(refs[0])
@@ -168,12 +177,24 @@ class RayWeightSource:
         reader = self._attached(policy)
         if reader is None:
             return poll and self._load_fetched(policy)
-        slot, version = reader.lock_newest()
+        try:
+            return self._bind_newest(reader, policy)
+        except CheckpointError as exc:  # truncated or damaged: the object store from now on
+            self._give_up_file(policy, exc)
+            return poll and self._load_fetched(policy)
+
+    def _ceiling(self) -> int:
+        with self._lock:
+            return self._board_version + MAX_VERSION_LEAD
+
+    def _bind_newest(self, reader: ShmWeightReader, policy: CpuPolicy) -> bool:
+        slot, version = reader.lock_newest(self._ceiling())
         self._locked = slot
         if version <= policy.version:
             return False
         # No copy: where each actor copied 7.5 MB per version, 2 ms of its CPU and, on a full
-        # machine, 20 to 80 ms of wall time in its step.
+        # machine, 20 to 80 ms of wall time in its step. ``held`` checks the slot's checksum
+        # once per version: one pass over the slot, about what that copy cost.
         held = reader.held(slot)
         policy.bind(self._nets[slot], version)
         self._policy = policy
@@ -187,6 +208,20 @@ class RayWeightSource:
         if self._locked >= 0:
             self._reader.unlock(self._locked)
             self._locked = -1
+
+    def _give_up_file(self, policy: CpuPolicy, exc: CheckpointError) -> None:
+        """Stops reading a file that proved truncated or damaged: the policy runs on its own
+        weights (not a copy of the file's), and the poll thread fetches the newest version
+        from the object store. Logged once: the channel is not opened again."""
+        channel = self._reader.channel
+        log.warning("event=weight_file_rejected path=%s error=%s fallback=object_store",
+                    channel.path, exc)
+        if policy.bound:
+            policy.unbind()
+        self._policy = None
+        self._close_reader()
+        self._unusable = channel
+        self._refetch.set()
 
     def _load_fetched(self, policy: CpuPolicy) -> bool:
         with self._lock:
@@ -235,14 +270,21 @@ class RayWeightSource:
 
     def _close_reader(self) -> None:
         """Gives the weight files up; a policy bound to them first loads a copy of the newest
-        slot (its version, or a newer one)."""
+        slot (its version, or a newer one), or runs on its own weights where no slot is intact."""
         if self._reader is not None:
             policy = self._policy
             if policy is not None and policy.bound:
-                with self._reader.newest() as held:  # not None: the policy is bound to one
-                    policy.load(held.snapshot)
+                try:
+                    with self._reader.newest(self._ceiling()) as held:
+                        if held is None:
+                            raise CheckpointError("no slot holds a version")
+                        policy.load(held.snapshot)
+                except CheckpointError as exc:
+                    log.warning("event=weight_file_copy_failed error=%s", exc)
+                    policy.unbind()
             self._policy = None
             self._nets = []
+            self._locked = -1  # closing drops the lock
             self._reader.close()
             self._reader = None
 

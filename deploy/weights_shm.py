@@ -8,29 +8,42 @@ that slot's arrays: no copy, no Ray call, no object-store fetch between publish 
 broadcast latency is the time until each actor's next env step, and all actors share one copy
 of the weights in memory and in the CPU's caches. The Ray weight board stays the source of
 truth (deploy/weights_ray.py): it carries the channel's descriptor, and an actor on another
-machine, or one that cannot open the files, fetches from the object store.
+machine, or one that cannot open or trust the files, fetches from the object store.
+
+Privacy: the files live in ``/dev/shm/carla-td3-<uid>/<hash of the run path>/``, both
+directories made 0700 and checked (owner, mode, not a symlink) by the writer and by every reader
+before use (deploy/private_dir.py); files are opened with ``O_NOFOLLOW`` and must be regular
+files of this user. A directory another user made first is refused, and the run publishes
+through the object store only.
+
+Integrity: a reader checks each slot's size (``fstat``) before it reads the slot's version,
+and each version's crc32 (in the header, over the version, layout and arrays) once, when it
+first takes it; it ignores versions above a ceiling (``MAX_VERSION``, or the caller's bound from
+the board), so a corrupted or pinned version cannot hold it on one slot. A mismatch raises
+CheckpointError, and the rollout side then fetches from the object store.
 
 Consistency: a reader holds a shared ``flock`` on the newest slot while its policy runs one
 inference on it, and binds its policy to that slot's arrays at that moment if they are newer
 than what it ran before. The writer writes a slot only under an exclusive lock that it takes
-without waiting: it writes the oldest slot that no reader holds and never the newest one, and
-skips a publish (``publish`` returns None) when readers hold every older slot. So a reader
-never sees half a snapshot, the learner never waits for an actor, and an actor stalled between
-two inferences (a simulator timeout, a full replay) holds nothing. The kernel drops the locks
-of a process that dies. A writer killed mid-write leaves that slot's version at WRITING, which
-no reader takes. With ``SLOTS`` = 3, a publish is skipped only while two actors are in the
-middle of inferences on two different older versions.
+without waiting: it writes the oldest slot that no reader holds and never the newest one (by
+its own record of what it wrote, not by the versions in the files), and skips a publish
+(``publish`` returns None) when readers hold every older slot. So a reader never sees half a
+snapshot, the learner never waits for an actor, and an actor stalled between two inferences (a
+simulator timeout, a full replay) holds nothing. The kernel drops the locks of a process that
+dies. A writer killed mid-write leaves that slot's version at WRITING, which no reader takes.
+With ``SLOTS`` = 3, a publish is skipped only while two actors are in the middle of inferences
+on two different older versions.
 
 Lifetime: the driver deletes the run's directory at shutdown and a restarted learner deletes
 its predecessor's files. A learner holds a shared ``flock`` on its directory's ``alive`` file
-while it lives, and a starting learner deletes the other runs' directories whose lock nobody
-holds: what a run whose driver was killed left behind.
+while it lives, and a starting learner deletes the other run directories in its user's root
+whose lock nobody holds: what a run whose driver was killed left behind.
 
-Slot file layout: a fixed header (magic, token, version, publish time, layout length), the
-layout (msgpack: name, shape, dtype per array, in order), then the arrays back to back, each
-64-byte aligned. A 4-d array (a convolution's weight, [out, in, h, w]) is stored channels-last,
-in [out, h, w, in] order, the layout the CPU convolutions run on, so a policy can use it in
-place; ``_views`` gives every array in its logical shape.
+Slot file layout: a fixed header (magic, token, version, publish time, layout length, file
+size, crc32), the layout (msgpack: name, shape, dtype per array, in order), then the arrays back
+to back, each 64-byte aligned. A 4-d array (a convolution's weight, [out, in, h, w]) is stored
+channels-last, in [out, h, w, in] order, the layout the CPU convolutions run on, so a policy can
+use it in place; ``_views`` gives every array in its logical shape.
 """
 from __future__ import annotations
 
@@ -42,8 +55,8 @@ import os
 import secrets
 import shutil
 import struct
-import tempfile
 import time
+import zlib
 from pathlib import Path
 from typing import Iterator, Mapping, NamedTuple
 
@@ -52,13 +65,22 @@ import numpy as np
 
 from common.errors import CheckpointError
 from common.weights import PolicySnapshot
+from deploy.private_dir import (check_private, check_private_chain, is_user_root, make_private,
+                                open_regular, user_root)
 
-MAGIC = b"CTD3WTS2"
-_HEADER = struct.Struct("<8s16sqdQ")  # magic, token, version, published_at, layout bytes
-_VERSION_AT = 24  # byte offset of the version field
+MAGIC = b"CTD3WTS3"
+# magic, token, version, published_at, layout bytes, file bytes, crc32 (``_checksum``)
+_HEADER = struct.Struct("<8s16sqdQQI")
+_VERSION_AT = 24  # byte offset of the version, followed by the publish time
 _VERSION = struct.Struct("<q")
+_STAMP = struct.Struct("<qd")  # version, published_at
+_CRC_AT = 56
+_CRC = struct.Struct("<I")
 HEADER_BYTES = 64
 WRITING = -2  # the version while a write is in progress (or was cut off by a crash)
+# Versions are update counts: one above this is damage, never read (2**53: still exact as the
+# float a metric carries).
+MAX_VERSION = 2**53 - 1
 _ALIGN = 64
 SLOTS = 3  # slot files per learner (see the module docstring)
 
@@ -82,11 +104,11 @@ class ShmChannel(NamedTuple):
         return f"{self.path}.{k}"
 
 
-def channel_dir(run_path: str | Path) -> Path:
-    """The per-run directory of weight files: in /dev/shm (memory) where it exists."""
-    root = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
+def channel_dir(run_path: str | Path, base: str | Path | None = None) -> Path:
+    """The per-run directory of weight files, in this user's root
+    (``deploy.private_dir.user_root``: /dev/shm/carla-td3-<uid> where /dev/shm exists)."""
     digest = hashlib.blake2b(str(Path(run_path).resolve()).encode(), digest_size=6).hexdigest()
-    return root / f"carla-td3-{digest}"
+    return user_root(base) / digest
 
 
 def _layout(state: Mapping[str, np.ndarray]) -> list[tuple[str, tuple[int, ...], str]]:
@@ -119,24 +141,40 @@ def _offsets(layout, start: int) -> list[tuple[int, int]]:
     return out
 
 
+def _file_size(layout, start: int) -> int:
+    return max(start, *(o + n for o, n in _offsets(layout, start)))
+
+
+def _checksum(stamp: bytes, buffer: mmap.mmap, size: int) -> int:
+    """crc32 of a slot's stamp (version, publish time), then of its layout and arrays: the
+    fastest checksum in the standard library, one pass over the slot, which a reader makes
+    once per version (not per inference)."""
+    with memoryview(buffer) as view:
+        return zlib.crc32(view[HEADER_BYTES:size], zlib.crc32(stamp))
+
+
 def _hold_alive(directory: Path) -> int:
     """A descriptor holding a shared lock on ``directory/alive`` (made under a temporary name
     and renamed, so no one sees it unlocked) for as long as this process keeps it open."""
     tmp = directory / f".alive-{secrets.token_hex(4)}"
-    fd = os.open(tmp, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     fcntl.flock(fd, fcntl.LOCK_SH)
     os.replace(tmp, directory / "alive")
     return fd
 
 
 def _remove_dead_runs(own: Path) -> None:
-    """Deletes the sibling run directories whose ``alive`` lock no process holds."""
-    for other in own.parent.glob("carla-td3-*"):
+    """Deletes the other run directories in this user's root whose ``alive`` lock no process
+    holds (nothing outside such a root: there the neighbours are not known to be runs)."""
+    if not is_user_root(own.parent):
+        return
+    for other in own.parent.iterdir():
         if other == own:
             continue
         try:
-            fd = os.open(other / "alive", os.O_RDONLY)
-        except OSError:  # no marker (yet): leave it
+            check_private(other)
+            fd = open_regular(other / "alive")  # not a FIFO: that would block the learner
+        except CheckpointError:  # no marker (yet), or not a private directory: leave it
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -150,7 +188,7 @@ def _remove_dead_runs(own: Path) -> None:
 def _reserve(path: Path, size: int) -> int:
     """Creates the file with its pages reserved: a full tmpfs then fails here with ENOSPC (an
     OSError the learner handles) instead of SIGBUS at the first write through the mapping."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         if hasattr(os, "posix_fallocate"):
             os.posix_fallocate(fd, 0, size)
@@ -173,11 +211,18 @@ class ShmWeightWriter:
     """The learner's side: ``slots`` files per learner incarnation, written in turn.
 
     Args:
-        directory: where to create the files (``channel_dir`` of the run); older files there,
-            left by a learner that died, are removed.
+        directory: where to create the files (``channel_dir`` of the run), made private
+            (``deploy.private_dir.make_private``); older files there, left by a learner that
+            died, are removed.
         template: a snapshot state giving the names, shapes and dtypes every publish must have.
         node_id: the Ray node this process runs on.
         slots: slot files (at least 2: the newest is never rewritten).
+
+    Raises:
+        CheckpointError: the directory, or this user's root above it, is not private (another
+            user's, group or world accessible, or a symlink): the learner publishes through
+            the object store only.
+        OSError: a directory or file could not be made (e.g. a full tmpfs).
     """
 
     def __init__(self, directory: str | Path, template: Mapping[str, np.ndarray], node_id: str,
@@ -185,7 +230,7 @@ class ShmWeightWriter:
         if slots < 2:
             raise ValueError(f"slots={slots}: the weight file needs at least 2")
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        make_private(directory)
         self._alive = _hold_alive(directory)
         self._slots: list[_WriterSlot] = []
         try:
@@ -195,10 +240,11 @@ class ShmWeightWriter:
             self._layout = _layout(template)
             layout_bytes = msgpack.packb([[n, list(s), d] for n, s, d in self._layout])
             start = HEADER_BYTES + len(layout_bytes)
-            size = max(start, *(o + n for o, n in _offsets(self._layout, start)))
+            self._size = size = _file_size(self._layout, start)
             token = secrets.token_hex(16)
             self.channel = ShmChannel(str(directory / f"weights-{token}"), token, node_id, slots)
-            header = _HEADER.pack(MAGIC, bytes.fromhex(token), WRITING, 0.0, len(layout_bytes))
+            header = _HEADER.pack(MAGIC, bytes.fromhex(token), WRITING, 0.0, len(layout_bytes),
+                                  size, 0)
             for k in range(slots):
                 fd = _reserve(Path(self.channel.slot_path(k)), size)
                 mapped = mmap.mmap(fd, size)
@@ -208,9 +254,28 @@ class ShmWeightWriter:
         except BaseException:
             self._unlink_all()
             raise
+        # The writer's own record of when it wrote each slot (-1: never), and of the newest
+        # version: a version changed in a file (damage, or this user's mistake) does not
+        # change which slot it writes next.
+        self._written = [-1] * slots
+        self._publishes = 0
+        self._last_version = 0
 
-    def _version(self, slot: _WriterSlot) -> int:
-        return _VERSION.unpack_from(slot.map, _VERSION_AT)[0]
+    def _check(self, snapshot: PolicySnapshot) -> list[tuple[str, np.ndarray]]:
+        version = int(snapshot.version)
+        if not self._last_version <= version <= MAX_VERSION:
+            raise CheckpointError(f"snapshot version {version}: the weight file takes versions "
+                                  f"from {self._last_version} (the newest it holds, or 0) to "
+                                  f"{MAX_VERSION}")
+        if len(snapshot.state) != len(self._layout):
+            raise CheckpointError(f"snapshot has {len(snapshot.state)} arrays, the weight file "
+                                  f"{len(self._layout)}")
+        arrays = list(snapshot.state.items())
+        for (name, array), want in zip(arrays, self._layout):
+            if _layout({name: array})[0] != want:
+                raise CheckpointError(f"snapshot array {_layout({name: array})[0]} does not match "
+                                      f"the weight file's {want}")
+        return arrays
 
     def publish(self, snapshot: PolicySnapshot, published_at: float | None = None) -> float | None:
         """Writes the snapshot with its publish time (``time.time()`` when not given), which
@@ -220,20 +285,15 @@ class ShmWeightWriter:
 
         Raises:
             CheckpointError: naming the array whose name, shape or dtype differs from the
-                template's (nothing is written then).
+                template's, or a version below the newest one written or above
+                ``MAX_VERSION`` (nothing is written then).
         """
-        if len(snapshot.state) != len(self._layout):
-            raise CheckpointError(f"snapshot has {len(snapshot.state)} arrays, the weight file "
-                                  f"{len(self._layout)}")
-        arrays = list(snapshot.state.items())
-        for (name, array), want in zip(arrays, self._layout):
-            if _layout({name: array})[0] != want:
-                raise CheckpointError(f"snapshot array {_layout({name: array})[0]} does not match "
-                                      f"the weight file's {want}")
-        by_age = sorted(self._slots, key=self._version)
+        arrays = self._check(snapshot)
+        by_age = sorted(range(len(self._slots)), key=self._written.__getitem__)
         # Never the newest: readers lock it without waiting, and so the newest version in
         # the files never goes back (a policy newer than every slot runs on its own copy).
-        for slot in by_age[:-1]:
+        for k in by_age[:-1]:
+            slot = self._slots[k]
             try:
                 fcntl.flock(slot.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:  # an actor still runs on this one
@@ -244,9 +304,13 @@ class ShmWeightWriter:
                     np.copyto(view, array, casting="no")
                 if published_at is None:
                     published_at = time.time()
-                struct.pack_into("<qd", slot.map, _VERSION_AT, int(snapshot.version), published_at)
+                stamp = _STAMP.pack(int(snapshot.version), published_at)
+                _CRC.pack_into(slot.map, _CRC_AT, _checksum(stamp, slot.map, self._size))
+                slot.map[_VERSION_AT:_VERSION_AT + _STAMP.size] = stamp
             finally:
                 fcntl.flock(slot.fd, fcntl.LOCK_UN)
+            self._written[k], self._publishes = self._publishes, self._publishes + 1
+            self._last_version = int(snapshot.version)
             return published_at
         return None
 
@@ -270,30 +334,36 @@ class ShmWeightWriter:
         self._alive = -1
 
 
+def _parse_layout(buffer: mmap.mmap, layout_len: int) -> list[tuple[str, tuple[int, ...], str]]:
+    raw = msgpack.unpackb(buffer[HEADER_BYTES:HEADER_BYTES + layout_len])
+    return [(str(n), tuple(int(d) for d in s), str(np.dtype(d).str)) for n, s, d in raw]
+
+
 class _ReaderSlot:
     """One slot file, mapped read-only."""
 
     def __init__(self, path: str, token: str) -> None:
+        self.path = path
+        self.fd = open_regular(path)  # no symlink, no FIFO, this user's
         try:
-            self.fd = os.open(path, os.O_RDONLY)
-        except OSError as exc:
-            raise CheckpointError(f"weight file {path!r}: {exc.strerror}") from exc
-        try:
-            size = os.fstat(self.fd).st_size
+            self.size = size = os.fstat(self.fd).st_size
             if size < HEADER_BYTES:
                 raise CheckpointError(f"weight file {path!r}: {size} bytes, shorter than its "
                                       f"header")
             self.map = mmap.mmap(self.fd, size, prot=mmap.PROT_READ)
-            magic, got, _, _, layout_len = _HEADER.unpack_from(self.map, 0)
+            magic, got, _, _, layout_len, stated, _ = _HEADER.unpack_from(self.map, 0)
             if magic != MAGIC or got.hex() != token:
                 self.map.close()
                 raise CheckpointError(f"weight file {path!r}: magic {magic!r} token {got.hex()} "
                                       f"!= {MAGIC!r} {token}")
             try:
-                raw = msgpack.unpackb(self.map[HEADER_BYTES:HEADER_BYTES + layout_len])
-                layout = [(str(n), tuple(int(d) for d in s), str(d)) for n, s, d in raw]
+                layout = _parse_layout(self.map, layout_len)
+                need = _file_size(layout, HEADER_BYTES + layout_len)
+                if not need == stated == size:
+                    raise ValueError(f"{size} bytes, its header says {stated} and its layout "
+                                     f"{need}")
                 self.views = _views(self.map, layout, HEADER_BYTES + layout_len)
-            except (ValueError, TypeError, msgpack.UnpackException) as exc:  # a damaged layout
+            except (ValueError, TypeError, OverflowError, msgpack.UnpackException) as exc:
                 # Views made before the failure live on in the traceback: the mapping goes
                 # with them, not here (closing it would raise BufferError).
                 raise CheckpointError(f"weight file {path!r}: malformed ({exc})") from exc
@@ -304,8 +374,18 @@ class _ReaderSlot:
 
     def stamp(self) -> tuple[int, float]:
         """(version, publish time), read without the lock."""
-        version, published_at = struct.unpack_from("<qd", self.map, _VERSION_AT)
+        version, published_at = _STAMP.unpack_from(self.map, _VERSION_AT)
         return int(version), float(published_at)
+
+    def verify(self) -> tuple[int, int]:
+        """Raises CheckpointError unless the slot's contents match its checksum; returns
+        (version, checksum). Under the slot's lock."""
+        stamp = self.map[_VERSION_AT:_VERSION_AT + _STAMP.size]
+        version, crc = _VERSION.unpack_from(stamp)[0], _CRC.unpack_from(self.map, _CRC_AT)[0]
+        if _checksum(stamp, self.map, self.size) != crc:
+            raise CheckpointError(f"weight file {self.path!r}: version {version} does not match "
+                                  f"its checksum (damaged)")
+        return version, crc
 
     def close(self) -> None:
         self.views = []
@@ -330,11 +410,14 @@ class ShmWeightReader:
     newest slot, locked (``lock_newest``/``unlock``) for one inference at a time.
 
     Raises (constructor):
-        CheckpointError: a file is missing, too short or malformed, or its magic or token
-            differ from the channel's (another file, or a newer learner's, is at that path).
+        CheckpointError: the directory is not private (``deploy.private_dir``), a file is
+            missing, not a regular file of this user, too short or malformed, or its magic or
+            token differ from the channel's (another file, or a newer learner's, is at that
+            path).
     """
 
     def __init__(self, channel: ShmChannel) -> None:
+        check_private_chain(Path(channel.path).parent)
         self._slots: list[_ReaderSlot] = []
         try:
             for k in range(channel.slots):
@@ -344,7 +427,9 @@ class ShmWeightReader:
             raise
         self._maps = [slot.map for slot in self._slots]
         self._fds = [slot.fd for slot in self._slots]
+        self._sizes = [slot.size for slot in self._slots]
         self._states = [dict(zip(slot.names, slot.views)) for slot in self._slots]
+        self._verified: list[tuple[int, int] | None] = [None] * len(self._slots)
         self.channel = channel
 
     def states(self) -> list[dict[str, np.ndarray]]:
@@ -352,20 +437,34 @@ class ShmWeightReader:
         contents are a snapshot only while the slot is locked."""
         return list(self._states)
 
-    def lock_newest(self) -> tuple[int, int]:
-        """Takes a shared lock on the slot with the newest version; returns (slot, version),
-        or (-1, WRITING) with nothing locked before the first publish. The slot's arrays stay
-        unchanged until ``unlock(slot)``. Never waits: the writer never writes the newest
-        slot, and when the slot read as newest is taken by the writer in between (two
-        publishes since the look), the look is taken again. Lean: it runs before every
-        inference, cache-cold after the simulator's tick (58 against 139 us of CPU for the
-        same steps through a generator context manager and per-call snapshot objects)."""
-        maps, fds = self._maps, self._fds
+    def lock_newest(self, ceiling: int = MAX_VERSION) -> tuple[int, int]:
+        """Takes a shared lock on the slot with the newest version up to ``ceiling`` (higher
+        ones are damage, ignored); returns (slot, version), or (-1, WRITING) with nothing
+        locked before the first publish. The slot's arrays stay unchanged until
+        ``unlock(slot)``. Never waits: the writer never writes the newest slot, and when the
+        slot read as newest is taken by the writer in between (two publishes since the look),
+        the look is taken again. Lean: it runs before every inference, cache-cold after the
+        simulator's tick (58 against 139 us of CPU for the same steps through a generator
+        context manager and per-call snapshot objects).
+
+        Raises:
+            CheckpointError: a slot file is no longer its size (truncated): reading its
+                mapping would kill the process with SIGBUS.
+        """
+        maps, fds, sizes = self._maps, self._fds, self._sizes
         while True:
             best, k = WRITING, -1
             for i, mapped in enumerate(maps):
+                # Truncation is checked before every look at a slot (its size by seeking to
+                # its end: a sixth of an fstat's cost). A truncation by this user between this
+                # check and the reads after it is still a race (SIGBUS); the private directory
+                # keeps every other user out.
+                size = os.lseek(fds[i], 0, os.SEEK_END)
+                if size != sizes[i]:
+                    raise CheckpointError(f"weight file {self._slots[i].path!r}: truncated to "
+                                          f"{size} of {sizes[i]} bytes")
                 version = _VERSION.unpack_from(mapped, _VERSION_AT)[0]
-                if version > best:
+                if best < version <= ceiling:
                     best, k = version, i
             if k < 0:  # nothing published yet
                 return -1, WRITING
@@ -381,15 +480,23 @@ class ShmWeightReader:
         fcntl.flock(self._fds[slot], fcntl.LOCK_UN)
 
     def held(self, slot: int) -> Held:
-        """A slot locked by ``lock_newest``: its snapshot (read-only views) and publish time."""
+        """A slot locked by ``lock_newest``: its snapshot (read-only views) and publish time,
+        its checksum checked the first time this reader holds its version.
+
+        Raises:
+            CheckpointError: the slot's contents do not match its checksum (damaged).
+        """
         version, published_at = self._slots[slot].stamp()
+        crc = _CRC.unpack_from(self._maps[slot], _CRC_AT)[0]
+        if self._verified[slot] != (version, crc):
+            self._verified[slot] = self._slots[slot].verify()
         return Held(slot, PolicySnapshot(version, self._states[slot]), published_at)
 
     @contextlib.contextmanager
-    def newest(self) -> Iterator[Held | None]:
-        """``lock_newest`` for a ``with`` block: gives the newest slot (None before the first
-        publish), unchanged until the block ends."""
-        slot, _ = self.lock_newest()
+    def newest(self, ceiling: int = MAX_VERSION) -> Iterator[Held | None]:
+        """``lock_newest`` and ``held`` for a ``with`` block: gives the newest slot (None before
+        the first publish), unchanged until the block ends."""
+        slot, _ = self.lock_newest(ceiling)
         if slot < 0:
             yield None
             return

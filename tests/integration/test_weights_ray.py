@@ -1,5 +1,8 @@
 """Weight broadcast through the real WeightBoard: the shared-memory file on the learner's node,
 the object store elsewhere or when the file cannot be opened."""
+import logging
+import os
+import struct
 import time
 
 import numpy as np
@@ -35,7 +38,7 @@ class RecordingPolicy:
     is bound to (its "network" from ``view`` is the arrays themselves)."""
 
     def __init__(self) -> None:
-        self.version = -1
+        self.version = self.own_version = -1
         self.loaded: list[PolicySnapshot] = []
         self.net: dict[str, np.ndarray] | None = None
 
@@ -45,16 +48,22 @@ class RecordingPolicy:
 
     def load(self, snapshot: PolicySnapshot) -> None:
         self.net = None
-        self.version = snapshot.version
-        self.loaded.append(PolicySnapshot(snapshot.version,
-                                          {k: np.array(a) for k, a in snapshot.state.items()}))
+        self.version = self.own_version = snapshot.version
+        self._keep(snapshot)
 
     def view(self, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return state
 
     def bind(self, net: dict[str, np.ndarray], version: int) -> None:
-        self.load(PolicySnapshot(version, net))
-        self.net = net
+        self.net, self.version = net, version
+        self._keep(PolicySnapshot(version, net))
+
+    def unbind(self) -> None:
+        self.net, self.version = None, self.own_version
+
+    def _keep(self, snapshot: PolicySnapshot) -> None:
+        self.loaded.append(PolicySnapshot(snapshot.version,
+                                          {k: np.array(a) for k, a in snapshot.state.items()}))
 
 
 def _poll_with(source: RayWeightSource, policy: RecordingPolicy,
@@ -192,3 +201,64 @@ def test_an_actor_between_two_inferences_holds_no_slot(board, learner_file, make
         assert learner_file.publish(PolicySnapshot(version, _state(FILE_VALUE))) is not None
     assert source.before_inference(policy) and policy.version == 5
     source.after_inference()
+
+
+# A file that cannot be trusted (issue 30, finding 2): the actor uses the object store.
+
+
+def _rejections(caplog) -> int:
+    return sum("event=weight_file_rejected" in r.getMessage() for r in caplog.records)
+
+
+def test_a_directory_opened_to_others_falls_back_to_the_object_store(board, learner_file,
+                                                                     make_source, tmp_path):
+    source = make_source()
+    os.chmod(tmp_path, 0o777)  # another user could have replaced the files
+    _publish(board, learner_file, 1)
+    snapshot = _poll_until(source, -1)
+    assert snapshot.version == 1 and _value(snapshot) == STORE_VALUE
+
+
+def test_a_damaged_slot_falls_back_to_the_object_store_logged_once(board, learner_file,
+                                                                   make_source, caplog):
+    caplog.set_level(logging.WARNING, logger="deploy.weights_ray")
+    source = make_source()
+    _publish(board, learner_file, 1)  # slot 0
+    with open(learner_file.channel.slot_path(0), "r+b") as f:
+        f.seek(-1, os.SEEK_END)
+        f.write(b"\x7f")  # one byte of the arrays: the checksum no longer matches
+    policy = RecordingPolicy()
+    snapshot = _poll_with(source, policy)
+    assert snapshot.version == 1 and _value(snapshot) == STORE_VALUE and not policy.bound
+    _publish(board, learner_file, 2)  # intact, but the file is given up for this learner
+    assert _value(_poll_until(source, 1)) == STORE_VALUE
+    assert _rejections(caplog) == 1
+
+
+def test_a_slot_truncated_under_a_bound_policy_falls_back_without_sigbus(board, learner_file,
+                                                                          make_source):
+    source = make_source()
+    _publish(board, learner_file, 1)  # slot 0
+    policy = RecordingPolicy()
+    _poll_with(source, policy)
+    assert policy.bound and policy.version == 1
+    os.truncate(learner_file.channel.slot_path(0), 0)  # reading its mapping now: SIGBUS
+    policy.loaded.clear()
+    ray.get(board.publish.remote(2, [ray.put(_state(STORE_VALUE))], learner_file.channel, None))
+    snapshot = _poll_with(source, policy)
+    assert snapshot.version == 2 and _value(snapshot) == STORE_VALUE and not policy.bound
+
+
+def test_a_file_version_far_ahead_of_the_board_is_ignored(board, learner_file, make_source):
+    source = make_source()
+    _publish(board, learner_file, 1)  # slot 0
+    policy = RecordingPolicy()
+    _poll_with(source, policy)
+    with open(learner_file.channel.slot_path(1), "r+b") as f:  # a slot not yet written
+        f.seek(24)  # the version field
+        f.write(struct.pack("<q", 10**12))  # damage: the board says 1
+    assert not source.before_inference(policy) and policy.version == 1
+    source.after_inference()
+    _publish(board, learner_file, 2)  # written over the damaged slot, in its turn
+    snapshot = _poll_until(source, 1)
+    assert snapshot.version == 2 and _value(snapshot) == FILE_VALUE

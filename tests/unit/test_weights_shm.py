@@ -218,19 +218,19 @@ def _write_and_wait(directory: str, ready) -> None:
 
 
 def test_a_starting_learner_removes_the_files_of_runs_whose_learner_died(tmp_path):
+    root = tmp_path / f"carla-td3-{os.geteuid()}"  # this user's root, as channel_dir makes it
     ctx = multiprocessing.get_context("spawn")
     ready = ctx.Event()
-    dead = ctx.Process(target=_write_and_wait, args=(str(tmp_path / "carla-td3-dead"), ready))
+    dead = ctx.Process(target=_write_and_wait, args=(str(root / "dead"), ready))
     dead.start()
     assert ready.wait(60)
     dead.kill()  # SIGKILL: its driver never cleans up
     dead.join(10)
-    live = ShmWeightWriter(tmp_path / "carla-td3-live", _state(), "node-a")
-    unrelated = tmp_path / "carla-td3-nomarker"
+    live = ShmWeightWriter(root / "live", _state(), "node-a")
+    unrelated = root / "nomarker"
     unrelated.mkdir()
-    new = ShmWeightWriter(tmp_path / "carla-td3-new", _state(), "node-a")
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "carla-td3-live", "carla-td3-new", "carla-td3-nomarker"]
+    new = ShmWeightWriter(root / "new", _state(), "node-a")
+    assert sorted(p.name for p in root.iterdir()) == ["live", "new", "nomarker"]
     assert ShmWeightReader(live.channel).lock_newest() == (-1, WRITING)  # the live one is intact
     live.close()
     new.close()
@@ -239,6 +239,8 @@ def test_a_starting_learner_removes_the_files_of_runs_whose_learner_died(tmp_pat
 def test_channel_dir_is_per_run_and_stable(tmp_path):
     assert channel_dir(tmp_path / "a") == channel_dir(tmp_path / "a")
     assert channel_dir(tmp_path / "a") != channel_dir(tmp_path / "b")
+    # Per user: /dev/shm/carla-td3-<uid>/<hash of the run path>
+    assert channel_dir(tmp_path / "a").parent.name == f"carla-td3-{os.geteuid()}"
 
 
 def _read_many(channel: ShmChannel, reads: int, queue) -> None:
