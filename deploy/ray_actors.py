@@ -80,11 +80,15 @@ class RestoringShard(ReplayShard):
     def __init__(self, spec, cfg: C.ReplayConfig, shard_index: int, seed: int, run_dir: str,
                  metrics: MetricsSink | None = None) -> None:
         super().__init__(spec, cfg, shard_index=shard_index, seed=seed)
-        latest = RunDir(run_dir).latest_checkpoint()
-        if latest is not None and shard_checkpoint(latest, shard_index).exists():
-            self.restore(shard_checkpoint(latest, shard_index))
+        latest = RunDir(run_dir).restore_latest(self._restore_checkpoint)
+        if latest is not None:
             log.info("event=shard_restored shard=%d checkpoint=%s size=%d", shard_index, latest, self.size())
         self._recorder = ShardRecorder(metrics or NullSink(), shard_index, self.stats)
+
+    def _restore_checkpoint(self, checkpoint: Path) -> None:
+        """Restores this shard's part of ``checkpoint`` (a checkpoint without it: nothing)."""
+        if shard_checkpoint(checkpoint, self.shard_index).exists():
+            self.restore(shard_checkpoint(checkpoint, self.shard_index))
 
     def insert(self, data: bytes) -> InsertAck:
         try:
@@ -184,9 +188,8 @@ class LearnerActor:
             # at once; a learner in SCHED_BATCH lets them preempt it (docs/benchmarks.md,
             # end to end).
             log.info("event=learner_scheduling class=batch threads=%d", schedule_as_batch())
-        latest = RunDir(run_dir).latest_checkpoint()
+        latest = RunDir(run_dir).restore_latest(lambda ckpt: self.learner.load(learner_checkpoint(ckpt)))
         if latest is not None:
-            self.learner.load(learner_checkpoint(latest))
             log.info("event=learner_restored checkpoint=%s updates=%d", latest, self.learner.updates)
         capacity = cfg.replay.capacity
         cached = use_frame_cache(cfg.learner.frame_cache, self.learner.device, cfg.spec,

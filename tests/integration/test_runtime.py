@@ -1,6 +1,8 @@
 """The distributed runtime on real local Ray with the fake CARLA and small images."""
 from __future__ import annotations
 
+import logging
+import shutil
 import threading
 import time
 from dataclasses import replace
@@ -101,6 +103,28 @@ def test_resume_continues_counters_and_weight_version(first_run):
     assert more["policy_version"] >= summary["policy_version"]
     assert more["episodes"] >= summary["episodes"]
     assert more["wall_seconds"] > summary["wall_seconds"]
+
+
+def test_resume_falls_back_past_a_damaged_checkpoint(first_run, tmp_path, caplog):
+    """LATEST names a checkpoint with one flipped bit in a replay array: --resume warns, moves
+    LATEST to the intact checkpoint before it, and the driver, the learner and every shard
+    continue from that one."""
+    _, summary = first_run
+    copy = RunDir(shutil.copytree(summary["run_dir"], tmp_path / "copy"))
+    intact = copy.latest_checkpoint()
+    counters = RunDir.read_counters(intact)
+    damaged = shutil.copytree(intact, copy.checkpoints / "ckpt-999999999")
+    array = shard_checkpoint(damaged, 1) / "replay_shard_1" / "ring.frame.npy"
+    data = bytearray(array.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    array.write_bytes(bytes(data))
+    (copy.checkpoints / "LATEST").write_text(damaged.name)
+    with caplog.at_level(logging.WARNING):
+        more = launch.resume(copy.path, steps=counters["env_steps"] + 100, dashboard=False)
+    assert f"checkpoint={damaged}" in caplog.text and "ring.frame.npy: checksum mismatch" in caplog.text
+    assert more["env_steps"] >= counters["env_steps"] + 100
+    assert more["updates"] > counters["updates"]
+    assert not damaged.exists()  # the abandoned checkpoint went with the first new one
 
 
 def test_killed_rollout_actor_is_restarted_and_the_run_finishes(local_ray, tmp_path):

@@ -1,5 +1,9 @@
 """Checkpoints: exact resume in a fresh process, atomic writes, clear errors."""
+import hashlib
+import io
+import os
 import pathlib
+import random
 import subprocess
 import sys
 import textwrap
@@ -35,6 +39,18 @@ def _run(learner: TD3Learner, start: int, stop: int) -> None:
         learner.update(random_batch(SMALL_SPEC, 16, seed=i))
 
 
+def _payload(path):
+    """The torch.save payload of a learner checkpoint (after its checksum line)."""
+    data = pathlib.Path(path).read_bytes()
+    return io.BytesIO(data[data.index(b"\n") + 1:])
+
+
+def _framed(payload: bytes) -> bytes:
+    """``payload`` with a valid checksum line, as ``state.save`` writes it."""
+    return (f"carla-td3-learner sha256={hashlib.sha256(payload).hexdigest()} "
+            f"size={len(payload)}\n").encode() + payload
+
+
 def _flatten(tree, prefix=""):
     if isinstance(tree, dict):
         for k, v in tree.items():
@@ -57,7 +73,7 @@ def test_resume_in_a_fresh_process_is_exact(tmp_path):
                            str(tmp_path / "resumed.pt"), str(N // 2), str(N)],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    resumed = torch.load(tmp_path / "resumed.pt", weights_only=True)["state"]
+    resumed = torch.load(_payload(tmp_path / "resumed.pt"), weights_only=True)["state"]
     expected = dict(_flatten(straight.state_dict()))
     got = dict(_flatten(resumed))
     assert got.keys() == expected.keys()
@@ -134,7 +150,9 @@ class _NotAllowed:
 def test_load_refuses_arbitrary_pickled_objects(tmp_path):
     learner = TD3Learner(SMALL_SPEC, small_config(), seed=0)
     path = tmp_path / "ckpt.pt"
-    torch.save({"header": {"format": state.FORMAT}, "state": _NotAllowed()}, path)
+    buffer = io.BytesIO()
+    torch.save({"header": {"format": state.FORMAT}, "state": _NotAllowed()}, buffer)
+    path.write_bytes(_framed(buffer.getvalue()))  # a valid checksum: the unpickler must refuse
     with pytest.raises(CheckpointError, match="corrupt or truncated.*Unpickl|weights_only"):
         learner.load(path)
 
@@ -159,3 +177,86 @@ def test_checkpoint_from_another_device_type_loads_without_its_rng(tmp_path, cap
     assert target.updates == 2
     for a, b in zip(source.nets.critic_target.parameters(), target.nets.critic_target.parameters()):
         assert torch.equal(a, b)
+
+
+def test_a_flipped_bit_anywhere_in_the_file_is_refused(tmp_path):
+    learner = TD3Learner(SMALL_SPEC, small_config(), seed=0)
+    _run(learner, 0, 2)
+    path = tmp_path / "ckpt.pt"
+    learner.save(path)
+    original = path.read_bytes()
+    target = TD3Learner(SMALL_SPEC, small_config(), seed=1)
+    rng = random.Random(0)
+    positions = [0, 10, original.index(b"\n"), len(original) - 1]  # the line, its end, the last byte
+    positions += [rng.randrange(len(original)) for _ in range(200)]
+    for pos in positions:
+        bit = rng.randrange(8)
+        damaged = bytearray(original)
+        damaged[pos] ^= 1 << bit
+        path.write_bytes(bytes(damaged))
+        with pytest.raises(CheckpointError, match="corrupt or truncated"):
+            target.load(path)
+    path.write_bytes(original)
+    target.load(path)  # the intact file still loads
+
+
+def _module_tensor(module: str, last: bool):
+    def pick(data):
+        keys = list(data["modules"][module])
+        key = keys[-1] if last else keys[0]
+        return f"modules.{module}.{key}", data["modules"][module][key]
+    return pick
+
+
+def _adam_moment(data):
+    index, moments = next(iter(data["optimizers"]["critic"]["state"].items()))
+    return f"optimizers.critic.state.{index}.exp_avg", moments["exp_avg"]
+
+
+@pytest.mark.parametrize("pick,value", [
+    pytest.param(_module_tensor("policy", last=False), float("nan"), id="policy_weight_nan"),
+    pytest.param(_module_tensor("critic_target", last=True), float("inf"), id="target_critic_inf"),
+    pytest.param(_adam_moment, float("-inf"), id="adam_moment_minus_inf"),
+])
+def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path, pick, value):
+    source = TD3Learner(SMALL_SPEC, small_config(), seed=0)
+    _run(source, 0, 2)
+    data = source.state_dict()
+    name, tensor = pick(data)
+    tensor[(0,) * tensor.dim()] = value
+    state.save(tmp_path / "ckpt.pt", SMALL_SPEC, small_config().network, data)
+    target = TD3Learner(SMALL_SPEC, small_config(), seed=1)
+    before = [p.clone() for p in target.nets.policy.parameters()]
+    with pytest.raises(CheckpointError, match=rf"{name} holds {value}"):
+        target.load(tmp_path / "ckpt.pt")
+    assert all(torch.equal(a, b) for a, b in zip(before, target.nets.policy.parameters()))
+
+
+def test_a_checkpoint_without_a_checksum_is_refused(tmp_path):
+    learner = TD3Learner(SMALL_SPEC, small_config(), seed=0)
+    path = tmp_path / "ckpt.pt"
+    learner.save(path)
+    path.write_bytes(_payload(path).getvalue())  # the bare torch.save file of earlier versions
+    with pytest.raises(CheckpointError, match="before checkpoints carried a checksum"):
+        learner.load(path)
+
+
+def test_save_fsyncs_the_file_then_the_directory_after_the_rename(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def replace(src, dst, *args, **kwargs):
+        events.append(("replace", str(dst)))
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    TD3Learner(SMALL_SPEC, small_config(), seed=0).save(tmp_path / "ckpt.pt")
+    monkeypatch.undo()
+    i = events.index(("replace", str(tmp_path / "ckpt.pt")))
+    assert any(kind == "fsync" and pathlib.Path(p).parent == tmp_path for kind, p in events[:i])
+    assert ("fsync", str(tmp_path)) in events[i:]

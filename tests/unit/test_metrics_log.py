@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import time
 
 import pytest
 
@@ -56,6 +57,10 @@ def test_a_resumed_run_appends_and_drops_points_after_its_checkpoint(tmp_path):
     for steps in (100, 200, 300):
         first.write(_row(steps, 0.5))
     first.close()
+    # TensorBoard reads a directory's event files in name order, and a name starts with the
+    # second it was opened in (then host, pid and a per-process counter, which does not sort
+    # numerically): a resume comes seconds later at least.
+    time.sleep(1.1)
     resumed = MetricsLog(RunDir(run.path), resumed_at=200)  # the checkpoint was at 200 steps
     resumed.write(_row(250, 1.0))
     resumed.close()
