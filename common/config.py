@@ -3,18 +3,27 @@
 Each component receives its own section (or plain arguments), never the root. Unknown keys are
 an error wherever a config is built from data (a file, the command line, a checkpoint), and a
 test checks that every field is read somewhere outside this module.
+
+Each class states beside its fields what they may hold: ``RULES`` (one rule per field) and
+``CHECKS`` (checks that span fields), which ``validate`` applies to the whole tree
+(common/config_rules.py). ``with_overrides`` and ``loads`` validate what they build; a run
+validates its config before anything starts (deploy/build.py ``validate``).
 """
 from __future__ import annotations
 
 import enum
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
-from common.config_io import dumps, from_dict, loads, to_dict, with_overrides
-from common.errors import ConfigError
+from common.config_io import check_overrides, dumps, from_dict, loads, to_dict, with_overrides
+from common.config_rules import (Check, Rule, above, at_least, each, endpoint, host_or_ip,
+                                 in_range, matches, non_empty, tcp_port, unbounded, validate)
 from common.specs import EnvSpec
 
-__all__ = ["dumps", "from_dict", "loads", "to_dict", "with_overrides"]  # re-exported: C.from_dict(...)
+# re-exported: C.from_dict(...), C.validate(...)
+__all__ = ["check_overrides", "dumps", "from_dict", "loads", "to_dict", "validate",
+           "with_overrides"]
 
 
 class EncoderTopology(str, enum.Enum):
@@ -108,6 +117,9 @@ class NetworkConfig:
     hidden_sizes: tuple[int, ...] = (256, 256)
     topology: EncoderTopology = EncoderTopology.SEPARATE
 
+    RULES: ClassVar[dict[str, Rule]] = {"encoder_features": at_least(1),
+                                        "hidden_sizes": each(at_least(1))}
+
 
 @dataclass(frozen=True)
 class TD3Config:
@@ -147,6 +159,13 @@ class TD3Config:
     policy_critic: PolicyCritic = PolicyCritic.STEPPED
     preactivation_l2: float = 0.0
     image_shift: int = 0
+
+    RULES: ClassVar[dict[str, Rule]] = {
+        "gamma": in_range(0, 1, low_open=True), "tau": in_range(0, 1, low_open=True),
+        "policy_noise": at_least(0), "noise_clip": at_least(0), "policy_delay": at_least(1),
+        "batch_size": at_least(1), "encoder_lr": above(0), "head_lr": above(0),
+        "max_grad_norm": at_least(0), "preactivation_l2": at_least(0), "image_shift": at_least(0),
+    }
 
 
 @dataclass(frozen=True)
@@ -201,6 +220,19 @@ class LearnerConfig:
     publish_shm: bool = True
     cpu_scheduling: CpuScheduling = CpuScheduling.BATCH
 
+    # precision, first_conv and frame_cache name what learner/ implements: deploy/build.py
+    # checks them against its lists.
+    RULES: ClassVar[dict[str, Rule]] = {
+        "device": matches(r"auto|cpu|cuda(:\d+)?", "'auto', 'cpu', 'cuda' or 'cuda:N'"),
+        "publish_every": at_least(1), "checkpoint_every": at_least(0), "prefetch": at_least(1),
+        "precision": non_empty, "first_conv": non_empty, "frame_cache": non_empty,
+        "cpu_threads": at_least(0),
+    }
+    CHECKS: ClassVar[tuple[Check, ...]] = (
+        lambda c, p: (f"{p}cuda_graphs (True) needs a CUDA device, but {p}device is 'cpu'"
+                      if c.cuda_graphs and c.device == "cpu" else None),
+    )
+
 
 @dataclass(frozen=True)
 class ReplayConfig:
@@ -230,6 +262,21 @@ class ReplayConfig:
     error_buffer: float = 100_000.0
     min_size_to_sample: int = 1000
     chunk_length: int = 32
+
+    RULES: ClassVar[dict[str, Rule]] = {
+        "num_shards": in_range(1, 16384), "capacity": at_least(2),
+        "priority_alpha": in_range(0, 1), "priority_beta": in_range(0, 1),
+        "priority_eps": above(0), "samples_per_insert": at_least(0), "error_buffer": at_least(0),
+        "min_size_to_sample": at_least(1), "chunk_length": at_least(1),
+    }
+    CHECKS: ClassVar[tuple[Check, ...]] = (
+        # Each shard holds its own limiter: it serves samples once it holds min_size_to_sample.
+        lambda c, p: (f"{p}min_size_to_sample ({c.min_size_to_sample}) must be < {p}capacity "
+                      f"({c.capacity}), each shard's: the shard could never serve a sample"
+                      if c.min_size_to_sample >= c.capacity else None),
+        lambda c, p: (f"{p}chunk_length ({c.chunk_length}) must be <= {p}capacity ({c.capacity})"
+                      if c.chunk_length > c.capacity else None),
+    )
 
 
 @dataclass(frozen=True)
@@ -305,27 +352,17 @@ class RewardConfig:
     curve_window_m: float = 20.0
     lane_keeping_corners: bool = False
 
-    def __post_init__(self) -> None:
-        if self.target_speed_mps <= 0:
-            raise ConfigError(f"reward.target_speed_mps ({self.target_speed_mps}) must be > 0")
-        if not 0.0 <= self.standstill_penalty <= 1.0:
-            raise ConfigError(f"reward.standstill_penalty ({self.standstill_penalty}) must be "
-                              f"in [0, 1] (the efficiency term is bounded to [-1, 1])")
-        for name in ("collision_penalty", "lane_invasion_penalty", "off_road_penalty",
-                     "waypoint_bonus", "goal_bonus"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"reward.{name} ({getattr(self, name)}) must be >= 0")
-        if not self.overspeed_zero_ratio > 1.0:
-            raise ConfigError(f"reward.overspeed_zero_ratio ({self.overspeed_zero_ratio}) must "
-                              f"be > 1 (the efficiency term peaks at the target speed)")
-        if not self.heading_error_scale_rad > 0.0:
-            raise ConfigError(f"reward.heading_error_scale_rad ({self.heading_error_scale_rad})"
-                              f" must be > 0")
-        if not self.curve_lateral_accel_mps2 >= 0.0:
-            raise ConfigError(f"reward.curve_lateral_accel_mps2 "
-                              f"({self.curve_lateral_accel_mps2}) must be >= 0 (0: off)")
-        if not self.curve_window_m >= 0.0:
-            raise ConfigError(f"reward.curve_window_m ({self.curve_window_m}) must be >= 0")
+    RULES: ClassVar[dict[str, Rule]] = {
+        **{name: at_least(0) for name in ("efficiency", "lane_keeping", "comfort", "safety",
+                                          "progress", "collision_penalty", "lane_invasion_penalty",
+                                          "off_road_penalty", "waypoint_bonus", "goal_bonus",
+                                          "curve_window_m")},
+        "target_speed_mps": above(0),
+        "standstill_penalty": in_range(0, 1, why="the efficiency term is bounded to [-1, 1]"),
+        "overspeed_zero_ratio": above(1, why="the efficiency term peaks at the target speed"),
+        "heading_error_scale_rad": above(0),
+        "curve_lateral_accel_mps2": at_least(0, why="0 is off"),
+    }
 
 
 @dataclass(frozen=True)
@@ -348,11 +385,11 @@ class CameraConfig:
     z: float = 1.7
     pitch: float = -15.0
 
-    def __post_init__(self) -> None:
-        if self.width < 1 or self.height < 1:
-            raise ConfigError(f"camera size ({self.width}x{self.height}) must be >= 1x1")
-        if not 0 < self.fov < 180:
-            raise ConfigError(f"camera.fov ({self.fov}) must be in (0, 180) degrees")
+    RULES: ClassVar[dict[str, Rule]] = {
+        "width": at_least(1), "height": at_least(1),
+        "fov": in_range(0, 180, low_open=True, high_open=True, why="degrees"),
+        "x": unbounded, "z": unbounded, "pitch": in_range(-90, 90),
+    }
 
 
 @dataclass(frozen=True)
@@ -380,6 +417,11 @@ class FakeCarlaConfig:
     die_at_tick: int = -1
     fault_delay_s: float = 0.05
     camera_delay_s: float = 0.002
+
+    RULES: ClassVar[dict[str, Rule]] = {
+        "xodr_path": unbounded, "tick_latency_s": at_least(0), "fail_tick_at": at_least(-1),
+        "die_at_tick": at_least(-1), "fault_delay_s": at_least(0), "camera_delay_s": at_least(0),
+    }
 
 
 @dataclass(frozen=True)
@@ -434,21 +476,21 @@ class EnvConfig:
     max_target_speed_mps: float = 12.0
     speed_gain: float = 0.5
 
-    def __post_init__(self) -> None:
-        if not 0 < self.fixed_delta_seconds <= 0.1:
-            raise ConfigError(f"env.fixed_delta_seconds ({self.fixed_delta_seconds}) must be in "
-                              "(0, 0.1]: CARLA's physics sub-stepping limit")
-        for name in ("timeout_s", "sensor_timeout_s", "route_length_m", "max_lateral_m",
-                     "max_target_speed_mps", "speed_gain"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"env.{name} ({getattr(self, name)}) must be > 0")
-        if self.max_steps < 1:
-            raise ConfigError(f"env.max_steps ({self.max_steps}) must be >= 1")
-        if self.num_npcs < 0:
-            raise ConfigError(f"env.num_npcs ({self.num_npcs}) must be >= 0")
-        if self.tm_port in (self.port, self.port + 1, self.port + 2):
-            raise ConfigError(f"env.tm_port ({self.tm_port}) collides with the server's ports "
-                              f"{self.port}..{self.port + 2}")
+    RULES: ClassVar[dict[str, Rule]] = {
+        "host": host_or_ip,
+        "port": in_range(1, 65533, why="a server uses port, port + 1 and port + 2"),
+        "tm_port": tcp_port(), "timeout_s": above(0), "sensor_timeout_s": above(0),
+        "town": non_empty,
+        "fixed_delta_seconds": in_range(0, 0.1, low_open=True,
+                                        why="CARLA's physics sub-stepping limit"),
+        "vehicle": non_empty, "route_length_m": above(0), "max_steps": at_least(1),
+        "max_lateral_m": above(0), "num_npcs": at_least(0), "max_target_speed_mps": above(0),
+        "speed_gain": above(0),
+    }
+    CHECKS: ClassVar[tuple[Check, ...]] = (
+        lambda c, p: (f"{p}tm_port ({c.tm_port}) collides with the server's ports "
+                      f"{c.port}..{c.port + 2}" if c.port <= c.tm_port <= c.port + 2 else None),
+    )
 
 
 @dataclass(frozen=True)
@@ -476,6 +518,19 @@ class RolloutConfig:
     weight_poll_every: int = 1
     cpu_threads: int = 1
 
+    RULES: ClassVar[dict[str, Rule]] = {
+        "num_actors": at_least(1), "learning_starts": at_least(0),
+        "exploration_noise": at_least(0), "noise_spread": at_least(0),
+        "weight_poll_every": at_least(1), "cpu_threads": at_least(1),
+    }
+    CHECKS: ClassVar[tuple[Check, ...]] = (
+        # actors/exploration.py: the noise falls with the actor index only from a base below 1.
+        lambda c, p: (f"{p}exploration_noise ({c.exploration_noise}) must be < 1 when noise_spread "
+                      f"> 0 ({c.noise_spread}) and there are several actors"
+                      if c.noise_spread > 0 and c.num_actors > 1 and c.exploration_noise >= 1
+                      else None),
+    )
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -498,6 +553,12 @@ class TrainConfig:
     learner_updates_per_call: int = 10
     progress_every_s: float = 5.0
     endpoints: tuple[str, ...] = ()
+
+    RULES: ClassVar[dict[str, Rule]] = {
+        "env_steps": at_least(1), "updates_per_env_step": at_least(0),
+        "actor_steps_per_call": at_least(1), "learner_updates_per_call": at_least(1),
+        "progress_every_s": above(0), "endpoints": each(endpoint),
+    }
 
 
 class MetricsBackend(str, enum.Enum):
@@ -536,6 +597,11 @@ class MetricsConfig:
     gauge_refresh_s: float = 5.0
     ray_export_port: int = 0
 
+    RULES: ClassVar[dict[str, Rule]] = {
+        "port": tcp_port(zero="picks a free one"), "address": host_or_ip,
+        "gauge_refresh_s": above(0), "ray_export_port": tcp_port(zero="picks a free one"),
+    }
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -560,3 +626,19 @@ class RunConfig:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    RULES: ClassVar[dict[str, Rule]] = {"seed": in_range(0, 2**32 - 1)}
+    CHECKS: ClassVar[tuple[Check, ...]] = (
+        lambda c, _: (f"replay.min_size_to_sample ({c.replay.min_size_to_sample}) must be >= "
+                      f"learner.td3.batch_size ({c.learner.td3.batch_size})"
+                      if c.replay.min_size_to_sample < c.learner.td3.batch_size else None),
+        # A stored transition needs its stacked frames and its next frame in the ring.
+        lambda c, _: (f"replay.capacity ({c.replay.capacity}) must be >= spec.frames + 1 "
+                      f"({c.spec.frames + 1})" if c.replay.capacity < c.spec.frames + 1 else None),
+        lambda c, _: (f"rollout.learning_starts ({c.rollout.learning_starts}) must be < "
+                      f"train.env_steps ({c.train.env_steps}), or the policy never acts"
+                      if c.rollout.learning_starts >= c.train.env_steps else None),
+        lambda c, _: (f"learner.td3.image_shift ({c.learner.td3.image_shift}) must be < "
+                      f"spec.image_size ({c.spec.image_size})"
+                      if c.learner.td3.image_shift >= c.spec.image_size else None),
+    )

@@ -1,6 +1,7 @@
 """Building config dataclasses from data (files, the command line, checkpoints) and back.
 
 Unknown keys and values of the wrong type are errors that name the full dotted path.
+``with_overrides`` and ``loads`` also validate the config they build (common/config_rules.py).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import types
 import typing
 from typing import Any, Mapping, TypeVar
 
+from common.config_rules import validate
 from common.errors import ConfigError
 
 T = TypeVar("T")
@@ -97,7 +99,10 @@ def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
     except ConfigError:
         raise
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{path or cls.__name__}: {exc}") from exc
+        text = str(exc)
+        if path and text.split(" ", 1)[0] in names:  # "frames (0) must be ..." names a field
+            raise ConfigError(f"{path}.{text}") from exc
+        raise ConfigError(f"{path or cls.__name__}: {text}") from exc
 
 
 def to_dict(cfg: Any) -> Any:
@@ -112,10 +117,11 @@ def to_dict(cfg: Any) -> Any:
 
 
 def with_overrides(cfg: T, overrides: Mapping[str, Any]) -> T:
-    """Returns ``cfg`` with dotted-path overrides applied, e.g. {"replay.num_shards": "4"}.
+    """Returns ``cfg`` with dotted-path overrides applied, e.g. {"replay.num_shards": "4"},
+    validated.
 
     Raises:
-        ConfigError: for an unknown path or a value of the wrong type.
+        ConfigError: for an unknown path, a value of the wrong type or a value out of range.
     """
     data = to_dict(cfg)
     for dotted, value in overrides.items():
@@ -130,7 +136,27 @@ def with_overrides(cfg: T, overrides: Mapping[str, Any]) -> T:
                 node[part] = value
             else:
                 node = node[part]
-    return from_dict(type(cfg), data)
+    return validate(from_dict(type(cfg), data))
+
+
+def check_overrides(cls: type, overrides: Mapping[str, Any]) -> None:
+    """Checks that each dotted key names a field of ``cls`` and that its value has the field's
+    type (an object where a section is expected), without building or validating a config.
+
+    Raises:
+        ConfigError: naming the key.
+    """
+    for dotted, value in overrides.items():
+        tp: Any = cls
+        for depth, part in enumerate(dotted.split(".")):
+            names = ({f.name for f in dataclasses.fields(tp)} if dataclasses.is_dataclass(tp)
+                     else set())
+            if part not in names:
+                prefix = ".".join(dotted.split(".")[: depth + 1])
+                raise ConfigError(f"unknown config key {prefix!r} (in {dotted!r}); known here: "
+                                  f"{sorted(names)}")
+            tp = typing.get_type_hints(tp)[part]
+        _coerce(tp, value, dotted)
 
 
 def dumps(cfg: Any) -> str:
@@ -138,10 +164,15 @@ def dumps(cfg: Any) -> str:
 
 
 def loads(cls: type[T], text: str) -> T:
+    """The validated config of JSON ``text`` (an object of nested sections).
+
+    Raises:
+        ConfigError: for text that is not a JSON object, an unknown key or a bad value.
+    """
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"config is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"config must be a JSON object, got {type(data).__name__}")
-    return from_dict(cls, data)
+    return validate(from_dict(cls, data))

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import random
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from actors.carla_env import make_env
+from actors.carla_session import target_town
 from actors.exploration import GaussianExploration, actor_noise_scale
 from actors.policy import CpuPolicy
 from actors.rollout import RolloutWorker, WeightSource
 from actors.writer import ChunkSink, ChunkWriter
 from common import config as C
+from common.codec import WireLimits
 from common.errors import ConfigError
 from learner.precision import check_choices
 
@@ -20,7 +23,7 @@ SERVER_PORT_SPACING = 3  # a CARLA server uses its RPC port N and N+1, N+2
 
 def parse_endpoint(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ConfigError(f"CARLA endpoint {text!r} must look like HOST:PORT with 0 < PORT < 65536")
     return host, int(port)
 
@@ -59,13 +62,15 @@ def replay_config(cfg: C.RunConfig) -> C.ReplayConfig:
 
 
 def validate(cfg: C.RunConfig) -> None:
-    """Rejects impossible combinations at once, naming the values."""
-    if cfg.rollout.num_actors < 1:
-        raise ConfigError(f"rollout.num_actors ({cfg.rollout.num_actors}) must be >= 1")
-    if cfg.replay.num_shards < 1:
-        raise ConfigError(f"replay.num_shards ({cfg.replay.num_shards}) must be >= 1")
-    if cfg.train.env_steps < 1:
-        raise ConfigError(f"train.env_steps ({cfg.train.env_steps}) must be >= 1")
+    """Checks a run's config before anything starts (the run directory, Ray): every field of
+    the tree (``C.validate``), then what the other packages know: the learner's kernel
+    choices, each rollout actor's server ports, the replay's effective rate limiter, the wire's
+    chunk limit, the metrics backend a Ray run can use and the fake simulator's map file.
+
+    Raises:
+        ConfigError: naming the key(s) and the value(s).
+    """
+    C.validate(cfg)
     if cfg.train.endpoints and len(cfg.train.endpoints) != cfg.rollout.num_actors:
         raise ConfigError(
             f"{len(cfg.train.endpoints)} CARLA endpoint(s) {list(cfg.train.endpoints)} but "
@@ -74,25 +79,41 @@ def validate(cfg: C.RunConfig) -> None:
         raise ConfigError("CARLA endpoints given but env.backend is 'fake'; use --carla")
     _check_ports(cfg)
     check_choices(cfg.learner.precision, cfg.learner.first_conv, cfg.learner.frame_cache)
-    batch, min_size = cfg.learner.td3.batch_size, cfg.replay.min_size_to_sample
-    if min_size < batch:
-        raise ConfigError(f"replay.min_size_to_sample ({min_size}) must be >= batch_size ({batch})")
-    if cfg.replay.capacity * cfg.replay.num_shards < min_size:
-        raise ConfigError(
-            f"replay capacity ({cfg.replay.capacity} x {cfg.replay.num_shards} shards) is below "
-            f"min_size_to_sample ({min_size})")
-    if cfg.rollout.learning_starts >= cfg.train.env_steps:
-        raise ConfigError(
-            f"rollout.learning_starts ({cfg.rollout.learning_starts}) must be < train.env_steps "
-            f"({cfg.train.env_steps}), or the policy never acts")
-    for i in range(cfg.rollout.num_actors):
-        actor_noise_scale(cfg.rollout.exploration_noise, cfg.rollout.noise_spread, i,
-                          cfg.rollout.num_actors)
-    replay_config(cfg)
+    _check_replay(cfg)
+    if cfg.metrics.backend is C.MetricsBackend.PROMETHEUS:
+        raise ConfigError("metrics.backend ('prometheus') serves one process, and a run records "
+                          "in every Ray actor: use auto, ray or none")
+    _check_fake_map(cfg.env)
+
+
+def _check_replay(cfg: C.RunConfig) -> None:
+    limit = WireLimits().max_records
+    if cfg.replay.chunk_length > limit:
+        raise ConfigError(f"replay.chunk_length ({cfg.replay.chunk_length}) must be <= {limit}, "
+                          "the records a shard accepts in one message")
+    replay = replay_config(cfg)
+    spi, buffer = replay.samples_per_insert, replay.error_buffer
+    if spi > 0 and buffer < max(1.0, spi):  # replay/rate_limiter.py: it would deadlock
+        raise ConfigError(f"replay.error_buffer ({buffer}) must be >= max(1, samples_per_insert "
+                          f"({spi})): a smaller buffer lets inserts and samples block each other")
+
+
+def _check_fake_map(env: C.EnvConfig) -> None:
+    if env.backend is not C.SimulatorBackend.FAKE:
+        return
+    target_town(env)
+    path = env.fake.xodr_path
+    if path and not Path(path).is_file():
+        raise ConfigError(f"env.fake.xodr_path ({path!r}) is not a file")
 
 
 def _check_ports(cfg: C.RunConfig) -> None:
     servers = [actor_env_config(cfg, i) for i in range(cfg.rollout.num_actors)]
+    for i, env in enumerate(servers):
+        try:
+            C.validate(env, "env.")
+        except ConfigError as exc:
+            raise ConfigError(f"rollout actor {i}'s server: {exc}") from None
     by_host: dict[str, list[int]] = {}
     for env in servers:
         by_host.setdefault(env.host, []).append(env.port)

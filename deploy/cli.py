@@ -97,17 +97,29 @@ def _flatten(data: dict, prefix: str = "") -> dict[str, object]:
 
 
 def file_overrides(path: Path | None) -> dict[str, object]:
-    """The dotted keys of a --config JSON file ({} without one).
+    """The dotted keys of a --config JSON file ({} without one), each a known key holding a
+    value of its type (values are range-checked with the whole config).
 
     Raises:
-        ConfigError: naming the file when it cannot be read or parsed.
+        ConfigError: naming the file when it cannot be read or parsed, does not hold a JSON
+            object, or holds an unknown key or a value of the wrong type (a list, a number or
+            null where a section's object belongs, say).
     """
     if path is None:
         return {}
     try:
-        return _flatten(json.loads(path.read_text()))
-    except (OSError, json.JSONDecodeError) as exc:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"--config {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: must hold a JSON object of config keys, got "
+                          f"{json.dumps(data)[:40]}")
+    flat = _flatten(data)
+    try:
+        C.check_overrides(C.RunConfig, flat)
+    except ConfigError as exc:
+        raise ConfigError(f"--config {path}: {exc}") from None
+    return flat
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, object]:

@@ -40,6 +40,8 @@ def test_smoke_preset_trains_and_writes_summary(tmp_path):
      "ports 2000 and 2001 overlap"),
     (["train", "--carla", "localhost"], "must look like HOST:PORT"),
     (["train", "--preset", "smoke", "--steps", "100"], "learning_starts (200) must be < train.env_steps (100)"),
+    (["train", "--preset", "smoke", "--set", "learner.td3.gamma=nan"],
+     "learner.td3.gamma (nan) must be in (0, 1]"),
     (["train", "--resume", "/nonexistent/run"], "is not a run directory"),
     (["evaluate", "/nonexistent/run"], "neither a run directory nor a checkpoint"),
     (["evaluate", "/nonexistent/run", "--split", "test"], "invalid choice: 'test'"),
@@ -48,6 +50,20 @@ def test_bad_input_fails_at_once_with_a_clear_message(args, message):
     proc = _run(args, timeout=60)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert message in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config", "{tmp}/list.json"], "must hold a JSON object of config keys, got [1, 2]"),
+    (["--name", "../escaped"], "--name ('../escaped') must be one directory name"),
+    (["--set", "metrics.ray_export_port=70000"], "metrics.ray_export_port (70000) must be in [0, 65535]"),
+])
+def test_bad_files_names_and_ports_fail_before_the_run_directory(tmp_path, args, message):
+    (tmp_path / "list.json").write_text("[1, 2]")
+    runs = tmp_path / "runs"
+    proc = _run(["train", "--preset", "smoke", "--runs", str(runs)]
+                + [a.format(tmp=tmp_path) for a in args], timeout=60)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert not runs.exists() and not (tmp_path / "escaped").exists()
 
 
 def test_unknown_flag_is_rejected_by_argparse():

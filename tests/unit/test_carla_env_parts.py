@@ -194,7 +194,7 @@ def test_driver_commands_its_speed_under_target_speed_pedals():
     ("env.reward.goal_bonus", -1.0, r"goal_bonus \(-1.0\) must be >= 0"),
     ("env.reward.standstill_penalty", 1.5, r"standstill_penalty \(1.5\) must be in \[0, 1\]"),
     ("env.camera.fov", 200.0, r"fov \(200.0\) must be in \(0, 180\)"),
-    ("env.camera.width", 0, r"camera size \(0x120\)"),
+    ("env.camera.width", 0, r"env.camera.width \(0\) must be >= 1"),
     ("env.route_split", "test", r"'test' is not one of \['train', 'eval'\]"),
     ("env.pedal", "gas", r"'gas' is not one of \['throttle_brake', 'target_speed'\]"),
     ("env.max_target_speed_mps", 0.0, r"max_target_speed_mps \(0.0\) must be > 0"),

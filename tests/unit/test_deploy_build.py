@@ -43,13 +43,23 @@ def test_endpoint_count_must_match_actor_count():
 
 
 @pytest.mark.parametrize("override,message", [
-    ({"replay.min_size_to_sample": 10}, r"min_size_to_sample \(10\) must be >= batch_size \(64\)"),
+    ({"replay.min_size_to_sample": 10},
+     r"replay.min_size_to_sample \(10\) must be >= learner.td3.batch_size \(64\)"),
     ({"rollout.learning_starts": 10**9}, "the policy never acts"),
     ({"rollout.num_actors": 0}, r"num_actors \(0\) must be >= 1"),
     ({"rollout.noise_spread": 1.0, "rollout.exploration_noise": 1.5}, "must be < 1 when noise_spread"),
     ({"train.updates_per_env_step": 0.5, "replay.samples_per_insert": 3.0}, "contradicts"),
     ({"learner.precision": "fp16"}, r"learner.precision \('fp16'\) must be one of"),
     ({"learner.first_conv": "s2d"}, r"learner.first_conv \('s2d'\) must be one of"),
+    ({"learner.frame_cache": "gpu"}, r"learner.frame_cache \('gpu'\) must be one of"),
+    # each shard's limiter needs min_size_to_sample below its own capacity, not the total's
+    ({"replay.capacity": 500, "replay.num_shards": 4},
+     r"replay.min_size_to_sample \(1000\) must be < replay.capacity \(500\)"),
+    ({"replay.chunk_length": 5000}, r"replay.chunk_length \(5000\) must be <= 4096"),
+    ({"train.updates_per_env_step": 0.5, "replay.error_buffer": 1.0},
+     r"replay.error_buffer \(1.0\) must be >= max\(1, samples_per_insert \(32.0\)\)"),
+    ({"metrics.backend": "prometheus"}, r"metrics.backend \('prometheus'\) serves one process"),
+    ({"env.fake.xodr_path": "/maps/ring.xodr", "env.town": "Town02"}, "contradicts"),
 ])
 def test_impossible_combinations_fail_naming_the_values(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -68,6 +78,11 @@ def test_rate_limiter_derives_from_updates_per_env_step():
 @pytest.mark.parametrize("name", sorted(presets.PRESETS))
 def test_presets_are_valid(name):
     build.validate(presets.preset(name))
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_the_default_preset_is_valid_for_each_device(device):
+    build.validate(presets.local(device))
 
 
 def test_unknown_preset_names_the_choices():

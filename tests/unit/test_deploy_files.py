@@ -1,6 +1,6 @@
 """What CI can check of the deployment without a container engine: the compose file against the
 compose specification and against our own rules (GPU pinning, CARLA port spacing, loopback-only
-host ports, the Ray token from the environment), promtool on the Prometheus configuration and
+host ports, the Ray token from the environment, Grafana's login), promtool on the Prometheus configuration and
 rules, the Grafana files, the Dockerfile, and the container scripts."""
 import importlib.metadata
 import json
@@ -203,6 +203,30 @@ def test_grafana_files_parse_and_point_at_mounted_paths(compose):
     (source,) = yaml.safe_load((GRAFANA / "provisioning/datasources/prometheus.yml").read_text())["datasources"]
     assert source["name"] == compose["services"]["ray-head"]["environment"]["RAY_PROMETHEUS_NAME"]
     assert source["url"] == compose["services"]["ray-head"]["environment"]["RAY_PROMETHEUS_HOST"]
+
+
+def test_grafana_asks_for_a_login_unless_anonymous_access_is_asked_for(compose):
+    env = compose["services"]["grafana"]["environment"]
+    for key in ("GF_AUTH_ANONYMOUS_ENABLED", "GF_SECURITY_ALLOW_EMBEDDING"):
+        assert env[key] == "${GRAFANA_ANONYMOUS:-false}", key  # one switch, off by default
+        assert _default(env[key]) == "false", key
+    assert env["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+    assert str(env.get("GF_USERS_ALLOW_SIGN_UP", "false")).lower() == "false"
+    for path in GRAFANA.rglob("*"):
+        if path.is_file() and path.suffix in (".yml", ".yaml", ".ini"):
+            assert "anonymous" not in path.read_text().lower(), path
+    assert "GRAFANA_ANONYMOUS=true" in (ROOT / "docs/deployment.md").read_text()
+
+
+def test_entrypoint_warns_when_ray_auth_is_disabled():
+    env = {"PATH": "/usr/bin:/bin", "RAY_AUTH_MODE": "disabled"}
+    # `true` stands in for the command, so no Ray starts: the check runs for Ray roles only.
+    script = DOCKER / "entrypoint.sh"
+    text = script.read_text().replace('exec ray start --head', 'exec true')
+    result = subprocess.run(["bash", "-c", text, "entrypoint", "head"], capture_output=True,
+                            text=True, env=env, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "warning: event=ray_auth_disabled role=head" in result.stderr
 
 
 def test_dockerfile_runs_as_non_root_and_copies_only_existing_paths():
