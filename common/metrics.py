@@ -36,6 +36,7 @@ LABELS: Mapping[str, str] = {
     "ending": "how an episode ended: terminated or truncated",
     "encoder": "which CNN encoder: policy or critic",
     "op": "the blocked rate-limiter operation: insert or sample",
+    "reason": "why a shard refused an insert: wire, spec or stream",
 }
 
 _NAME_RE = re.compile(r"^carla_td3_[a-z][a-z0-9]*(_[a-z0-9]+)*$")
@@ -149,6 +150,10 @@ REPLAY_BYTES = MetricDef("carla_td3_replay_bytes", _G, "Bytes of preallocated st
 REPLAY_CACHE_FRAMES = MetricDef(
     "carla_td3_replay_cache_frames_sent_total", _C,
     "Camera frames sent to the learner's frame cache.", _P, ("shard",))
+REPLAY_REJECTED = MetricDef(
+    "carla_td3_replay_rejected_total", _C,
+    "Inserts refused as bad data, by reason: wire (malformed), spec (out of the spec), stream.",
+    _P, ("shard", "reason"))
 REPLAY_BLOCKED_SECONDS = MetricDef(
     "carla_td3_replay_rate_limiter_blocked_seconds_total", _C,
     "Seconds inserts or samples waited on the rate limiter.", _P, ("shard", "op"))
@@ -157,6 +162,9 @@ REPLAY_BLOCKED_SECONDS = MetricDef(
 LEARNER_UPDATES = MetricDef("carla_td3_learner_updates_total", _C, "TD3 updates (critic steps).", _L)
 LEARNER_SAMPLES_CONSUMED = MetricDef(
     "carla_td3_learner_samples_consumed_total", _C, "Transitions consumed by updates.", _L)
+LEARNER_REJECTED_BATCHES = MetricDef(
+    "carla_td3_learner_rejected_batches_total", _C,
+    "Sampled batches dropped before an update for a non-finite value.", _L)
 LEARNER_CRITIC_LOSS = MetricDef("carla_td3_learner_critic_loss", _G, "Latest critic loss.", _L)
 LEARNER_POLICY_LOSS = MetricDef("carla_td3_learner_policy_loss", _G, "Latest policy loss.", _L)
 LEARNER_MEAN_Q = MetricDef("carla_td3_learner_mean_q", _G, "Mean Q1 of the latest batch.", _L)

@@ -16,6 +16,7 @@ from actors.rollout import RolloutReport
 from common import metrics as M
 from common.metrics import MetricsSink
 from learner.loop import LearnerReport
+from replay.shard import REJECT_REASONS
 
 SHARD_RECORD_EVERY_S = 1.0
 
@@ -35,6 +36,7 @@ _SHARD_COUNTERS: tuple[tuple[str, M.MetricDef, dict[str, str]], ...] = (
     ("cache_frames_sent", M.REPLAY_CACHE_FRAMES, {}),
     ("insert_blocked_seconds", M.REPLAY_BLOCKED_SECONDS, {"op": "insert"}),
     ("sample_blocked_seconds", M.REPLAY_BLOCKED_SECONDS, {"op": "sample"}),
+    *((f"rejected_{reason}", M.REPLAY_REJECTED, {"reason": reason}) for reason in REJECT_REASONS),
 )
 
 
@@ -70,6 +72,8 @@ def record_learner(sink: MetricsSink, report: LearnerReport) -> None:
     """Records one ``run_updates`` call of the learner."""
     sink.counter(M.LEARNER_UPDATES).inc(report.updates)
     sink.counter(M.LEARNER_SAMPLES_CONSUMED).inc(report.samples)
+    if report.rejected_batches:
+        sink.counter(M.LEARNER_REJECTED_BATCHES).inc(report.rejected_batches)
     wait = sink.histogram(M.LEARNER_SAMPLE_WAIT_SECONDS)
     for seconds in report.batch_waits:
         wait.observe(seconds)

@@ -19,6 +19,7 @@ from deploy.metrics_ray import RaySink, component_sink
 from deploy.metrics_record import ShardRecorder, record_learner, record_publish, record_rollout
 from learner.loop import LearnerLoop, LearnerReport
 from learner.td3 import TD3Learner
+from replay.shard import REJECT_REASONS
 from tests.unit.learner_fixtures import SMALL_SPEC, random_batch, small_config
 
 SPEC = EnvSpec(frames=2, image_size=36, num_waypoints=1)
@@ -182,13 +183,13 @@ class Clock:
 def test_shard_recorder_counts_growth_once_a_period_not_the_restored_totals():
     totals = {"inserts": 500, "samples": 64, "cache_frames_sent": 40,
               "insert_blocked_seconds": 1.5, "sample_blocked_seconds": 0.0, "size": 480,
-              "bytes": 9000}
+              "bytes": 9000, "rejected_wire": 3, "rejected_spec": 0, "rejected_stream": 0}
     sink, clock = M.MemorySink(), Clock()
     recorder = ShardRecorder(sink, 2, lambda: dict(totals), every_s=1.0, clock=clock)
     assert sink.value(M.REPLAY_INSERTS, shard=2) == 0  # restored from a checkpoint: not counted
     assert sink.value(M.REPLAY_SIZE, shard=2) == 480 and sink.value(M.REPLAY_BYTES, shard=2) == 9000
     totals.update(inserts=532, samples=128, cache_frames_sent=70, sample_blocked_seconds=0.25,
-                  size=512)
+                  size=512, rejected_spec=2)
     recorder.maybe_record()  # within the period: nothing
     assert sink.value(M.REPLAY_INSERTS, shard=2) == 0
     clock.now += 1.0
@@ -199,6 +200,8 @@ def test_shard_recorder_counts_growth_once_a_period_not_the_restored_totals():
     assert sink.value(M.REPLAY_BLOCKED_SECONDS, shard=2, op="sample") == 0.25
     assert sink.value(M.REPLAY_BLOCKED_SECONDS, shard=2, op="insert") == 0
     assert sink.value(M.REPLAY_SIZE, shard=2) == 512
+    assert sink.value(M.REPLAY_REJECTED, shard=2, reason="spec") == 2
+    assert sink.value(M.REPLAY_REJECTED, shard=2, reason="wire") == 0  # restored, not counted
     recorder.record()  # forced (before a checkpoint), no growth: counters unchanged
     assert sink.value(M.REPLAY_INSERTS, shard=2) == 32
 
@@ -208,13 +211,16 @@ def test_every_defined_metric_is_recorded_by_the_runtime_recorders():
     episode = EpisodeResult(1.0, 10, True, 1.0, 5.0, 0, "route_completed")
     record_rollout(sink, RolloutReport(0, 10, [episode], 1, simulator_timeouts=1, reconnects=1,
                                        tick_seconds=[0.01], broadcast_latencies=[0.1]))
-    record_learner(sink, _real_learner_report()[0])
+    report = _real_learner_report()[0]
+    report.rejected_batches = 1
+    record_learner(sink, report)
     totals = {"inserts": 0, "samples": 0, "cache_frames_sent": 0, "insert_blocked_seconds": 0.0,
-              "sample_blocked_seconds": 0.0, "size": 0, "bytes": 1}
+              "sample_blocked_seconds": 0.0, "size": 0, "bytes": 1,
+              **{f"rejected_{reason}": 0 for reason in REJECT_REASONS}}
     clock = Clock()
     recorder = ShardRecorder(sink, 0, lambda: dict(totals), clock=clock)
     totals.update(inserts=10, samples=10, cache_frames_sent=10, insert_blocked_seconds=1.0,
-                  sample_blocked_seconds=1.0)
+                  sample_blocked_seconds=1.0, rejected_wire=1)
     clock.now += 5
     recorder.maybe_record()
     assert sink.names() == set(M.METRICS)
