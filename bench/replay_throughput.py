@@ -27,7 +27,8 @@ from common.config import ReplayConfig
 from common.specs import EnvSpec
 from common.types import SampleBatch
 from learner.device import packed_frames
-from replay.client import ReplayClient, ShardWriter, ray_system_config
+from replay.client import ReplayClient, ray_system_config
+from replay.shard_writer import ShardWriter
 from replay.shard import ReplayShard
 from replay.synthetic import SyntheticStream
 

@@ -31,8 +31,9 @@ from learner.device import resolve_device
 from learner.frame_cache import use_frame_cache
 from learner.loop import LearnerLoop, LearnerReport
 from learner.td3 import TD3Learner
-from replay.client import ReplayClient, ShardWriter
+from replay.client import ReplayClient
 from replay.shard import InsertAck, PackedBatch, RateLimited, ReplayShard
+from replay.shard_writer import ShardWriter
 
 log = logging.getLogger(__name__)
 INSERT_WINDOW = 2  # inserts in flight per actor before it waits for an ack

@@ -20,7 +20,8 @@ import ray
 from actors.policy import CpuPolicy
 from common.errors import CheckpointError, SpecError
 from common.weights import PolicySnapshot
-from deploy.weights_shm import ShmChannel, ShmWeightReader
+from deploy.weights_shm import ShmChannel
+from deploy.weights_shm_reader import ShmWeightReader
 
 log = logging.getLogger(__name__)
 

@@ -8,6 +8,7 @@ import numpy as np
 from common.config import ReplayConfig
 from common.specs import EnvSpec
 from common.types import SampleBatch
+from replay.handles import LocalShard
 from replay.shard import ReplayShard
 from replay.storage import RING_ARRAYS
 from replay.synthetic import ExpectedTransition, SyntheticStream, record_id
@@ -61,3 +62,22 @@ def assert_batch_matches(batch: SampleBatch, expected: dict[int, ExpectedTransit
 def small_shard(capacity: int = 200, shard_index: int = 0, **overrides) -> ReplayShard:
     overrides.setdefault("min_size_to_sample", 1)
     return ReplayShard(SMALL_SPEC, ReplayConfig(capacity=capacity, **overrides), shard_index)
+
+
+class LearnerAfterRefusal:
+    """A shard whose learner samples it down whenever an insert was refused (the client's
+    handle convention, through ``LocalShard``)."""
+
+    def __init__(self, shard):
+        self.shard = shard
+        self.local = LocalShard(shard)
+
+    def _insert(self, data):
+        ack = self.shard.insert(data)
+        if ack.rate_limited:
+            while self.shard.limiter.can_sample(self.shard.size()):
+                self.shard.sample(4)
+        return ack
+
+    def __getattr__(self, name):
+        return LocalShard(self).__getattr__("_insert") if name == "insert" else getattr(self.local, name)

@@ -53,7 +53,8 @@ def _act_all(policy: CpuPolicy, batch) -> np.ndarray:
 def test_runs_in_place_on_a_weight_files_arrays_as_it_would_on_a_copy(tmp_path):
     # The rollout actor's path on the learner's node: the policy's parameters are the
     # read-only, channels-last mapped arrays of the file's slot, not copies of them.
-    from deploy.weights_shm import ShmWeightReader, ShmWeightWriter
+    from deploy.weights_shm import ShmWeightWriter
+    from deploy.weights_shm_reader import ShmWeightReader
 
     batch = random_batch(SMALL_SPEC, 3, seed=1)
     _, state = _state(3)

@@ -6,8 +6,8 @@ from common.codec import encode_chunk
 from common.config import SamplerKind
 from replay.client import LocalShard, ReplayClient
 from replay.shard import KEY_SHARD_SHIFT
-from tests.unit.replay_support import (SMALL_SPEC, assert_batch_matches, expected_by_id,
-                                       make_streams, small_shard)
+from tests.unit.replay_support import (SMALL_SPEC, LearnerAfterRefusal, assert_batch_matches,
+                                       expected_by_id, make_streams, small_shard)
 
 
 def _client(num_shards=2, prefetch=3, **cfg):
@@ -69,27 +69,9 @@ def test_sample_returns_none_until_min_size_then_batches():
     assert batches[-1] is not None and batches[-1].size == 16
 
 
-class _LearnerAfterRefusal:
-    """A shard whose learner samples it down whenever an insert was refused."""
-
-    def __init__(self, shard):
-        self.shard = shard
-        self.local = LocalShard(shard)
-
-    def _insert(self, data):
-        ack = self.shard.insert(data)
-        if ack.rate_limited:
-            while self.shard.limiter.can_sample(self.shard.size()):
-                self.shard.sample(4)
-        return ack
-
-    def __getattr__(self, name):
-        return LocalShard(self).__getattr__("_insert") if name == "insert" else getattr(self.local, name)
-
-
 def test_writer_resends_refused_chunks_in_order():
     shard = small_shard(capacity=300, samples_per_insert=1.0, error_buffer=12.0, min_size_to_sample=4)
-    client = ReplayClient([_LearnerAfterRefusal(shard)], SMALL_SPEC, batch_size=4)
+    client = ReplayClient([LearnerAfterRefusal(shard)], SMALL_SPEC, batch_size=4)
     src = make_streams(SMALL_SPEC, 1, chunk_length=5, max_episode=50)[0]
     writer = client.writer(0, window=3)
     for _ in range(12):

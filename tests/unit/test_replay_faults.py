@@ -6,7 +6,8 @@ import numpy as np
 from common.codec import encode_chunk
 from common.config import SamplerKind
 from common.errors import ShardUnavailable
-from replay.client import LocalShard, ReplayClient, ShardWriter
+from replay.client import LocalShard, ReplayClient
+from replay.shard_writer import ShardWriter
 from replay.handles import LocalRef
 from replay.health import ShardHealth
 from replay.shard import KEY_SHARD_SHIFT

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from common.codec import encode_chunk
-from replay import client as client_mod
-from replay.client import LocalShard, ShardWriter
-from tests.unit.replay_support import SMALL_SPEC, make_streams, small_shard
+from replay import shard_writer as writer_mod
+from replay.handles import LocalShard
+from replay.shard_writer import ShardWriter
+from tests.unit.replay_support import LearnerAfterRefusal, SMALL_SPEC, make_streams, small_shard
 
 
 def _truncated(data: bytes) -> bytes:
@@ -19,23 +20,6 @@ def _wrong_shape(data: bytes) -> bytes:
     msg = msgpack.unpackb(data, raw=False)
     msg["frame"][1] = [msg["frame"][1][0], 3, 3]
     return msgpack.packb(msg, use_bin_type=True)
-
-
-class _LearnerAfterRefusal:
-    """A shard whose learner samples it down whenever an insert was refused."""
-
-    def __init__(self, shard):
-        self.shard = shard
-
-    def _insert(self, data):
-        ack = self.shard.insert(data)
-        if ack.rate_limited:
-            while self.shard.limiter.can_sample(self.shard.size()):
-                self.shard.sample(4)
-        return ack
-
-    def __getattr__(self, name):
-        return LocalShard(self).__getattr__("_insert") if name == "insert" else getattr(LocalShard(self.shard), name)
 
 
 def _send_with_one_bad(writer, src, bad_at, corrupt, count=10):
@@ -51,7 +35,7 @@ def test_a_rejected_chunk_is_dropped_and_later_chunks_are_delivered(window, reas
     shard = small_shard(capacity=400)
     writer = ShardWriter(LocalShard(shard), SMALL_SPEC, window=window, shard_index=3)
     src = make_streams(SMALL_SPEC, 1, chunk_length=5, max_episode=6)[0]
-    with caplog.at_level(logging.WARNING, logger="replay.client"):
+    with caplog.at_level(logging.WARNING, logger="replay.shard_writer"):
         _send_with_one_bad(writer, src, bad_at=3, corrupt=corrupt)
     assert writer.rejected[reason] == 1 and writer.rejected_chunks == 1
     assert writer.stats()["rejected_chunks"] == 1 and writer.stats()[f"rejected_chunks_{reason}"] == 1
@@ -64,7 +48,7 @@ def test_a_rejected_chunk_is_dropped_and_later_chunks_are_delivered(window, reas
 
 def test_a_rejected_chunk_behind_a_rate_limited_one_is_dropped_and_the_rest_resent_in_order():
     shard = small_shard(capacity=300, samples_per_insert=1.0, error_buffer=12.0, min_size_to_sample=4)
-    writer = ShardWriter(_LearnerAfterRefusal(shard), SMALL_SPEC, window=3)
+    writer = ShardWriter(LearnerAfterRefusal(shard), SMALL_SPEC, window=3)
     src = make_streams(SMALL_SPEC, 1, chunk_length=5, max_episode=50)[0]
     for k in range(16):
         data = encode_chunk(src.next_chunk(), SMALL_SPEC)
@@ -89,11 +73,11 @@ def test_a_chunk_that_cannot_be_encoded_is_dropped_and_counted():
 
 
 def test_a_long_rate_limited_wait_warns_naming_the_shard(monkeypatch, caplog):
-    monkeypatch.setattr(client_mod, "BLOCKED_WARN_EVERY_S", 0.0)
+    monkeypatch.setattr(writer_mod, "BLOCKED_WARN_EVERY_S", 0.0)
     shard = small_shard(capacity=300, samples_per_insert=1.0, error_buffer=12.0, min_size_to_sample=4)
-    writer = ShardWriter(_LearnerAfterRefusal(shard), SMALL_SPEC, window=2, shard_index=1)
+    writer = ShardWriter(LearnerAfterRefusal(shard), SMALL_SPEC, window=2, shard_index=1)
     src = make_streams(SMALL_SPEC, 1, chunk_length=5, max_episode=50)[0]
-    with caplog.at_level(logging.WARNING, logger="replay.client"):
+    with caplog.at_level(logging.WARNING, logger="replay.shard_writer"):
         for _ in range(10):
             writer.send_chunk(src.next_chunk())
         writer.flush()

@@ -9,8 +9,8 @@ import pytest
 
 from common.errors import CheckpointError
 from common.weights import PolicySnapshot
-from deploy.weights_shm import (WRITING, ShmChannel, ShmWeightReader, ShmWeightWriter,
-                                channel_dir)
+from deploy.weights_shm import WRITING, ShmChannel, ShmWeightWriter, channel_dir
+from deploy.weights_shm_reader import ShmWeightReader
 
 
 def _state(value: float = 0.0) -> dict[str, np.ndarray]:

@@ -15,8 +15,8 @@ import pytest
 
 from common.errors import CheckpointError
 from common.weights import PolicySnapshot
-from deploy.weights_shm import (HEADER_BYTES, MAX_VERSION, WRITING, ShmWeightReader,
-                                ShmWeightWriter, channel_dir)
+from deploy.weights_shm import HEADER_BYTES, MAX_VERSION, WRITING, ShmWeightWriter, channel_dir
+from deploy.weights_shm_reader import ShmWeightReader
 
 UID = os.geteuid()
 OTHER_UID = 65534  # nobody
@@ -328,7 +328,7 @@ def test_a_damaged_slot_fails_its_checksum(tmp_path, where):
 
 
 def test_the_checksum_is_checked_once_per_version(tmp_path, monkeypatch):
-    import deploy.weights_shm as shm
+    import deploy.weights_shm_reader as shm  # the reader checks, through its own name
 
     writer = ShmWeightWriter(tmp_path / "run", _state(), "node-a")
     writer.publish(PolicySnapshot(1, _state(1.0)))
