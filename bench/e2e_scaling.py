@@ -37,7 +37,7 @@ from common.specs import EnvSpec
 from deploy import build
 from deploy.driver import build_fleet
 from deploy.rundir import RunDir
-from replay.client import ray_system_config
+from deploy.replay_ray import ray_system_config
 
 
 TRANSPORTS = ("shm", "board")

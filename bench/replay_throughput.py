@@ -27,7 +27,8 @@ from common.config import ReplayConfig
 from common.specs import EnvSpec
 from common.types import SampleBatch
 from learner.device import packed_frames
-from replay.client import ReplayClient, ray_system_config
+from deploy.replay_ray import RAY, ray_system_config
+from replay.client import ReplayClient
 from replay.shard_writer import ShardWriter
 from replay.shard import ReplayShard
 from replay.synthetic import SyntheticStream
@@ -50,7 +51,7 @@ class Producer:
     def run(self, seconds: float) -> tuple[int, int, float]:
         """Inserts for ``seconds``; returns (transitions stored, wire bytes, elapsed)."""
         sent_bytes, stored, t0 = 0, 0, time.perf_counter()
-        writer = ShardWriter(self.shard, SPEC, window=4)
+        writer = ShardWriter(self.shard, SPEC, window=4, transport=RAY)
         pending: collections.deque = collections.deque()
         while time.perf_counter() - t0 < seconds:
             i = self.seq % len(self.chunks)
@@ -109,7 +110,7 @@ def measure_sample(shards: list, mode: str, args: argparse.Namespace,
     """
     cache = ray.get(shards[0].stats.remote())["capacity"] if mode == "ray_cache" else 0
     client = ReplayClient(shards, SPEC, args.batch_size, prefetch=args.prefetch,
-                          cache_capacity=cache)
+                          cache_capacity=cache, transport=RAY)
     client.sizes()
     inserting = [p.run.remote(args.seconds) for p in producers or []]
     inflight: collections.deque = collections.deque()

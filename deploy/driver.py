@@ -26,6 +26,7 @@ from deploy.ray_actors import (LearnerActor, RestoringShard, RolloutActor, learn
 from deploy.rundir import MetricsLog, RunDir
 from deploy.weights_ray import WeightBoard
 from deploy.weights_shm import channel_dir
+from replay.transport import shard_for
 
 log = logging.getLogger(__name__)
 ACTOR_MAX_RESTARTS = 20
@@ -75,7 +76,7 @@ def build_fleet(cfg: C.RunConfig, run_dir: RunDir) -> Fleet:
         num_cpus=0, num_gpus=gpus, max_restarts=ACTOR_MAX_RESTARTS,
     ).remote(cfg, shards, board, cfg.seed, run_path, metrics)
     actors = [ray.remote(RolloutActor).options(num_cpus=0, max_restarts=ACTOR_MAX_RESTARTS)
-              .remote(cfg, i, cfg.seed, shards[i % len(shards)], board, metrics)
+              .remote(cfg, i, cfg.seed, shards[shard_for(i, len(shards))], board, metrics)
               for i in range(cfg.rollout.num_actors)]
     return Fleet(shards, board, learner, actors, learner_on_gpu=gpus > 0,
                  weights_dir=channel_dir(run_path))

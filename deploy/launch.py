@@ -24,7 +24,7 @@ from deploy import build
 from deploy.driver import Driver
 from deploy.progress import RunCounters
 from deploy.rundir import RunDir
-from replay.client import ray_system_config
+from deploy.replay_ray import ray_system_config
 
 log = logging.getLogger(__name__)
 

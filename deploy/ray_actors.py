@@ -31,7 +31,9 @@ from learner.device import resolve_device
 from learner.frame_cache import use_frame_cache
 from learner.loop import LearnerLoop, LearnerReport
 from learner.td3 import TD3Learner
+from deploy.replay_ray import RAY
 from replay.client import ReplayClient
+from replay.transport import shard_for
 from replay.shard import InsertAck, PackedBatch, RateLimited, ReplayShard
 from replay.shard_writer import ShardWriter
 
@@ -131,8 +133,8 @@ class RolloutActor:
         # to gain from a second thread. On a full machine that is CPU the other actors lack.
         cv2.setNumThreads(threads)
         self.metrics = metrics or NullSink()
-        self.shard_writer = ShardWriter(shard, cfg.spec, INSERT_WINDOW,
-                                        shard_index=index % cfg.replay.num_shards)
+        self.shard_writer = ShardWriter(shard, cfg.spec, INSERT_WINDOW, transport=RAY,
+                                        shard_index=shard_for(index, cfg.replay.num_shards))
         self.weights = RayWeightSource(board, ray.get_runtime_context().get_node_id())
         self.worker = build.make_worker(cfg, index, self.shard_writer.send_chunk, self.weights, seed)
         if _restarted():  # Ray restarted this actor: the env above is a new connection
@@ -199,7 +201,7 @@ class LearnerActor:
         self._frame_cache_on = cached
         self.client = ReplayClient(shards, cfg.spec, batch_size=cfg.learner.td3.batch_size,
                                    prefetch=cfg.learner.prefetch, seed=seed,
-                                   cache_capacity=capacity if cached else 0)
+                                   cache_capacity=capacity if cached else 0, transport=RAY)
         prioritized = cfg.replay.sampler is C.SamplerKind.PRIORITIZED
         self.loop = LearnerLoop(self.learner, self.client.sample, self._publish,
                                 cfg.learner.publish_every,

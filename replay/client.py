@@ -1,12 +1,9 @@
 """ReplayClient: the learner's side of the replay: samples across shards with requests in flight.
 
-The client talks to shards through handles with Ray's calling convention
-(``handle.method.remote(*args)`` returns a future). Ray actor handles work as they are;
-``LocalShard`` gives an in-process ReplayShard the same convention, so the same client runs
-without Ray for tests and debugging.
-
-Routing: actor ``i`` always writes to shard ``i % num_shards``, so its episodes stay whole in
-one shard; its ``replay.shard_writer.ShardWriter`` sends them.
+The client talks to shards through handles and their transport (replay/transport.py:
+``handle.method.remote(*args)`` returns a reference the transport waits for): Ray actor
+handles with ``deploy.replay_ray.RAY``, or in-process shards (``LocalShard``) with ``LOCAL``.
+Writing is the rollout side's business: ``replay.shard_writer``.
 
 Sampling: ``sample()`` keeps ``prefetch`` requests in flight; each new request goes to a shard
 drawn in proportion to the shards' last known sizes. Samples come back as PackedBatch (F + 1
@@ -21,8 +18,8 @@ and the client moves shard ``i``'s rows to ``i * cache_capacity`` onward. Each s
 replies are taken in the order they were sent (a shard runs its requests in that order), so
 the learner stores every frame before a later reply that counts on it.
 
-Faults: a call that fails because the shard died or is restarting (replay/handles.py
-SHARD_FAILURES) never raises out of the client. The shard is marked down (replay/health.py:
+Faults: a call that fails because the shard died or is restarting (one of the transport's
+``failures``) never raises out of the client. The shard is marked down (replay/health.py:
 logged, counted in ``stats()``), gets no requests and weight 0 in the proportional choice, and
 rejoins once a ``size()`` probe sent after a back-off answers. ``sample()`` takes whichever
 request answers first, so a dead shard's request does not hold up the live shards, and returns
@@ -41,26 +38,13 @@ import numpy as np
 from common.errors import ConfigError, WireError
 from common.specs import EnvSpec
 from common.types import CachedBatch, SampleBatch
-from replay.handles import SHARD_FAILURES, LocalShard, first_ready, ready, result
 from replay.health import ShardHealth
 from replay.shard import KEY_SHARD_SHIFT, PackedBatch, RateLimited
-from replay.shard_writer import ShardWriter
+from replay.transport import LOCAL, Transport
 
-__all__ = ["LocalShard", "ReplayClient", "ray_system_config"]
+__all__ = ["ReplayClient"]
 
 log = logging.getLogger(__name__)
-
-def ray_system_config(spec: EnvSpec, chunk_length: int) -> dict[str, int]:
-    """Ray system settings the replay service needs, for ``ray.init(_system_config=...)``.
-
-    Ray passes a task argument above ``max_direct_call_object_size`` (100 KiB by default)
-    through the object store, which costs about 2.4 ms per 226 KB insert on a 2-core machine
-    against about 0.9 ms inline (bench/replay_throughput.py). This raises the limit above
-    the size of one insert message, with room for chunks up to twice ``chunk_length``.
-    """
-    record = spec.frame.nbytes + spec.vector.nbytes + spec.action.nbytes + 4 + 1 + 1 + 1 + 8
-    return {"max_direct_call_object_size": max(100 * 1024, 2 * chunk_length * record + 4096)}
-
 
 def _new_cache_id() -> int:
     return int.from_bytes(os.urandom(8), "little") >> 1  # fits an int64 on every wire
@@ -70,7 +54,7 @@ class ReplayClient:
     """Routes inserts and samples over shard handles; see the module docstring.
 
     Args:
-        shards: shard handles (Ray actor handles or LocalShard), index i holding shard i.
+        shards: shard handles, index i holding shard i.
         spec: observation and action spec.
         batch_size: transitions per sample.
         prefetch: sample requests kept in flight.
@@ -79,20 +63,22 @@ class ReplayClient:
         down_backoff_s: wait before probing a shard that died (doubles up to 16x).
         cache_capacity: 0, or each shard's ring capacity to sample for a learner's frame
             cache (see the module docstring).
+        transport: how calls on the handles are waited for.
     """
 
     def __init__(self, shards: Sequence[Any], spec: EnvSpec, batch_size: int, prefetch: int = 4,
                  seed: int = 0, size_refresh_every: int = 16, down_backoff_s: float = 0.5,
-                 cache_capacity: int = 0) -> None:
+                 cache_capacity: int = 0, transport: Transport = LOCAL) -> None:
         if not shards:
             raise ConfigError(f"num_shards ({len(shards)}) must be >= 1")
         if prefetch < 1:
             raise ConfigError(f"prefetch ({prefetch}) must be >= 1")
         if cache_capacity < 0:
             raise ConfigError(f"cache_capacity ({cache_capacity}) must be >= 0")
-        self.shards, self.spec = list(shards), spec
+        self.shards, self.spec, self.transport = list(shards), spec, transport
         self.batch_size, self.prefetch = batch_size, prefetch
-        self.health = [ShardHealth(h, i, "learner", down_backoff_s, 16 * down_backoff_s)
+        self.health = [ShardHealth(h, i, "learner", down_backoff_s, 16 * down_backoff_s,
+                                   transport=transport)
                        for i, h in enumerate(self.shards)]
         self._rng = np.random.default_rng(seed)
         self._sizes = np.zeros(len(self.shards), np.float64)
@@ -116,15 +102,6 @@ class ReplayClient:
     def num_shards(self) -> int:
         return len(self.shards)
 
-    def shard_for(self, actor_index: int) -> int:
-        """The shard that actor ``actor_index`` writes to."""
-        return actor_index % self.num_shards
-
-    def writer(self, actor_index: int, window: int = 2) -> ShardWriter:
-        """A writer that sends actor ``actor_index``'s chunks to its shard."""
-        index = self.shard_for(actor_index)
-        return ShardWriter(self.shards[index], self.spec, window, shard_index=index)
-
     def sizes(self) -> list[int]:
         """Asks every available shard for its size (blocking); a shard that is down counts 0."""
         for index, handle in enumerate(self.shards):
@@ -133,8 +110,8 @@ class ReplayClient:
                 continue
             epoch = self.health[index].epoch
             try:
-                self._sizes[index] = result(handle.size.remote())
-            except SHARD_FAILURES as exc:
+                self._sizes[index] = self.transport.result(handle.size.remote())
+            except self.transport.failures as exc:
                 self._failed(index, exc, epoch)
         return [int(x) for x in self._sizes]
 
@@ -156,13 +133,13 @@ class ReplayClient:
 
     def _refresh_sizes(self) -> None:
         if self._size_refs:
-            done = ready([ref for ref, _ in self._size_refs.values()])
+            done = self.transport.ready([ref for ref, _ in self._size_refs.values()])
             for index, (ref, epoch) in list(self._size_refs.items()):
                 if ref in done:
                     del self._size_refs[index]
                     try:
-                        self._sizes[index] = result(ref)
-                    except SHARD_FAILURES as exc:
+                        self._sizes[index] = self.transport.result(ref)
+                    except self.transport.failures as exc:
                         self._failed(index, exc, epoch)
         if not self._size_refs and self._requests % self._size_refresh_every == 0:
             self._size_refs = {i: (h.size.remote(), self.health[i].epoch)
@@ -195,13 +172,13 @@ class ReplayClient:
         if not self._inflight:
             return None
         t0 = time.perf_counter()
-        ref = first_ready([r for _, r, _ in self._inflight])
+        ref = self.transport.first_ready([r for _, r, _ in self._inflight])
         shard = next(i for i, r, _ in self._inflight if r == ref)
         index, ref, epoch = self._inflight.pop(
             next(k for k, (i, _, _) in enumerate(self._inflight) if i == shard))
         try:
-            reply: PackedBatch | CachedBatch | RateLimited | None = result(ref)
-        except SHARD_FAILURES as exc:
+            reply: PackedBatch | CachedBatch | RateLimited | None = self.transport.result(ref)
+        except self.transport.failures as exc:
             self.failed_samples += 1
             self._failed(index, exc, epoch)
             reply = None
@@ -256,8 +233,8 @@ class ReplayClient:
         while len(self._priority_refs) > 2 * self.num_shards:
             index, count, ref, epoch = self._priority_refs.popleft()
             try:
-                result(ref)
-            except SHARD_FAILURES as exc:
+                self.transport.result(ref)
+            except self.transport.failures as exc:
                 self.dropped_priority_keys += count
                 self._failed(index, exc, epoch)
 

@@ -1,6 +1,6 @@
 """One shard's availability as a caller sees it: up, or down until a probe answers.
 
-A call that fails with one of ``replay.handles.SHARD_FAILURES`` marks the shard down. While it
+A call that fails with one of its transport's ``failures`` (replay/transport.py) marks the shard down. While it
 is down the caller sends it nothing; once a back-off has passed, ``available()`` sends one
 ``size()`` probe and, on later calls, checks it without blocking: when it answers, the shard
 has rejoined (Ray restarted it, and it restored its last checkpoint); when it fails, the next
@@ -16,7 +16,7 @@ import logging
 import time
 from typing import Any, Callable
 
-from replay.handles import SHARD_FAILURES, ready, result
+from replay.transport import LOCAL, Transport
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +31,14 @@ class ShardHealth:
         backoff_s: wait after a failure before the first probe.
         max_backoff_s: longest wait between two probes.
         clock: monotonic seconds (injectable for tests).
+        transport: how calls on ``handle`` are waited for.
     """
 
     def __init__(self, handle: Any, shard_index: int, role: str, backoff_s: float = 0.5,
-                 max_backoff_s: float = 8.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 max_backoff_s: float = 8.0, clock: Callable[[], float] = time.monotonic,
+                 transport: Transport = LOCAL) -> None:
         self.handle, self.shard_index, self.role = handle, shard_index, role
+        self.transport = transport
         self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
         self._clock = clock
         self.up = True
@@ -50,7 +53,7 @@ class ShardHealth:
         self._probe: Any = None
 
     def failed(self, exc: BaseException, epoch: int) -> None:
-        """Records that a call sent in ``epoch`` failed with ``exc`` (one of SHARD_FAILURES)."""
+        """Records that a call sent in ``epoch`` failed with ``exc`` (one of the transport's ``failures``)."""
         if not self.up or epoch != self.epoch:
             return  # another call in flight when it went down, or one to a previous incarnation
         self.up = False
@@ -69,12 +72,12 @@ class ShardHealth:
             if self._clock() < self._retry_at:
                 return False
             self._probe = self.handle.size.remote()
-        if not ready([self._probe]):
+        if not self.transport.ready([self._probe]):
             return False
         probe, self._probe = self._probe, None
         try:
-            self.last_size = int(result(probe))
-        except SHARD_FAILURES:
+            self.last_size = int(self.transport.result(probe))
+        except self.transport.failures:
             self._delay = min(2 * self._delay, self.max_backoff_s)
             self._retry_at = self._clock() + self._delay
             return False

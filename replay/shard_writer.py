@@ -1,13 +1,13 @@
 """ShardWriter: a rollout worker's side of the replay: sends its chunks to one shard, in order.
 
-The writer talks to its shard through a handle with Ray's calling convention
-(``handle.method.remote(*args)`` returns a future; ``replay.handles.LocalShard`` gives an
-in-process ReplayShard the same one). It keeps a small window of inserts in flight; when the
+The writer talks to its shard through a handle and the handle's transport
+(replay/transport.py: ``handle.method.remote(*args)`` returns a reference the transport waits
+for). ``writer_for`` picks a worker's shard by the one routing rule, ``shard_for``. It keeps a small window of inserts in flight; when the
 shard refuses one (rate limiter), the writer waits with backoff and resends it and every later
 chunk in order (the shard refuses a stream's later seqs until the refused one returns). A chunk
 the shard rejects as bad data (WireError, SpecError) is dropped and counted, and the writer
 goes on with the next one. A call that fails because the shard died or is restarting
-(replay/handles.py SHARD_FAILURES) never raises: the writer counts the chunks it loses and
+(one of the transport's ``failures``) never raises: the writer counts the chunks it loses and
 never resends them.
 """
 from __future__ import annotations
@@ -15,15 +15,15 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from typing import Any
+from typing import Any, Sequence
 
 from common.codec import encode_chunk
 from common.errors import ConfigError, SpecError, WireError
 from common.specs import EnvSpec
 from common.types import StepChunk
-from replay.handles import SHARD_FAILURES, result
 from replay.health import ShardHealth
 from replay.shard import InsertAck
+from replay.transport import LOCAL, Transport, shard_for
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class ShardWriter:
     its next ``first`` record. A rate-limited insert is no failure: it is resent until the
     limiter admits it, with a warning every BLOCKED_WARN_EVERY_S seconds of one wait.
 
-    When the shard dies (a call fails with one of SHARD_FAILURES) the chunk is counted as lost,
+    When the shard dies (a call fails with one of the transport's ``failures``) the chunk is counted as lost,
     never resent: the restarted shard restored an older state of the stream, and the seq gap
     makes it drop the stream's records up to its next ``first`` record. While the shard is
     down, ``send`` drops chunks at once (counted in ``lost_chunks``) and probes the shard
@@ -58,15 +58,19 @@ class ShardWriter:
         max_backoff_s: longest wait between resends.
         shard_index: the shard's index, for logs.
         down_backoff_s: wait before probing a shard that died (doubles up to 16x).
+        transport: how calls on ``handle`` are waited for.
     """
 
     def __init__(self, handle: Any, spec: EnvSpec, window: int = 2, backoff_s: float = 0.005,
-                 max_backoff_s: float = 0.5, shard_index: int = 0, down_backoff_s: float = 0.5) -> None:
+                 max_backoff_s: float = 0.5, shard_index: int = 0, down_backoff_s: float = 0.5,
+                 transport: Transport = LOCAL) -> None:
         if window < 1:
             raise ConfigError(f"window ({window}) must be >= 1")
         self.handle, self.spec, self.window = handle, spec, window
         self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
-        self.health = ShardHealth(handle, shard_index, "writer", down_backoff_s, 16 * down_backoff_s)
+        self.transport = transport
+        self.health = ShardHealth(handle, shard_index, "writer", down_backoff_s, 16 * down_backoff_s,
+                                  transport=transport)
         self._pending: collections.deque[tuple[bytes, Any, int]] = collections.deque()
         self.stored = 0
         self.duplicates = 0
@@ -115,10 +119,10 @@ class ShardWriter:
     def _settle_oldest(self) -> None:
         t0 = time.perf_counter()
         try:
-            ack: InsertAck = result(self._pending[0][1])
+            ack: InsertAck = self.transport.result(self._pending[0][1])
             if ack.rate_limited:
                 ack = self._resend_refused(ack)
-        except SHARD_FAILURES as exc:
+        except self.transport.failures as exc:
             _, _, epoch = self._pending.popleft()
             self.lost_chunks += 1
             self.health.failed(exc, epoch)
@@ -146,7 +150,7 @@ class ShardWriter:
         kept = [self._pending[0]]
         for item in list(self._pending)[1:]:
             try:
-                result(item[1])
+                self.transport.result(item[1])
             except (WireError, SpecError) as exc:
                 self._drop("spec" if isinstance(exc, SpecError) else "wire", exc)
                 continue
@@ -169,6 +173,13 @@ class ShardWriter:
             epoch = self.health.epoch
             self._pending = collections.deque((d, self.handle.insert.remote(d), epoch)
                                               for d, _, _ in self._pending)
-            ack = result(self._pending[0][1])
+            ack = self.transport.result(self._pending[0][1])
         self.blocked_seconds += time.perf_counter() - t0
         return ack
+
+
+def writer_for(shards: Sequence[Any], worker_index: int, spec: EnvSpec, window: int = 2,
+               transport: Transport = LOCAL) -> ShardWriter:
+    """The writer of rollout worker ``worker_index``: to its shard among ``shards``."""
+    index = shard_for(worker_index, len(shards))
+    return ShardWriter(shards[index], spec, window, shard_index=index, transport=transport)

@@ -7,7 +7,7 @@ import ray
 
 from common import config as C
 from deploy import presets
-from replay.client import ray_system_config
+from deploy.replay_ray import ray_system_config
 
 
 def tiny_config(env_steps: int = 500, frame_cache: str = "auto", **train) -> C.RunConfig:

@@ -6,7 +6,9 @@ import ray
 from common.codec import encode_chunk
 from common.config import ReplayConfig, SamplerKind
 from common.errors import WireError
-from replay.client import ReplayClient, ray_system_config
+from deploy.replay_ray import RAY, ray_system_config
+from replay.client import ReplayClient
+from replay.shard_writer import writer_for
 from replay.shard import KEY_SHARD_SHIFT, ReplayShard
 from tests.unit.replay_support import SMALL_SPEC, assert_batch_matches, expected_by_id, make_streams
 
@@ -30,9 +32,9 @@ def _shards(n=2):
 
 def test_two_shards_through_ray(ray_local):
     shards = _shards()
-    client = ReplayClient(shards, SMALL_SPEC, batch_size=32, prefetch=4)
+    client = ReplayClient(shards, SMALL_SPEC, batch_size=32, prefetch=4, transport=RAY)
     streams = make_streams(SMALL_SPEC, 4, chunk_length=8, max_episode=10)
-    writers = [client.writer(i) for i in range(4)]
+    writers = [writer_for(shards, i, SMALL_SPEC, transport=RAY) for i in range(4)]
     for _ in range(12):
         for w, s in zip(writers, streams):
             w.send_chunk(s.next_chunk())
@@ -76,10 +78,11 @@ def test_cached_sampling_through_ray_while_the_rings_turn_over(ray_local):
     from tests.unit.test_frame_cache import _pixels
 
     shards = _shards()
-    client = ReplayClient(shards, SMALL_SPEC, batch_size=32, prefetch=4, cache_capacity=400)
+    client = ReplayClient(shards, SMALL_SPEC, batch_size=32, prefetch=4, cache_capacity=400,
+                          transport=RAY)
     cache = FrameCache(SMALL_SPEC, 800, torch.device("cpu"))
     streams = make_streams(SMALL_SPEC, 4, chunk_length=8, max_episode=10, seed=11)
-    writers = [client.writer(i) for i in range(4)]
+    writers = [writer_for(shards, i, SMALL_SPEC, transport=RAY) for i in range(4)]
     batches = 0
     for _ in range(40):  # 1,280 records through 2 x 400 slots
         for w, s in zip(writers, streams):

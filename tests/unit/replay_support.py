@@ -8,7 +8,7 @@ import numpy as np
 from common.config import ReplayConfig
 from common.specs import EnvSpec
 from common.types import SampleBatch
-from replay.handles import LocalShard
+from replay.transport import LocalShard
 from replay.shard import ReplayShard
 from replay.storage import RING_ARRAYS
 from replay.synthetic import ExpectedTransition, SyntheticStream, record_id

@@ -12,7 +12,8 @@ from deploy import build
 from deploy.presets import smoke
 from learner.frame_cache import FrameCache, LazyFrameCache, use_frame_cache
 from learner.td3 import TD3Learner
-from replay.client import LocalShard, ReplayClient
+from replay.client import ReplayClient
+from replay.transport import LocalShard
 from tests.unit.learner_fixtures import params_of, small_config
 from tests.unit.replay_support import (SMALL_SPEC, assert_batch_matches, expected_by_id,
                                        make_streams, small_shard)

@@ -48,3 +48,21 @@ def test_no_ray_remote_decorator_on_component_classes():
     for package in ("common", "actors", "replay", "learner"):
         for path in (ROOT / package).rglob("*.py"):
             assert "@ray.remote" not in path.read_text(), f"{path}: wrap with ray.remote in deploy/"
+
+
+def _imports_ray(path: pathlib.Path) -> bool:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "ray" for a in node.names):
+            return True
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "ray":
+            return True
+    return False
+
+
+@pytest.mark.parametrize("package", ("common", "actors", "replay", "learner"))
+def test_ray_is_imported_only_by_deploy(package):
+    # Components meet their transports through seams (replay/transport.py, actors/ weights):
+    # Ray is one implementation, and it lives in deploy/ (bench/ and tests/ use it too).
+    for path in (ROOT / package).rglob("*.py"):
+        assert not _imports_ray(path), f"{path.relative_to(ROOT)} imports ray"

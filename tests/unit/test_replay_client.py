@@ -4,7 +4,9 @@ import pytest
 
 from common.codec import encode_chunk
 from common.config import SamplerKind
-from replay.client import LocalShard, ReplayClient
+from replay.client import ReplayClient
+from replay.shard_writer import writer_for
+from replay.transport import LocalShard, shard_for
 from replay.shard import KEY_SHARD_SHIFT
 from tests.unit.replay_support import (SMALL_SPEC, LearnerAfterRefusal, assert_batch_matches,
                                        expected_by_id, make_streams, small_shard)
@@ -20,13 +22,13 @@ def _client(num_shards=2, prefetch=3, **cfg):
 def test_each_actor_writes_to_one_shard_and_episodes_stay_whole():
     client, shards = _client()
     streams = make_streams(SMALL_SPEC, 4, chunk_length=6, max_episode=8)
-    writers = [client.writer(i) for i in range(4)]
+    writers = [writer_for(client.shards, i, SMALL_SPEC) for i in range(4)]
     for _ in range(10):
         for w, s in zip(writers, streams):
             w.send_chunk(s.next_chunk())
     for w in writers:
         w.flush()
-    assert [client.shard_for(i) for i in range(4)] == [0, 1, 0, 1]
+    assert [shard_for(i, 2) for i in range(4)] == [w.health.shard_index for w in writers] == [0, 1, 0, 1]
     assert {sid for sid in shards[0].streams} == {streams[0].stream_id, streams[2].stream_id}
     assert sum(w.stored for w in writers) == sum(s.size() for s in shards) > 0
     expected = expected_by_id(streams)
@@ -38,7 +40,7 @@ def test_retried_insert_is_stored_once():
     client, shards = _client(num_shards=1)
     src = make_streams(SMALL_SPEC, 1)[0]
     data = encode_chunk(src.next_chunk(), SMALL_SPEC)
-    writer = client.writer(0)
+    writer = writer_for(client.shards, 0, SMALL_SPEC)
     writer.send(data)
     writer.send(data)  # what a Ray task retry does
     writer.flush()
@@ -73,7 +75,7 @@ def test_writer_resends_refused_chunks_in_order():
     shard = small_shard(capacity=300, samples_per_insert=1.0, error_buffer=12.0, min_size_to_sample=4)
     client = ReplayClient([LearnerAfterRefusal(shard)], SMALL_SPEC, batch_size=4)
     src = make_streams(SMALL_SPEC, 1, chunk_length=5, max_episode=50)[0]
-    writer = client.writer(0, window=3)
+    writer = writer_for(client.shards, 0, SMALL_SPEC, window=3)
     for _ in range(12):
         writer.send_chunk(src.next_chunk())
     writer.flush()

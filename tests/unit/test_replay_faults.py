@@ -6,9 +6,10 @@ import numpy as np
 from common.codec import encode_chunk
 from common.config import SamplerKind
 from common.errors import ShardUnavailable
-from replay.client import LocalShard, ReplayClient
+from replay.client import ReplayClient
+from replay.transport import LocalShard
 from replay.shard_writer import ShardWriter
-from replay.handles import LocalRef
+from replay.transport import LocalRef
 from replay.health import ShardHealth
 from replay.shard import KEY_SHARD_SHIFT
 from tests.unit.replay_support import (SMALL_SPEC, assert_batch_matches, expected_by_id,

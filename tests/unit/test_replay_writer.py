@@ -7,7 +7,7 @@ import pytest
 
 from common.codec import encode_chunk
 from replay import shard_writer as writer_mod
-from replay.handles import LocalShard
+from replay.transport import LocalShard
 from replay.shard_writer import ShardWriter
 from tests.unit.replay_support import LearnerAfterRefusal, SMALL_SPEC, make_streams, small_shard
 
