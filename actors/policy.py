@@ -6,6 +6,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
+from actors.weights import OfferKind, WeightOffer
 from common.config import NetworkConfig
 from common.networks import (ImageEncoder, PolicyNet, load_policy_state, to_channels_last,
                              view_policy_state)
@@ -14,17 +15,17 @@ from common.weights import RANDOM_POLICY_VERSION, PolicySnapshot
 
 
 class CpuPolicy:
-    """A PolicyNet on CPU that acts deterministically, on weights of its own (``load`` copies
-    a snapshot into them) or on weights it shares with other processes (``bind``: a network
-    from ``view`` whose parameters are a shared-memory file's arrays)."""
+    """A PolicyNet on CPU that acts deterministically, on weights of its own (a COPY offer, or
+    ``load``, copies a snapshot into them) or on arrays it shares with other processes (a
+    SHARED offer: a network whose parameters are those arrays, kept per slot)."""
 
     def __init__(self, spec: EnvSpec, network: NetworkConfig, threads: int = 1) -> None:
         torch.set_num_threads(max(1, threads))
         self._spec, self._network = spec, network
         # Channels-last conv weights match the channels-last pixels ImageEncoder.prepare
-        # makes; with NCHW weights oneDNN converts one side every call (0.84 against 0.91 to
-        # 0.98 ms of CPU per batch-1 inference, one thread).
+        # makes; with NCHW weights oneDNN converts one side every call.
         self._own = to_channels_last(self._build().eval())
+        self._views: dict[int, tuple[Mapping[str, np.ndarray], PolicyNet]] = {}
         self.action_dim = spec.action_dim
         self.version = self._own_version = RANDOM_POLICY_VERSION
         self._use(self._own)
@@ -39,34 +40,48 @@ class CpuPolicy:
 
     @property
     def bound(self) -> bool:
-        """Whether the policy runs on a network from ``view`` (weights it does not own)."""
+        """Whether the policy runs on shared arrays (weights it does not own)."""
         return self.net is not self._own
 
+    def apply(self, offer: WeightOffer) -> None:
+        """Runs on what a WeightSource offered (actors/weights.py) from now on.
+
+        SHARED: on the offer's arrays in place, through a network built on them the first
+        time its slot brings these arrays (the source keeps them valid while the policy uses
+        them, see WeightSource). COPY: copies them into the policy's own weights. WITHDRAW:
+        back to its own weights, as the version last copied into them (random before any),
+        without reading the shared arrays. The last two forget the networks kept per slot.
+
+        Raises:
+            SpecError: the arrays' names, shapes or dtypes do not match this policy.
+        """
+        if offer.kind is OfferKind.SHARED:
+            net = self._view(offer.slot, offer.state)
+            self.version = offer.version
+            self._use(net)
+            return
+        self._views.clear()
+        if offer.kind is OfferKind.COPY:
+            self.load(PolicySnapshot(offer.version, dict(offer.state)))
+        else:
+            self.version = self._own_version
+            self._use(self._own)
+
     def load(self, snapshot: PolicySnapshot) -> None:
-        """Copies a snapshot into the policy's own weights and runs on them; raises SpecError
-        if its names or shapes do not match."""
+        """Copies a snapshot (e.g. a checkpoint's) into the policy's own weights and runs on
+        them; raises SpecError if its names or shapes do not match."""
         load_policy_state(self._own, snapshot.state)
         self.version = self._own_version = snapshot.version
         self._use(self._own)
 
-    def unbind(self) -> None:
-        """Runs on its own weights again, as the version last loaded into them (random before
-        any ``load``), without reading the bound arrays: for weights that can no longer be
-        trusted (a damaged or truncated shared-memory file)."""
-        self.version = self._own_version
-        self._use(self._own)
-
-    def view(self, state: Mapping[str, np.ndarray]) -> PolicyNet:
-        """A network for ``bind`` whose parameters are ``state``'s arrays, not copies
-        (``common.networks.view_policy_state``); raises SpecError if they do not match."""
-        return view_policy_state(self._build, state)
-
-    def bind(self, net: PolicyNet, version: int) -> None:
-        """Runs on ``net`` (from ``view``) as ``version`` from now on: the caller keeps its
-        arrays valid and unchanged until the next ``bind`` or ``load`` (which copies a snapshot,
-        e.g. the shared one, into the policy's own weights before it gives the arrays up)."""
-        self.version = version
-        self._use(net)
+    def _view(self, slot: int, state: Mapping[str, np.ndarray]) -> PolicyNet:
+        """The network whose parameters are ``state``'s arrays (no copy), built once per slot
+        and array set (``common.networks.view_policy_state``)."""
+        kept = self._views.get(slot)
+        if kept is None or kept[0] is not state:
+            kept = (state, view_policy_state(self._build, state))
+            self._views[slot] = kept
+        return kept[1]
 
     def _use(self, net: PolicyNet) -> None:
         self.net = net

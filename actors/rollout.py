@@ -1,8 +1,9 @@
 """The env loop of one rollout actor: env + policy + exploration + writer + weight pulls.
 
 A plain class: deploy/ wraps it in a Ray actor (or runs it in-process in local mode). An env
-step never waits on the learner: before each inference a non-blocking ``WeightSource`` gives
-the policy newer weights if it has any.
+step never waits on the learner: before each inference a non-blocking ``WeightSource``
+(actors/weights.py) offers newer weights if it has any, and the worker applies them to its
+policy.
 """
 from __future__ import annotations
 
@@ -15,24 +16,11 @@ import numpy as np
 
 from actors.exploration import GaussianExploration
 from actors.policy import CpuPolicy
+from actors.weights import WeightSource
 from actors.writer import ChunkWriter
 from common.weights import RANDOM_POLICY_VERSION
 
 log = logging.getLogger(__name__)
-
-
-class WeightSource(Protocol):
-    """Gives the policy newer weights between inferences, never waiting for them."""
-
-    def before_inference(self, policy: CpuPolicy, poll: bool) -> bool:
-        """Gives ``policy`` a snapshot newer than ``policy.version`` if one is available now
-        (if ``poll``, or always where the policy runs on weights the source shares with it),
-        and keeps the weights the policy runs on unchanged until ``after_inference``. Returns
-        whether it gave a newer version. The source does the load so it can bind the policy
-        to where it keeps the weights, or copy from there straight into its parameters."""
-
-    def after_inference(self) -> None:
-        """The inference is over (called even when it failed)."""
 
 
 class DrivingEnv(Protocol):
@@ -108,11 +96,15 @@ class RolloutWorker:
         t0 = time.perf_counter()
         poll = self._steps % self.weight_poll_every == 0
         try:
-            report.weight_loads += int(self.weights.before_inference(self.policy, poll))
+            offer = self.weights.newer(self.policy.version, poll)
+            if offer is not None:
+                before = self.policy.version
+                self.policy.apply(offer)
+                report.weight_loads += int(self.policy.version > before)
             report.weight_wait_seconds += time.perf_counter() - t0
             return self._choose(global_env_steps)
         finally:
-            self.weights.after_inference()
+            self.weights.release()
 
     def _choose(self, global_env_steps: int) -> tuple[np.ndarray, int]:
         if global_env_steps < self.learning_starts or not self.policy.ready:

@@ -25,7 +25,7 @@ from common.types import CachedBatch
 from deploy import build, precision_record
 from deploy.metrics_record import ShardRecorder, record_learner, record_publish, record_rollout
 from deploy.rundir import RunDir
-from deploy.weights_ray import RayWeightSource
+from deploy.weights_source import FilesFirstSource
 from deploy.weights_shm import ShmWeightWriter, channel_dir
 from learner.device import resolve_device
 from learner.frame_cache import use_frame_cache
@@ -128,14 +128,14 @@ class RolloutActor:
         threads = max(1, cfg.rollout.cpu_threads)
         torch.set_num_threads(threads)
         # OpenCV's pool has one thread per core by default, and after each parallel call
-        # (the observation's resize, the fake camera's warpPerspective) its idle worker spins:
-        # 0.6 ms of CPU per env step on 2 cores (15% of an actor's step), for images too small
-        # to gain from a second thread. On a full machine that is CPU the other actors lack.
+        # (the observation's resize, the fake camera's warpPerspective) its idle worker spins,
+        # for images too small to gain from a second thread. On a full machine that is CPU
+        # the other actors lack (docs/benchmarks.md, "Code choices").
         cv2.setNumThreads(threads)
         self.metrics = metrics or NullSink()
         self.shard_writer = ShardWriter(shard, cfg.spec, INSERT_WINDOW, transport=RAY,
                                         shard_index=shard_for(index, cfg.replay.num_shards))
-        self.weights = RayWeightSource(board, ray.get_runtime_context().get_node_id())
+        self.weights = FilesFirstSource(board, ray.get_runtime_context().get_node_id())
         self.worker = build.make_worker(cfg, index, self.shard_writer.send_chunk, self.weights, seed)
         if _restarted():  # Ray restarted this actor: the env above is a new connection
             self.metrics.counter(M.CARLA_RECONNECTS).inc(1, actor=index)
@@ -189,7 +189,7 @@ class LearnerActor:
         if self.learner.device.type == "cpu" and batch:
             # The rollout actors on these cores wait on their simulators, then need the CPU
             # at once; a learner in SCHED_BATCH lets them preempt it (docs/benchmarks.md,
-            # end to end).
+            # "Code choices").
             log.info("event=learner_scheduling class=batch threads=%d", schedule_as_batch())
         latest = RunDir(run_dir).restore_latest(lambda ckpt: self.learner.load(learner_checkpoint(ckpt)))
         if latest is not None:

@@ -1,6 +1,7 @@
 """Node-local weight broadcast through shared-memory files that rollout actors run on in place
 (Sample Factory shares its policy weights between processes in shared memory the same way):
-the slot format and the learner's writer here, the rollout side in deploy/weights_shm_reader.py.
+the slot format and the learner's writer here, the rollout side in deploy/weights_shm_reader.py
+(the reader) and deploy/weights_shm_source.py (the WeightSource over it).
 
 The learner writes each published snapshot into one of a few slot files under /dev/shm. A
 rollout actor on the same machine maps them read-only, reads their version numbers at each
@@ -9,7 +10,8 @@ that slot's arrays: no copy, no Ray call, no object-store fetch between publish 
 broadcast latency is the time until each actor's next env step, and all actors share one copy
 of the weights in memory and in the CPU's caches. The Ray weight board stays the source of
 truth (deploy/weights_ray.py): it carries the channel's descriptor, and an actor on another
-machine, or one that cannot open or trust the files, fetches from the object store.
+machine, or one that cannot open or trust the files, fetches from the object store
+(deploy/weights_source.py composes the two).
 
 Privacy: the files live in ``/dev/shm/carla-td3-<uid>/<hash of the run path>/``, both
 directories made 0700 and checked (owner, mode, not a symlink) by the writer and by every reader
@@ -24,7 +26,7 @@ the board), so a corrupted or pinned version cannot hold it on one slot. A misma
 CheckpointError, and the rollout side then fetches from the object store.
 
 Consistency: a reader holds a shared ``flock`` on the newest slot while its policy runs one
-inference on it, and binds its policy to that slot's arrays at that moment if they are newer
+inference on it, and offers its policy that slot's arrays at that moment if they are newer
 than what it ran before. The writer writes a slot only under an exclusive lock that it takes
 without waiting: it writes the oldest slot that no reader holds and never the newest one (by
 its own record of what it wrote, not by the versions in the files), and skips a publish

@@ -135,8 +135,8 @@ class ShmWeightReader:
         ``unlock(slot)``. Never waits: the writer never writes the newest slot, and when the
         slot read as newest is taken by the writer in between (two publishes since the look),
         the look is taken again. Lean: it runs before every inference, cache-cold after the
-        simulator's tick (58 against 139 us of CPU for the same steps through a generator
-        context manager and per-call snapshot objects).
+        simulator's tick, where a generator context manager and per-call snapshot objects
+        cost more CPU than the work itself (docs/benchmarks.md, "Code choices").
 
         Raises:
             CheckpointError: a slot file is no longer its size (truncated): reading its

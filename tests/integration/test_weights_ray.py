@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import ray
 
+from actors.weights import OfferKind, WeightOffer
 from common.weights import PolicySnapshot
-from deploy.weights_ray import RayWeightSource, WeightBoard
+from deploy.weights_ray import WeightBoard
+from deploy.weights_source import FilesFirstSource
 from deploy.weights_shm import ShmWeightWriter
 
 pytestmark = pytest.mark.integration
@@ -34,54 +36,61 @@ def _publish(board, writer: ShmWeightWriter, version: int) -> None:
 
 
 class RecordingPolicy:
-    """Stands in for the rollout actor's CpuPolicy: keeps a copy of each snapshot it loads or
-    is bound to (its "network" from ``view`` is the arrays themselves)."""
+    """Stands in for the rollout actor's CpuPolicy: applies offers as it does, keeping a copy
+    of each snapshot it copies or runs on in place (``bound``: on shared arrays)."""
 
     def __init__(self) -> None:
         self.version = self.own_version = -1
         self.loaded: list[PolicySnapshot] = []
+        self.kinds: list[OfferKind] = []  # how each of ``loaded`` came
         self.net: dict[str, np.ndarray] | None = None
 
     @property
     def bound(self) -> bool:
         return self.net is not None
 
-    def load(self, snapshot: PolicySnapshot) -> None:
-        self.net = None
-        self.version = self.own_version = snapshot.version
-        self._keep(snapshot)
-
-    def view(self, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return state
-
-    def bind(self, net: dict[str, np.ndarray], version: int) -> None:
-        self.net, self.version = net, version
-        self._keep(PolicySnapshot(version, net))
-
-    def unbind(self) -> None:
-        self.net, self.version = None, self.own_version
-
-    def _keep(self, snapshot: PolicySnapshot) -> None:
-        self.loaded.append(PolicySnapshot(snapshot.version,
-                                          {k: np.array(a) for k, a in snapshot.state.items()}))
+    def apply(self, offer: WeightOffer) -> None:
+        if offer.kind is OfferKind.WITHDRAW:
+            self.net, self.version = None, self.own_version
+            return
+        if offer.kind is OfferKind.SHARED:
+            self.net, self.version = dict(offer.state), offer.version
+        else:
+            self.net, self.version = None, offer.version
+            self.own_version = offer.version
+        self.kinds.append(offer.kind)
+        self.loaded.append(PolicySnapshot(offer.version,
+                                          {k: np.array(a) for k, a in offer.state.items()}))
 
 
-def _poll_with(source: RayWeightSource, policy: RecordingPolicy,
+def _step(source: FilesFirstSource, policy: RecordingPolicy) -> bool:
+    """One inference's weight step, as the rollout worker takes it; whether the policy's
+    version went up."""
+    before = policy.version
+    try:
+        offer = source.newer(policy.version, True)
+        if offer is not None:
+            policy.apply(offer)
+    finally:
+        source.release()
+    return policy.version > before
+
+
+def _poll_with(source: FilesFirstSource, policy: RecordingPolicy,
                timeout_s: float = 30.0) -> PolicySnapshot:
-    """What ``source`` loads into ``policy`` (polled as the env loop does)."""
-    known = policy.version
+    """The newer snapshot ``source`` gives ``policy`` (polled as the env loop does)."""
+    known, start = policy.version, len(policy.loaded)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        taken = source.before_inference(policy)
-        source.after_inference()
-        if taken:
-            assert len(policy.loaded) == 1 and policy.version > known
-            return policy.loaded[0]
+        if _step(source, policy):
+            newer = [s for s in policy.loaded[start:] if s.version > known]
+            assert len(newer) == 1 and policy.version > known
+            return newer[0]
         time.sleep(0.01)
     raise AssertionError(f"no version newer than {known} within {timeout_s} s")
 
 
-def _poll_until(source: RayWeightSource, known: int, timeout_s: float = 30.0) -> PolicySnapshot:
+def _poll_until(source: FilesFirstSource, known: int, timeout_s: float = 30.0) -> PolicySnapshot:
     """What ``source`` loads into a fresh policy at version ``known``."""
     policy = RecordingPolicy()
     policy.version = known
@@ -114,8 +123,8 @@ def make_source(board):
     """Builds rollout-side sources on a given node; stops them at the end."""
     sources = []
 
-    def make(node_id: str | None = None) -> RayWeightSource:
-        sources.append(RayWeightSource(board, node_id or ray.get_runtime_context().get_node_id()))
+    def make(node_id: str | None = None) -> FilesFirstSource:
+        sources.append(FilesFirstSource(board, node_id or ray.get_runtime_context().get_node_id()))
         return sources[-1]
 
     yield make
@@ -170,9 +179,12 @@ def test_a_restarted_learners_new_file_replaces_the_old_one(board, learner_file,
     second = ShmWeightWriter(tmp_path, _state(0.0), ray.get_runtime_context().get_node_id())
     at = second.publish(PolicySnapshot(2, _state(2.0)))  # the first file is removed
     ray.get(board.publish.remote(2, [ray.put(_state(STORE_VALUE))], second.channel, at))
-    snapshot = _poll_until(source, 1)
+    snapshot = _poll_with(source, first)
     assert snapshot.version == 2 and _value(snapshot) == 2.0  # read from the new file
-    assert not first.bound  # the old files given up: the policy bound to them copied out
+    # The old files given up: the policy bound to them was first moved onto a copy.
+    copied = first.loaded[1]
+    assert first.kinds == [OfferKind.SHARED, OfferKind.COPY, OfferKind.SHARED]
+    assert copied.version == 1 and _value(copied) == FILE_VALUE and first.bound  # on the new
     second.close()
 
 
@@ -199,8 +211,7 @@ def test_an_actor_between_two_inferences_holds_no_slot(board, learner_file, make
     _poll_with(source, policy)  # bound to version 1's slot
     for version in (2, 3, 4, 5):  # every slot is rewritten while the actor waits
         assert learner_file.publish(PolicySnapshot(version, _state(FILE_VALUE))) is not None
-    assert source.before_inference(policy) and policy.version == 5
-    source.after_inference()
+    assert _step(source, policy) and policy.version == 5
 
 
 # A file that cannot be trusted (issue 30, finding 2): the actor uses the object store.
@@ -221,7 +232,7 @@ def test_a_directory_opened_to_others_falls_back_to_the_object_store(board, lear
 
 def test_a_damaged_slot_falls_back_to_the_object_store_logged_once(board, learner_file,
                                                                    make_source, caplog):
-    caplog.set_level(logging.WARNING, logger="deploy.weights_ray")
+    caplog.set_level(logging.WARNING, logger="deploy.weights_source")
     source = make_source()
     _publish(board, learner_file, 1)  # slot 0
     with open(learner_file.channel.slot_path(0), "r+b") as f:
@@ -257,8 +268,8 @@ def test_a_file_version_far_ahead_of_the_board_is_ignored(board, learner_file, m
     with open(learner_file.channel.slot_path(1), "r+b") as f:  # a slot not yet written
         f.seek(24)  # the version field
         f.write(struct.pack("<q", 10**12))  # damage: the board says 1
-    assert not source.before_inference(policy) and policy.version == 1
-    source.after_inference()
+    assert source.newer(policy.version, True) is None and policy.version == 1
+    source.release()
     _publish(board, learner_file, 2)  # written over the damaged slot, in its turn
     snapshot = _poll_until(source, 1)
     assert snapshot.version == 2 and _value(snapshot) == FILE_VALUE

@@ -5,6 +5,7 @@ import numpy as np
 import torch
 
 from actors.policy import CpuPolicy
+from actors.weights import WeightOffer
 from common.networks import PolicyNet
 from common.weights import PolicySnapshot
 from tests.unit.learner_fixtures import SMALL_SPEC, random_batch, small_config
@@ -66,8 +67,7 @@ def test_runs_in_place_on_a_weight_files_arrays_as_it_would_on_a_copy(tmp_path):
     policy = CpuPolicy(SMALL_SPEC, small_config().network)
     with warnings.catch_warnings(), reader.newest() as held:
         warnings.simplefilter("error")
-        nets = [policy.view(s) for s in reader.states()]
-        policy.bind(nets[held.slot], held.snapshot.version)
+        policy.apply(WeightOffer.shared(held.snapshot, held.slot, held.published_at))
         assert policy.bound and policy.version == 4
         file_arrays = held.snapshot.state
         for name, param in policy.net.state_dict().items():
@@ -76,7 +76,7 @@ def test_runs_in_place_on_a_weight_files_arrays_as_it_would_on_a_copy(tmp_path):
         assert conv.is_contiguous(memory_format=torch.channels_last)
         np.testing.assert_array_equal(_act_all(policy, batch), _act_all(copied, batch))
         # Giving the file up: the slot is copied into the policy's own weights, acting the same.
-        policy.load(held.snapshot)
+        policy.apply(WeightOffer.copy(held.snapshot, held.published_at, held.published_at))
     assert not policy.bound and policy.version == 4
     reader.close()
     writer.close()
@@ -91,9 +91,14 @@ def test_a_view_of_a_mismatching_state_is_refused_naming_the_array():
     policy = CpuPolicy(SMALL_SPEC, small_config().network)
     _, state = _state(0)
     name = next(iter(state))
+
+    def shared(bad: dict) -> WeightOffer:
+        return WeightOffer.shared(PolicySnapshot(3, bad), 0, 0.0)
+
     with pytest.raises(SpecError, match=name):
-        policy.view({**state, name: state[name][:1]})
+        policy.apply(shared({**state, name: state[name][:1]}))
     with pytest.raises(SpecError, match="float32"):
-        policy.view({**state, name: state[name].astype(np.float64)})
+        policy.apply(shared({**state, name: state[name].astype(np.float64)}))
     with pytest.raises(SpecError, match="missing"):
-        policy.view({k: v for k, v in state.items() if k != name})
+        policy.apply(shared({k: v for k, v in state.items() if k != name}))
+    assert policy.version == -1 and not policy.bound  # a refused offer changes nothing

@@ -63,11 +63,11 @@ class NoWeights:
     def __init__(self) -> None:
         self.calls: list[str] = []
 
-    def before_inference(self, policy, poll):
+    def newer(self, version, poll):
         self.calls.append("before")
-        return False
+        return None
 
-    def after_inference(self):
+    def release(self):
         self.calls.append("after")
 
 

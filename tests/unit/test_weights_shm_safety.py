@@ -239,7 +239,7 @@ def test_a_version_pinned_far_ahead_does_not_hold_readers_on_its_slot(tmp_path, 
 
 
 def test_a_caller_bounds_versions_by_what_it_knows(tmp_path):
-    # The rollout side passes the board's version plus a lead (deploy/weights_ray.py).
+    # The rollout side passes the board's version plus a lead (deploy/weights_source.py).
     writer = ShmWeightWriter(tmp_path / "run", _state(), "node-a")
     writer.publish(PolicySnapshot(10, _state(1.0)))
     writer.publish(PolicySnapshot(10**9, _state(2.0)))
@@ -345,6 +345,7 @@ def test_the_checksum_is_checked_once_per_version(tmp_path, monkeypatch):
 def test_a_policy_gives_up_a_slot_for_its_own_weights_without_reading_the_slot(tmp_path):
     # What the rollout side does when the file it is bound to proves truncated or damaged.
     from actors.policy import CpuPolicy
+    from actors.weights import WeightOffer
     from tests.unit.learner_fixtures import SMALL_SPEC, random_batch, small_config
 
     def own_state(seed: int) -> dict[str, np.ndarray]:
@@ -359,14 +360,15 @@ def test_a_policy_gives_up_a_slot_for_its_own_weights_without_reading_the_slot(t
     writer.publish(PolicySnapshot(4, own_state(1)))
     reader = ShmWeightReader(writer.channel)
     with reader.newest() as held:
-        policy.bind(policy.view(held.snapshot.state), 4)
+        policy.apply(WeightOffer.shared(held.snapshot, held.slot, held.published_at))
+        assert policy.bound and policy.version == 4
     os.truncate(writer.channel.slot_path(0), 0)  # its arrays cannot be read any more
-    policy.unbind()
+    policy.apply(WeightOffer.withdraw())
     assert not policy.bound and policy.version == -1 and not policy.ready  # acts at random
     np.testing.assert_array_equal(policy.act(obs), fresh)  # on its own weights
-    policy.load(PolicySnapshot(5, own_state(2)))  # from the object store
-    policy.bind(policy.view(own_state(3)), 6)
-    policy.unbind()
+    policy.apply(WeightOffer.copy(PolicySnapshot(5, own_state(2)), 0.0, 0.0))  # object store
+    policy.apply(WeightOffer.shared(PolicySnapshot(6, own_state(3)), 0, 0.0))
+    policy.apply(WeightOffer.withdraw())
     assert policy.version == 5  # the version its own weights hold
     reader.close()
     writer.close()
