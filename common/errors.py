@@ -48,3 +48,8 @@ class MetricsError(CarlaTD3Error, ValueError):
 
 class ShardUnavailable(CarlaTD3Error):
     """A replay shard did not answer: its process died or is restarting."""
+
+
+class ComponentDead(CarlaTD3Error):
+    """A component of the run (the learner, a replay shard, every rollout worker) is dead for
+    good: it failed to start, or Ray's restart budget is spent. The run stops and says which."""

@@ -16,9 +16,10 @@ from typing import Any
 import ray
 
 from common import config as C
-from common.errors import LearnerDiverged, SpecError
+from common.errors import ComponentDead, LearnerDiverged, SpecError
 from deploy import build
 from deploy.console import ProgressDisplay, make_progress_display
+from deploy.liveness import dead_for_good, death_cause
 from deploy.metrics_ray import component_sink
 from deploy.progress import Progress, RunCounters, summary
 from deploy.ray_actors import (LearnerActor, RestoringShard, RolloutActor, learner_checkpoint,
@@ -96,6 +97,8 @@ class Driver:
         self.fleet: Fleet | None = None
         self._next_checkpoint = self._round_up(self.counters.updates)
         self._diverged: str | None = None  # why the learner's weights cannot be published
+        self._dead: ComponentDead | None = None  # a component that will never answer again
+        self._dead_actors: set[int] = set()
 
     def _round_up(self, updates: int) -> int:
         every = self.cfg.learner.checkpoint_every
@@ -119,6 +122,8 @@ class Driver:
             self.counters.wall_seconds = wall0 + time.monotonic() - start
             self._close_reporting()
             self._shutdown(fleet)
+        if self._dead is not None:
+            raise self._dead
         if self._diverged is not None:
             latest = self.run_dir.latest_checkpoint()
             raise LearnerDiverged(
@@ -139,24 +144,24 @@ class Driver:
             pending[actor.run_steps.remote(cfg.train.actor_steps_per_call, counters.env_steps)] = ("actor", i)
         pending[self._learner_call(fleet)] = ("learner", 0)
         next_report = time.monotonic() + cfg.train.progress_every_s
-        while counters.env_steps < cfg.train.env_steps and self._diverged is None:
+        while counters.env_steps < cfg.train.env_steps and self._stopping() is None:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
             for ref in ready:
                 kind, i = pending.pop(ref)
                 if kind == "actor":
                     self._on_actor(ref, i)
-                    if counters.env_steps < cfg.train.env_steps:
+                    if counters.env_steps < cfg.train.env_steps and i not in self._dead_actors:
                         call = fleet.actors[i].run_steps.remote(cfg.train.actor_steps_per_call, counters.env_steps)
                         pending[call] = ("actor", i)
                 else:
                     self._on_learner(ref)
-                    if self._diverged is None:
+                    if self._stopping() is None:
                         pending[self._learner_call(fleet)] = ("learner", 0)
             if time.monotonic() >= next_report:
                 counters.wall_seconds = wall0 + time.monotonic() - start
                 self._report(fleet)
                 next_report = time.monotonic() + cfg.train.progress_every_s
-            if counters.updates >= self._next_checkpoint and self._diverged is None:
+            if counters.updates >= self._next_checkpoint and self._stopping() is None:
                 try:
                     self.checkpoint()
                 except ray.exceptions.RayError as exc:  # a shard is restarting: next interval
@@ -166,10 +171,15 @@ class Driver:
         counters.wall_seconds = wall0 + time.monotonic() - start
         self._report(fleet)  # the last row: the bar and the curves reach the end of the budget
 
+    def _stopping(self) -> str | None:
+        """Why the run must stop early (the learner diverged, a component is dead), or None."""
+        return self._diverged or (str(self._dead) if self._dead is not None else None)
+
     def _drain_limit(self, normal: float | None) -> float | None:
-        """How long a drain waits: a diverged learner samples no more, so actors whose inserts
-        the rate limiter holds would wait for good; they get a few seconds, then are killed."""
-        return normal if self._diverged is None else 10.0
+        """How long a drain waits: a diverged or dead learner samples no more, so actors whose
+        inserts the rate limiter holds would wait for good; they get a few seconds, then are
+        killed."""
+        return normal if self._stopping() is None else 10.0
 
     def _drain(self, fleet: Fleet, pending: dict[Any, tuple[str, int]],
                timeout_s: float | None = None) -> None:
@@ -189,7 +199,7 @@ class Driver:
                     self._on_actor(ref, i)
                 elif kind == "learner":
                     self._on_learner(ref)
-                    if self._diverged is None and any(k != "learner" for k, _ in pending.values()):
+                    if self._stopping() is None and any(k != "learner" for k, _ in pending.values()):
                         pending[self._learner_call(fleet)] = ("learner", 0)
                 # a finished "close" has nothing to count
 
@@ -200,6 +210,9 @@ class Driver:
         try:
             report = ray.get(ref)
         except ray.exceptions.RayError as exc:
+            if dead_for_good(self.fleet.actors[index], exc):
+                self._on_dead_actor(index, exc)
+                return
             # Ray restarts the actor (a new env, a new connection); its partial episode is
             # dropped: the replay discards the unfinished stream tail of the dead incarnation.
             self.counters.actor_restarts += 1
@@ -219,6 +232,9 @@ class Driver:
                 log.error("event=learner_diverged error=%s action=stop_without_checkpoint",
                           exc.cause)
                 return
+            if dead_for_good(self.fleet.learner, exc):
+                self._fail(ComponentDead(f"the learner is dead and will not restart: {death_cause(exc)}"))
+                return
             log.warning("event=learner_failed error=%s action=restart_from_checkpoint", type(exc).__name__)
             return
         self.counters.add_learner(report)
@@ -226,12 +242,30 @@ class Driver:
             self.progress.policy_lag = report.policy_lag
             self.progress.last_learner_stats = report.stats
 
+    def _on_dead_actor(self, index: int, exc: BaseException) -> None:
+        """A rollout worker that will not restart: the run goes on with the others, and stops
+        when none is left."""
+        self._dead_actors.add(index)
+        log.error("event=rollout_worker_dead actor=%d alive=%d cause=%s", index,
+                  len(self.fleet.actors) - len(self._dead_actors), death_cause(exc))
+        if len(self._dead_actors) == len(self.fleet.actors):
+            self._fail(ComponentDead(f"every rollout worker is dead; the last, {index}: "
+                                     f"{death_cause(exc)}"))
+
+    def _fail(self, error: ComponentDead) -> None:
+        if self._dead is None:
+            self._dead = error
+            log.error("event=component_dead action=stop error=%s", error)
+
     def _report(self, fleet: Fleet) -> None:
         try:
             sizes = ray.get([s.size.remote() for s in fleet.shards], timeout=30)
             self.progress.replay_size = int(sum(sizes))
         except ray.exceptions.RayError as exc:  # a shard is restarting: keep the last size
             log.warning("event=replay_size_unavailable error=%s", type(exc).__name__)
+            for i, shard in enumerate(fleet.shards):
+                if dead_for_good(shard, exc):
+                    self._fail(ComponentDead(f"replay shard {i} is dead and will not restart"))
         row = self.progress.row(self.counters)
         self._metrics.write(row)
         self._display.update(row)
@@ -266,12 +300,14 @@ class Driver:
     def _shutdown(self, fleet: Fleet) -> None:
         t0 = time.monotonic()
         closes = {a.close.remote(): ("close", i) for i, a in enumerate(fleet.actors)}
-        if self._diverged is None:
+        if self._stopping() is None:
             closes[self._learner_call(fleet)] = ("learner", 0)
         self._drain(fleet, closes, timeout_s=self._drain_limit(60.0))
         t1 = time.monotonic()
         if self._diverged is not None:  # a checkpoint would hold the learner's NaNs
             log.error("event=final_checkpoint_skipped reason=learner_diverged")
+        elif self._dead is not None:  # it would miss the dead component's state
+            log.error("event=final_checkpoint_skipped reason=component_dead")
         else:
             try:
                 self.checkpoint()

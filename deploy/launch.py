@@ -11,7 +11,9 @@ import contextlib
 import ipaddress
 import logging
 import os
+import signal
 import socket
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -201,11 +203,38 @@ def _init_ray(cfg: C.RunConfig, ray_address: str | None, dashboard: bool) -> boo
     return True
 
 
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``docker compose stop``, a scheduler's preemption, ``kill``) stops the run the
+    way Ctrl+C does: the driver checkpoints, closes the rollout workers (servers back in
+    asynchronous mode) and exits. A second SIGTERM during that shutdown is logged, not obeyed:
+    the container's grace period (docker-compose.yml ``stop_grace_period``) bounds it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    received = []
+
+    def on_sigterm(signum: int, _frame: Any) -> None:
+        received.append(signum)
+        if len(received) == 1:
+            log.info("event=sigterm action=checkpoint_and_shutdown")
+            raise KeyboardInterrupt
+        log.warning("event=sigterm_ignored reason=shutting_down")
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _run(cfg: C.RunConfig, run_dir: RunDir, counters: RunCounters | None, ray_address: str | None,
          dashboard: bool) -> dict[str, Any]:
     started = _init_ray(cfg, ray_address, dashboard)
     try:
-        return Driver(cfg, run_dir, counters).run()
+        # After ray.init: Ray's core worker sets a SIGTERM handler of its own, which exits.
+        with sigterm_as_interrupt():
+            return Driver(cfg, run_dir, counters).run()
     finally:
         if started:
             ray.shutdown()

@@ -40,8 +40,19 @@ case "${role}" in
     require_token
     ray start --address="${head_address}" --disable-usage-stats \
       --metrics-export-port="${metrics_port}" --num-cpus=0 --num-gpus=0
+    # Not exec: this node's Ray processes are stopped after the run. SIGTERM (docker compose
+    # stop) is passed on to the trainer, which stops as on Ctrl+C: a final checkpoint, and
+    # the CARLA servers back in asynchronous mode; `wait` returns at the signal, so it waits
+    # again until the trainer has exited.
+    carla-td3 train --ray-address auto "$@" &
+    child=$!
+    trap 'kill -TERM "${child}" 2>/dev/null' TERM INT
     status=0
-    carla-td3 train --ray-address auto "$@" || status=$?
+    wait "${child}" || status=$?
+    while kill -0 "${child}" 2>/dev/null; do
+      status=0
+      wait "${child}" || status=$?
+    done
     ray stop
     exit "${status}"
     ;;
