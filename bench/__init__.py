@@ -1,1 +1,2 @@
-"""Benchmarks: one script per benchmark, JSON out."""
+"""Performance benchmarks: one script per benchmark, JSON out (docs/benchmarks.md). The learning
+experiments are in experiments/."""

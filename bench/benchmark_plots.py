@@ -28,8 +28,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
 E2E = "e2e_scaling.json"
-LEARNER_FILES = ("learner_cpu_2cores.json", "learner_cpu_epyc_auto.json", "learner_xeon_amx_2cores.json",
-                 "learner_h200_first_conv_blocks.json")
+# The current figures only; earlier runs are in docs/benchmarks/history/.
+LEARNER_FILES = ("learner_cpu_epyc_auto.json", "learner_h200_first_conv_blocks.json")
 BROADCAST_GOAL_MS = 100.0
 CPU_GOAL_VS_SB3 = 1.8
 GPU_GOAL_UPDATES_PER_S = 1000.0

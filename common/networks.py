@@ -46,7 +46,7 @@ class FlattenHWC(nn.Module):
 
     ``nn.Flatten``'s (C, H, W) order would copy a channels-last conv output into NCHW order
     and hand its backward an NCHW gradient, which the ReLU and convolution backward then
-    convert back (measured about 5% of a CPU update). The order only permutes the columns of
+    convert back (docs/benchmarks.md, "Code choices"). The order only permutes the columns of
     the following linear layer, so it is the same family of functions; checkpoints record it
     through ``learner.state.VERSION``.
     """
@@ -56,7 +56,7 @@ class FlattenHWC(nn.Module):
 
 
 # Below this batch the product stays a matrix product: a rollout actor's batch-1 product is a
-# matrix-vector product, 0.09 ms warm against 0.52 ms as a convolution (one thread, EPYC).
+# matrix-vector product, which beats the convolution there (docs/benchmarks.md, "Code choices").
 DENSE_CONV_MIN_BATCH = 32
 
 
@@ -66,11 +66,11 @@ class DenseHWC(nn.Linear):
     A plain ``nn.Linear`` (same parameters, same function) that can run CPU fp32 batches of
     ``DENSE_CONV_MIN_BATCH`` or more as a convolution whose kernel covers the whole map: the
     input and the weight viewed as channels-last [B, C, H, W] and [out, C, H, W] (no copies),
-    giving [B, out, 1, 1]. Torch sends fp32 matrix products to MKL and convolutions to oneDNN;
-    on an AMD EPYC (Zen 5) MKL's product ran this layer (batch 256, 3136 -> 512, forward and
-    backward, two threads) in 13.2 ms and oneDNN's convolution in 7.2 ms. Whether it is faster
-    is measured per machine (``learner/precision.py``), which sets ``as_conv``; off, and for
-    bf16, CUDA and compiled code, it is ``nn.Linear``.
+    giving [B, out, 1, 1]. Torch sends fp32 matrix products to MKL and convolutions to oneDNN,
+    and on some CPUs (AMD's: MKL takes slower code paths there) oneDNN's convolution runs this
+    layer faster (docs/benchmarks.md, "Code choices"). Whether it is faster is timed per
+    machine (``learner/precision.py``), which sets ``as_conv``; off, and for bf16, CUDA and
+    compiled code, it is ``nn.Linear``.
     """
 
     def __init__(self, channels: int, height: int, width: int, out_features: int) -> None:
@@ -169,7 +169,7 @@ class ImageEncoder(nn.Module):
 
     def tail(self) -> nn.Module:
         """The layers after the first convolution, sharing its parameters: slicing the
-        Sequential builds a new module on every call (about 0.1 ms of a batch-1 inference)."""
+        Sequential builds a new module on every call, a cost a batch-1 inference notices."""
         return nn.Sequential(*list(self.cnn)[1:])
 
     def forward(self, image: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:

@@ -14,17 +14,17 @@ import torch
 from common.errors import SpecError
 
 _CV_MAX_CHANNELS = 512  # OpenCV's CV_CN_MAX
-# A rollout actor's batch of 1 is faster through torch (2.36 against 2.47 ms of CPU for a
-# cache-cold inference): the numpy and OpenCV round trip costs more than it saves there.
+# A rollout actor's batch of 1 is faster through torch: the numpy and OpenCV round trip costs
+# more than it saves there (docs/benchmarks.md, "Code choices").
 _INTERLEAVE_MIN_BATCH = 32
 
 
 def interleave_frames(image: torch.Tensor) -> torch.Tensor:
     """uint8 [B, F, H, W] on the CPU -> the same values channels-last ([B, H, W, F] in memory).
 
-    OpenCV's ``merge`` interleaves each sample's F frames with SIMD code: 1.2 ms for a batch of
-    256 4x84x84 stacks, where torch's strided copy (``contiguous(channels_last)``) took 5.3 ms,
-    most of the learner's input conversion on the 2-core machine (docs/benchmarks.md).
+    OpenCV's ``merge`` interleaves each sample's F frames with SIMD code, several times faster
+    than torch's strided copy (``contiguous(channels_last)``), which was most of a CPU
+    learner's input conversion (docs/benchmarks.md, "Code choices").
     """
     frames = image.numpy()  # a view; the stacks may be views of a larger frame block
     if frames.strides[2:] != (frames.shape[3], 1) or frames.shape[1] > _CV_MAX_CHANNELS:
@@ -64,7 +64,7 @@ def space_to_depth(image: torch.Tensor, block: int,
     layer (8x8, stride 4, over 4 frames) is a poor shape for cuDNN's implicit GEMM: 4 input
     channels are too few to align, so it converts its input and runs a slow kernel; the
     blocked form has 64 channels and a 2x2 kernel. (On a CPU, oneDNN runs the strided form
-    faster: 19.8 against 23.8 ms forward and backward, batch 256, two threads.)
+    faster: docs/benchmarks.md, "Code choices".)
     """
     n, f, h, w = image.shape
     hb, wb = h // block, w // block

@@ -4,7 +4,7 @@
 - local: the default `carla-td3 train`: fake CARLA, local Ray, sized by the device it finds
   (``local_cpu``: the learning benchmark's small network; ``local_gpu``: the seed's network).
 - cluster: a multi-GPU box with real CARLA servers (see docs/deployment.md).
-- learn: the learning benchmark (bench/learning.py): small enough for a 2-core CPU learner.
+- learn: the learning benchmark (experiments/learning.py): small enough for a 2-core CPU learner.
 """
 from __future__ import annotations
 
@@ -98,15 +98,14 @@ def cluster() -> C.RunConfig:
 
 
 def learn() -> C.RunConfig:
-    """The learning benchmark's configuration (bench/learning.py, docs/learning.md).
+    """The learning benchmark's configuration (experiments/learning.py, docs/learning.md).
 
     Sized so that a CPU learner on two shared cores keeps up: 48x48 frames, a 64-feature
     encoder and 128-128 heads, batch 64, half an update per env step held by the rate
     limiter, 100 m routes. A GPU box runs the same configuration faster, with more actors.
     The learner's images are shifted by up to 4 pixels (DrQ's augmentation,
-    ``td3.image_shift``): without it the policies fitted the training routes and completed
-    0.66 to 0.69 of held-out routes at 40,000 to 80,000 env steps (six runs); with it, 0.85
-    at 40,000 and 0.94 at 60,000 (six runs, docs/learning.md).
+    ``td3.image_shift``): without it the image encoders fitted the training routes and
+    held-out success fell behind (docs/learning.md gives both).
     """
     base = C.RunConfig()
     return replace(

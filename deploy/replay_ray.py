@@ -41,7 +41,7 @@ def ray_system_config(spec: EnvSpec, chunk_length: int) -> dict[str, int]:
 
     Ray passes a task argument above ``max_direct_call_object_size`` (100 KiB by default)
     through the object store, which costs more per insert than passing it inline
-    (bench/replay_throughput.py; figures in docs/benchmarks.md "Replay"). This raises the limit
+    (bench/replay_throughput.py; figures in docs/benchmarks.md "Code choices"). This raises the limit
     above the size of one insert message, with room for chunks up to twice ``chunk_length``.
     """
     record = spec.frame.nbytes + spec.vector.nbytes + spec.action.nbytes + 4 + 1 + 1 + 1 + 8

@@ -9,7 +9,7 @@ Sampling: ``sample()`` keeps ``prefetch`` requests in flight; each new request g
 drawn in proportion to the shards' last known sizes. Samples come back as PackedBatch (F + 1
 frames per transition instead of 2F) through Ray's own serialisation (zero-copy numpy), which
 measured faster than msgpack for this direction (bench/replay_throughput.py,
-docs/benchmarks.md "Replay"); ``sample()`` unpacks them into SampleBatch views.
+docs/benchmarks.md "Code choices"); ``sample()`` unpacks them into SampleBatch views.
 
 Frame cache: with ``cache_capacity`` set (the shards' ring capacity), the client samples for a
 learner that keeps a copy of every shard's frames on its device (``learner.frame_cache``):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import learning_arms as arms
+from experiments import learning_arms as arms
 from common import config as C
 from deploy import evaluate
 

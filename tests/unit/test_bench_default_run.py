@@ -1,7 +1,7 @@
-"""bench.default_run: when a run's training success first passed a threshold."""
+"""experiments.default_run: when a run's training success first passed a threshold."""
 import csv
 
-from bench.default_run import main, milestones
+from experiments.default_run import main, milestones
 
 
 def _rows(points):

@@ -19,7 +19,7 @@ def _learner(device):
 
 def test_plots_are_written_from_the_json_files(tmp_path):
     (tmp_path / BP.E2E).write_text(json.dumps(_e2e()))
-    (tmp_path / "learner_cpu_2cores.json").write_text(json.dumps(_learner("cpu")))
+    (tmp_path / BP.LEARNER_FILES[0]).write_text(json.dumps(_learner("cpu")))
     (tmp_path / BP.LEARNER_FILES[-1]).write_text(json.dumps(_learner("cuda")))
     assert BP.main(["--dir", str(tmp_path)]) == 0
     for name in ("e2e_scaling.png", "learner_throughput.png"):

@@ -38,7 +38,8 @@ def test_package_imports_only_what_it_may(package):
 
 
 def test_no_component_imports_deploy():
-    # bench/ scripts, like tests/, are entry points: they may build the fleet through deploy/.
+    # bench/ and experiments/ scripts, like tests/, are entry points: they may build the fleet
+    # through deploy/.
     for package in ("common", "actors", "replay", "learner"):
         for path in (ROOT / package).rglob("*.py"):
             assert "deploy" not in _project_imports(path), path

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import learning_arms as arms
-from bench import learning_doc as doc
-from bench import learning_report as rep
+from experiments import learning_arms as arms
+from experiments import learning_doc as doc
+from experiments import learning_report as rep
 from common import config as C
 from common.errors import ConfigError
 from deploy import build
@@ -152,12 +152,12 @@ def test_write_plots_makes_pngs(tmp_path: Path) -> None:
 def test_markdown_reports_goal_met_and_links_plots(tmp_path: Path) -> None:
     aggs = rep.aggregate(synthetic())
     plots = [tmp_path / "learning" / "success_rate.png"]
-    text = doc.render_markdown(aggs, {"device": "CPU", "commands": ["python -m bench.learning"]},
+    text = doc.render_markdown(aggs, {"device": "CPU", "commands": ["python -m experiments.learning"]},
                                plots, tmp_path / "learning.md", notes="hand notes")
     assert "**Met**: separate-encoder TD3 completes 83% of held-out routes" in text
     assert "at 10,025 env steps" in text
     assert "![success_rate](learning/success_rate.png)" in text
-    assert "hand notes" in text and "python -m bench.learning" in text
+    assert "hand notes" in text and "python -m experiments.learning" in text
     assert "(3 or more each: met)" in text
 
 
@@ -242,7 +242,7 @@ def test_shrink_video_reencodes_smaller_until_it_fits(tmp_path: Path) -> None:
     import cv2
     import numpy as np
 
-    from bench.learning import shrink_video
+    from experiments.learning import shrink_video
 
     path = tmp_path / "v.mp4"
     out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 20.0, (320, 240))
@@ -259,7 +259,7 @@ def test_shrink_video_reencodes_smaller_until_it_fits(tmp_path: Path) -> None:
 
 
 def test_merge_files_folds_parallel_results_and_commands(tmp_path: Path) -> None:
-    from bench.learning import main, merge_files
+    from experiments.learning import main, merge_files
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     rep.save_results(a, [point(seed=0, success=0.1)], {"commands": ["run a"], "machines": ["m1"],
                                                         "episodes": 10})
@@ -277,7 +277,7 @@ def test_merge_files_folds_parallel_results_and_commands(tmp_path: Path) -> None
 
 
 def test_diagnose_rows_report_lateral_error_and_lane_departure() -> None:
-    from bench import learning_diagnose as diag
+    from experiments import learning_diagnose as diag
 
     cfg = arms.arm_config("learn", {}, "scripted", 0)
     env = arms.eval_env(cfg, 10_000)
@@ -295,8 +295,8 @@ def test_diagnose_rows_report_lateral_error_and_lane_departure() -> None:
 
 
 def test_report_only_keeps_the_settings_the_results_were_measured_with() -> None:
-    from bench.learning import _parser, update_meta
-    measured = {"episodes": 20, "eval_seed": 777, "commands": ["python -m bench.learning x"]}
+    from experiments.learning import _parser, update_meta
+    measured = {"episodes": 20, "eval_seed": 777, "commands": ["python -m experiments.learning x"]}
     rendered = update_meta(dict(measured), _parser().parse_args(["--report-only"]), {})
     assert (rendered["episodes"], rendered["eval_seed"]) == (20, 777)
     fresh = update_meta(dict(measured), _parser().parse_args(["--episodes", "5"]), {})

@@ -19,7 +19,7 @@ import numpy as np
 
 from actors.carla_env import make_env
 from actors.scripted import PurePursuitDriver
-from bench.learning_report import BASELINE_ARMS, TRAINED_ARMS, LearningPoint, point_from_eval
+from experiments.learning_report import BASELINE_ARMS, TRAINED_ARMS, LearningPoint, point_from_eval
 from common import config as C
 from common.errors import ConfigError
 from deploy import build, evaluate, launch

@@ -5,8 +5,8 @@ Explains a gap between route completion and success (success also needs zero col
 zero lane invasions, where an invasion is any corner of the vehicle's box crossing a marking,
 as CARLA's lane-invasion sensor reports it).
 
-    .venv/bin/python -m bench.learning_diagnose /tmp/learning-runs/separate-seed0 --episodes 10
-    .venv/bin/python -m bench.learning_diagnose --scripted --preset learn --episodes 10
+    .venv/bin/python -m experiments.learning_diagnose /tmp/learning-runs/separate-seed0 --episodes 10
+    .venv/bin/python -m experiments.learning_diagnose --scripted --preset learn --episodes 10
 
 Prints one JSON object: the episodes and their totals.
 """
@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from bench.learning_arms import arm_config, baseline_act, eval_env
+from experiments.learning_arms import arm_config, baseline_act, eval_env
 from common.errors import CarlaTD3Error
 
 
@@ -61,7 +61,7 @@ def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="bench.learning_diagnose", description=__doc__,
+    p = argparse.ArgumentParser(prog="experiments.learning_diagnose", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", type=Path, nargs="?", help="a run directory or checkpoint directory")
     p.add_argument("--scripted", action="store_true", help="the scripted driver instead of a run")
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             env.close()
     except CarlaTD3Error as exc:
-        print(f"bench.learning_diagnose: error: {exc}", file=sys.stderr)
+        print(f"experiments.learning_diagnose: error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps({"source": source, "totals": totals(rows), "episodes": rows}, indent=1))
     return 0

@@ -3,18 +3,18 @@ the shared-encoder ablation end up? Arms: separate, shared, random, scripted.
 
 Trained arms go through the real system (deploy.launch: Ray, rollout actors, replay, learner on
 the fake town) and are evaluated at env-step milestones on held-out routes with fixed episode
-seeds (bench/learning_arms.py). Results accumulate in one JSON file, so arms and seeds can run
+seeds (experiments/learning_arms.py). Results accumulate in one JSON file, so arms and seeds can run
 in separate invocations (or on separate machines) and a rerun continues unfinished runs; each
 invocation rewrites the table, the PNG plots and docs/learning.md from everything measured so
 far. Prints one JSON object (this invocation's points), then the table.
 
-    .venv/bin/python -m bench.learning --arms random,scripted --seeds 0,1,2
-    nice -n 10 .venv/bin/python -m bench.learning --arms separate,shared --seeds 0 \\
+    .venv/bin/python -m experiments.learning --arms random,scripted --seeds 0,1,2
+    nice -n 10 .venv/bin/python -m experiments.learning --arms separate,shared --seeds 0 \\
         --milestones 5000,10000,20000,30000
     # a GPU box: the learner takes the GPU by itself; give it more rollout actors
-    python -m bench.learning --arms separate,shared --seeds 0,1,2 --actors 8 \\
+    python -m experiments.learning --arms separate,shared --seeds 0,1,2 --actors 8 \\
         --milestones 20000,50000,100000,200000
-    .venv/bin/python -m bench.learning --report-only   # redraw plots and docs from the JSON
+    .venv/bin/python -m experiments.learning --report-only   # redraw plots and docs from the JSON
 """
 from __future__ import annotations
 
@@ -29,19 +29,19 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from bench.learning_arms import arm_config, eval_env, run_baseline, run_trained
-from bench.learning_doc import render_markdown, write_plots
-from bench.learning_report import (ARMS, BASELINE_ARMS, TRAINED_ARMS, LearningPoint, aggregate,
+from experiments.learning_arms import arm_config, eval_env, run_baseline, run_trained
+from experiments.learning_doc import render_markdown, write_plots
+from experiments.learning_report import (ARMS, BASELINE_ARMS, TRAINED_ARMS, LearningPoint, aggregate,
                                    load_results, merge_points, save_results,
                                    select_by_validation, text_table)
 from common import config as C
 from common.errors import CarlaTD3Error, ConfigError
 from deploy.rundir import RunDir
 
-log = logging.getLogger("bench.learning")
+log = logging.getLogger("experiments.learning")
 
 VIDEO_MAX_BYTES = 2_000_000
-FULL_COMMAND = ("python -m bench.learning --arms separate,shared,random,scripted --seeds 0,1,2 "
+FULL_COMMAND = ("python -m experiments.learning --arms separate,shared,random,scripted --seeds 0,1,2 "
                 "--milestones 5000,10000,20000,40000,60000")
 
 
@@ -50,7 +50,7 @@ def _csv(text: str) -> list[str]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bench.learning", description=__doc__,
+    p = argparse.ArgumentParser(prog="experiments.learning", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arms", default=",".join(ARMS), help=f"comma list of {list(ARMS)}")
     p.add_argument("--seeds", default="0,1,2", help="comma list of seeds")
@@ -208,7 +208,7 @@ def record_video(args: argparse.Namespace, seed: int) -> dict[str, Any]:
 
 def update_meta(meta: dict[str, Any], args: argparse.Namespace, overrides: dict[str, str]) -> dict[str, Any]:
     """The results file's meta with this invocation's command and settings added."""
-    command = "python -m bench.learning " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = "python -m experiments.learning " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     commands = list(meta.get("commands", []))
     if not args.report_only and command not in commands:
         commands.append(command)
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.merge:
             points, meta = merge_files(args.merge, points, meta)
             meta["results"] = str(args.results)
-            command = "python -m bench.learning " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+            command = "python -m experiments.learning " + " ".join(shlex.quote(a) for a in sys.argv[1:])
             meta["commands"] = [*meta.get("commands", []), command]
             if args.video is not None:
                 meta.update(record_video(args, int(_csv(args.seeds)[0])))
@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps([asdict(p) for p in new], indent=1))
         write_outputs(args, points, meta)
     except CarlaTD3Error as exc:
-        print(f"bench.learning: error: {exc}", file=sys.stderr)
+        print(f"experiments.learning: error: {exc}", file=sys.stderr)
         return 2
     return 0
 

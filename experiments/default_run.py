@@ -3,7 +3,7 @@
 The default run (`make train`) is measured by running it and then this script on its run
 directory (docs/default_run.md):
 
-    .venv/bin/python -m bench.default_run runs/RUN --threshold 0.5 --json out.json
+    .venv/bin/python -m experiments.default_run runs/RUN --threshold 0.5 --json out.json
 
 Prints one JSON object: the first report at which the success rate of the recent training
 episodes (the progress display's `success`, over the last 50 episodes) went above the
