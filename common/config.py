@@ -82,13 +82,12 @@ class PedalAction(str, enum.Enum):
 
     THROTTLE_BRAKE: the pedal itself: throttle above 0, brake below (the original design, and
         the setting docs/learning.md's main results were measured with). Learned policies
-        floor it: throttle above 0.95 in 82 to 99% of the steps of a route, peaks of 14 to
-        18 m/s against the 8 m/s target, or full brake until the step limit.
+        tend to floor it (docs/learning.md, "Why some defaults are what they are").
     TARGET_SPEED: a speed, 0 at -1 and ``env.max_target_speed_mps`` at +1, that a
         proportional controller in the env holds (``env.speed_gain`` of pedal per m/s of
         error), as driving agents with a low-level speed controller do. A policy whose tanh
-        saturates then drives at that speed instead of flooring the throttle. It learned
-        faster early on (docs/learning.md); not the default until a full run of every arm.
+        saturates then drives at that speed instead of flooring the throttle. Not the
+        default until a full run of every arm (docs/learning.md).
     """
 
     THROTTLE_BRAKE = "throttle_brake"
@@ -140,8 +139,7 @@ class TD3Config:
             policy loss; 0 (the paper) disables it. A policy whose tanh saturates gets no
             gradient from the critic there; the penalty pulls it back where the critic's
             gradient acts (OpenAI's DDPG for HER penalises the squared action, ``action_l2``,
-            for the same reason). On the driving task 0.1 ends the floored throttle but not
-            the lane touches (docs/learning.md, variant R).
+            for the same reason). Its outcome on the driving task: docs/learning.md.
         image_shift: DrQ's random-shift augmentation of the learner's images: each image of
             a batch padded by this many border pixels and cropped back at a random offset
             (``learner.augment``); 0 (the paper) disables it.
@@ -284,7 +282,8 @@ class RewardConfig:
     """Weights of the reward components (see actors/rewards.py for each component).
 
     The default weights keep an ordinary step's reward within about [-1, 1]; only terminal
-    events (collision, off road, goal) and a lane invasion go beyond.
+    events (collision, off road, goal) and a lane invasion go beyond. The runs behind the
+    defaults: docs/learning.md, "Why some defaults are what they are".
 
     Attributes:
         efficiency: weight of speed along the route towards the target speed, term in [-1, 1].
@@ -294,32 +293,27 @@ class RewardConfig:
         progress: weight of distance along the route (term in [-1, 1]) plus bonuses below.
         target_speed_mps: speed the efficiency term rewards most.
         standstill_penalty: what the efficiency term loses at a standstill (in full, falling
-            to 0 at a quarter of the target speed). 0.1 (0.05 a step at the default weight,
-            as in the original design): at 0, standing still earned exactly 0 and learned
-            policies stopped mid-route until the step limit (docs/learning.md).
+            to 0 at a quarter of the target speed), so that standing still costs something
+            instead of earning exactly 0, which learned policies settle into.
         collision_penalty: safety penalty of a collision at the target speed (half of it at
             standstill, 1.5 times it at twice the target speed).
         lane_invasion_penalty: safety penalty of a step that crosses a lane marking or ends
-            off the driving lanes. 3.0 (about three ordinary steps' reward): success needs a
-            route with no invasion at all, and at 0.5 the learned policies traded an invasion
-            in 4 of 10 routes for speed; at 10 (the original design's value) they stood
-            still until the step limit (route completion 0.03 to 0.08 at 10,000 and 20,000
-            env steps, three runs; docs/learning.md).
+            off the driving lanes. About three ordinary steps' reward: success needs a route
+            with no invasion at all, so a small penalty is traded for speed, while a large
+            one makes standing still the best policy.
         off_road_penalty: safety penalty when the lateral deviation ends the episode.
         waypoint_bonus: progress bonus per observation waypoint passed.
         goal_bonus: progress bonus for completing the route.
         overspeed_zero_ratio: multiple of the target speed at which the efficiency term has
-            fallen from 1 to 0 (it goes on falling at the same slope to -1). 2.0 still pays
-            0.4 at 13 m/s against an 8 m/s target, and learned policies drive that fast; 1.25
-            made them stall in some routes instead (docs/learning.md).
-        heading_error_scale_rad: heading error at which the lane-keeping term has lost 1
-            (pi/4); 0.3 also made learned policies stall in some routes (docs/learning.md).
+            fallen from 1 to 0 (it goes on falling at the same slope to -1); a steeper fall
+            made learned policies stall in some routes.
+        heading_error_scale_rad: heading error at which the lane-keeping term has lost 1;
+            a smaller scale also made learned policies stall in some routes.
         lane_invasion_ends_episode: a step that touches a lane marking or ends off the
             driving lanes also ends the episode ("lane_invasion"), as a collision does;
             success needs a route with no invasion at all. Off by default: with the default
-            weights, policies trained with it learned to end every episode on a marking
-            within 1.5 m of the start (route completion 0.01 at 10,000 env steps, two runs,
-            docs/learning.md), since an early step's reward is negative on average.
+            weights an early step's reward is negative on average, so ending the episode
+            at once pays, and policies trained with it learn to.
         curve_lateral_accel_mps2: when above 0, the efficiency term's target speed in a bend
             is lowered to ``sqrt(a / curvature)``, the lateral acceleration of ``a`` m/s^2
             (the scripted driver keeps under 2), from the route's largest curvature within
@@ -409,6 +403,14 @@ class FakeCarlaConfig:
             waits its whole timeout; the fake waits the smaller of the two).
         camera_delay_s: camera images reach the callback after a random delay up to this,
             from a worker thread, so a reader must match frames.
+        boot_s: seconds a fake-server process (``carla-td3 fake-server``) takes to boot, at
+            start and when a client first connects after a death, before it serves its world;
+            until then it refuses connections, as a booting CARLA server does.
+        npc_stops_per_min: how often an NPC stops in its lane at random: stops begun per
+            minute of driving away from junctions (actors/fakecarla/traffic.py); 0: never.
+        npc_stop_s: how long a random stop stands still, seconds.
+        npc_park_fraction: the fraction of random stops that are parks instead.
+        npc_park_s: how long a park stands still in the lane, seconds.
     """
 
     xodr_path: str = ""
@@ -417,10 +419,17 @@ class FakeCarlaConfig:
     die_at_tick: int = -1
     fault_delay_s: float = 0.05
     camera_delay_s: float = 0.002
+    boot_s: float = 0.0
+    npc_stops_per_min: float = 1.0
+    npc_stop_s: float = 3.0
+    npc_park_fraction: float = 0.2
+    npc_park_s: float = 8.0
 
     RULES: ClassVar[dict[str, Rule]] = {
         "xodr_path": unbounded, "tick_latency_s": at_least(0), "fail_tick_at": at_least(-1),
         "die_at_tick": at_least(-1), "fault_delay_s": at_least(0), "camera_delay_s": at_least(0),
+        "boot_s": at_least(0), "npc_stops_per_min": at_least(0), "npc_stop_s": at_least(0),
+        "npc_park_fraction": in_range(0, 1), "npc_park_s": at_least(0),
     }
 
 
@@ -447,7 +456,9 @@ class EnvConfig:
         route_length_m: length of a planned route.
         route_split: the spawn points routes start from (train, or held-out eval).
         max_steps: step limit (truncation).
-        max_lateral_m: |lateral deviation| that terminates an episode.
+        max_lateral_m: |lateral deviation| from the route that terminates an episode, in a
+            3.5 m lane; in a lane of width w, at the same margin beyond its half width
+            (w / 2 + max_lateral_m - 1.75; actors/rewards.py off_road).
         num_npcs: NPC vehicles driven by the traffic manager.
         reward: reward weights.
         pedal: what the action's second component commands (see PedalAction).
@@ -564,7 +575,8 @@ class TrainConfig:
 class MetricsBackend(str, enum.Enum):
     """Where metrics go.
 
-    AUTO: RAY in the Ray mode, PROMETHEUS in the local mode.
+    AUTO: RAY in a training run (each component records in its own Ray process);
+        PROMETHEUS where everything runs in one process (``make_sink(ray_mode=False)``).
     NONE: nowhere (checked, then discarded).
     PROMETHEUS: a prometheus_client endpoint in this process (metrics.port).
     RAY: ray.util.metrics, exported by each node's Ray metrics agent.

@@ -68,6 +68,13 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--checkpoint", type=Path,
                    help="drive this run's policy instead of the scripted pure-pursuit controller")
     _add_config_flags(d, "env.fake.xodr_path=/maps/ring.xodr")
+    f = sub.add_parser("fake-server", help="serve fake CARLA over TCP, as its own process",
+                       description="Serves the fake CARLA world on HOST:PORT until SIGTERM or "
+                                   "Ctrl+C; point an env at it with env.host and env.port. Only "
+                                   "env.fake.* keys may be set (faults, boot_s, the map).")
+    f.add_argument("--port", type=int, required=True, help="TCP port (0: any free one, logged)")
+    f.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all)")
+    _add_config_flags(f, "env.fake.boot_s=5")
     return p
 
 
@@ -233,11 +240,36 @@ def cmd_drive(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fake_server(args: argparse.Namespace) -> int:
+    import signal
+
+    from actors.fakecarla.remote_server import FakeServer
+
+    overrides = overrides_from_args(args)
+    bad = sorted(k for k in overrides if not k.startswith("env.fake."))
+    if bad:
+        raise ConfigError(f"fake-server takes only env.fake.* keys, got {bad}")
+    cfg = C.with_overrides(C.RunConfig(), overrides).env.fake
+    try:
+        server = FakeServer(cfg, args.host, args.port)
+    except OSError as exc:
+        raise ConfigError(f"fake-server cannot listen on {args.host}:{args.port}: {exc}") from exc
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops it as Ctrl+C does
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("CARLA_TD3_LOG", "INFO"), format="%(message)s")
     args = _parser().parse_args(argv)
     try:
-        commands = {"train": cmd_train, "evaluate": cmd_evaluate, "drive": cmd_drive}
+        commands = {"train": cmd_train, "evaluate": cmd_evaluate, "drive": cmd_drive,
+                    "fake-server": cmd_fake_server}
         return commands[args.command](args)
     except CarlaTD3Error as exc:
         print(f"carla-td3: error: {exc}", file=sys.stderr)

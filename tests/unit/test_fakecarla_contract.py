@@ -1,5 +1,6 @@
-"""The fake carla module against the real one: every name the fake provides exists in the
-real ``carla`` with a compatible signature, and the env uses nothing the fake lacks."""
+"""The fake carla modules against the real one: every name the in-process fake and the remote
+client (of a fake server process) provide exists in the real ``carla`` with a compatible
+signature, and the env uses nothing either lacks."""
 import enum
 import inspect
 import logging
@@ -10,12 +11,16 @@ import carla
 import pytest
 
 from actors.fakecarla import FAKE_CLASSES, REAL_NAMES, make_module
+from actors.fakecarla.remote_client import REMOTE_CLASSES, make_remote_module
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 ENV_FILES = ("actors/carla_env.py", "actors/carla_session.py", "actors/route.py", "actors/video.py",
              "actors/sensors.py", "actors/scripted.py")
 MODULE_ALIASES = r"(?:carla|carla_module|self\._carla|c)"
 _PARAM = re.compile(r"\((\w+)\)(\w+)(=[^,\]\)]*)?")
+MODULES = {"inprocess": make_module, "remote": make_remote_module}
+CLASSES = ([("inprocess", cls) for cls in FAKE_CLASSES] + [("remote", cls) for cls in REMOTE_CLASSES]
+           + [("inprocess", None), ("remote", None)])
 
 
 def _real_overloads(function) -> list[list[tuple[str, bool]]]:
@@ -32,9 +37,9 @@ def _real_overloads(function) -> list[list[tuple[str, bool]]]:
     return overloads
 
 
-@pytest.fixture(scope="module")
-def fake():
-    return make_module()
+@pytest.fixture(scope="module", params=sorted(MODULES))
+def fake(request):
+    return MODULES[request.param]()
 
 
 def test_every_module_name_exists_in_the_real_carla(fake):
@@ -44,9 +49,10 @@ def test_every_module_name_exists_in_the_real_carla(fake):
         assert getattr(fake, name) is getattr(carla, name), f"{name} must be the real value type"
 
 
-@pytest.mark.parametrize("cls", [*FAKE_CLASSES, None], ids=lambda c: "Client" if c is None else c.__name__)
-def test_every_public_member_exists_on_the_real_class_with_a_compatible_signature(fake, cls):
-    cls = fake.Client if cls is None else cls
+@pytest.mark.parametrize("kind,cls", CLASSES,
+                         ids=[f"{k}-{'Client' if c is None else c.__name__}" for k, c in CLASSES])
+def test_every_public_member_exists_on_the_real_class_with_a_compatible_signature(kind, cls):
+    cls = MODULES[kind]().Client if cls is None else cls
     real = getattr(carla, cls.__name__)
     members = [n for n in dir(cls) if not n.startswith("_") or n == "__init__"]
     for name in members:
