@@ -1,6 +1,6 @@
 """The env loop of one rollout actor: env + policy + exploration + writer + weight pulls.
 
-A plain class: deploy/ wraps it in a Ray actor (or runs it in-process in local mode). An env
+A plain class: deploy/ wraps it in a Ray actor; tests build it directly. An env
 step never waits on the learner: before each inference a non-blocking ``WeightSource``
 (actors/weights.py) offers newer weights if it has any, and the worker applies them to its
 policy.

@@ -7,7 +7,7 @@ learner's ``ReplayClient``, a rollout worker's ``ShardWriter``, ``ShardHealth``)
 ``Transport`` with its handles and never imports the transport's library:
 
 - ``LOCAL`` (here): ``LocalShard`` wraps an in-process ReplayShard; a call runs at once and its
-  reference holds the value or the exception. Tests and the serial local mode use it.
+  reference holds the value or the exception. Tests and benchmarks use it.
 - ``deploy.replay_ray.RAY``: Ray actor handles, ``ray.get``/``ray.wait``, and Ray's exceptions
   for a dead, restarting or unreachable actor.
 

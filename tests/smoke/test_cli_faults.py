@@ -70,7 +70,7 @@ def test_sigterm_checkpoints_and_resume_continues(tmp_path):
     _, alive = psutil.wait_procs(children, timeout=30)
     assert not alive, f"left behind: {[p.pid for p in alive]}"
     more = summary["env_steps"] + 200
-    resumed = subprocess.run(CLI + ["resume", str(run), "--steps", str(more), "--no-dashboard"],
+    resumed = subprocess.run(CLI + ["train", "--resume", str(run), "--steps", str(more), "--no-dashboard"],
                              cwd=ROOT, env={**os.environ, "CARLA_TD3_LOG": "WARNING"},
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
