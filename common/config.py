@@ -46,7 +46,7 @@ class PolicyCritic(str, enum.Enum):
     PRE_STEP: the critic as it was before this update's critic step, as DeepMind Acme's JAX
         TD3 learner does (``policy_loss_and_grad(state.policy_params, state.critic_params,
         ...)``). The two steps then depend on nothing of each other, so on CUDA the policy's
-        backward pass and Adam step run beside the critic's (``learner.lanes``).
+        backward pass and Adam step run beside the critic's (``learner.streams``).
     """
 
     STEPPED = "stepped"
@@ -444,7 +444,8 @@ class EnvConfig:
         port: CARLA RPC port (the server also uses port+1 and port+2).
         tm_port: traffic-manager port, distinct per env.
         timeout_s: client timeout for connecting and for each tick.
-        sensor_timeout_s: how long to wait for a sensor reading of the tick's frame.
+        sensor_timeout_s: how long to wait for a sensor reading of the tick's frame (10 s,
+            as the CARLA leaderboard waits).
         town: the map to drive on. On connecting, an env whose server runs another map
             loads this one; a name the server does not have fails before any episode with a
             ConfigError naming it and the server's maps. The fake serves one map: the shipped
@@ -472,7 +473,7 @@ class EnvConfig:
     port: int = 2000
     tm_port: int = 8000
     timeout_s: float = 10.0
-    sensor_timeout_s: float = 2.0
+    sensor_timeout_s: float = 10.0
     town: str = "Town01"
     fixed_delta_seconds: float = 0.05
     vehicle: str = "vehicle.tesla.model3"

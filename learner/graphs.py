@@ -6,35 +6,23 @@ update (critic only; critic + policy + targets) and then replays them, so an upd
 graph launch.
 
 The step function must keep all state in tensors it updates in place and never synchronise
-with the host (``TD3Learner._step`` is written that way); random numbers are drawn outside
-and passed in, so replays see fresh noise.
+with the host (``learner.update.td3_update`` is written that way); random numbers are drawn
+outside and passed in (``NoiseDraws``), so replays see fresh noise.
 """
 from __future__ import annotations
 
 import logging
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import torch
 
 from common.errors import ConfigError
 from learner.device import DeviceBatch
+from learner.update import NoiseDraws
 
 log = logging.getLogger(__name__)
 
-
-class Draws(NamedTuple):
-    """The random numbers of one update, drawn outside the step.
-
-    Attributes:
-        noise: target policy smoothing noise, already scaled [B, action_dim].
-        shifts: image shift offsets (``learner.augment.draw_shifts``); empty when off.
-    """
-
-    noise: torch.Tensor
-    shifts: torch.Tensor
-
-
-Step = Callable[[DeviceBatch, Draws, bool], torch.Tensor]
+Step = Callable[[DeviceBatch, NoiseDraws, bool], torch.Tensor]
 
 
 def _layout(b: DeviceBatch) -> tuple:
@@ -73,10 +61,10 @@ class CudaGraphStep:
         self._graphs: dict[tuple[bool, tuple | None], tuple[torch.cuda.CUDAGraph, torch.Tensor, DeviceBatch]] = {}
         self._layouts: set[tuple] = set()
         self._static: DeviceBatch | None = None
-        self._draws: Draws | None = None
+        self._draws: NoiseDraws | None = None
         self._side = torch.cuda.Stream()
 
-    def _eager(self, b: DeviceBatch, draws: Draws, policy: bool) -> torch.Tensor:
+    def _eager(self, b: DeviceBatch, draws: NoiseDraws, policy: bool) -> torch.Tensor:
         self._eager_calls[policy] += 1
         self._side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(self._side):
@@ -109,11 +97,22 @@ class CudaGraphStep:
             self._graphs[key] = self._capture(self._static, policy)
         return self._graphs[key]
 
-    def __call__(self, b: DeviceBatch, draws: Draws, policy: bool) -> torch.Tensor:
+    @property
+    def captured(self) -> list[tuple[bool, bool]]:
+        """(policy step, in place) of each captured graph: in place graphs read the batch
+        buffers they were captured on; the others read the static batch copy."""
+        return [(policy, layout is not None) for policy, layout in self._graphs]
+
+    @property
+    def in_place_layouts(self) -> int:
+        """Batch buffer sets that have graphs reading them in place."""
+        return len(self._layouts)
+
+    def __call__(self, b: DeviceBatch, draws: NoiseDraws, policy: bool) -> torch.Tensor:
         if self._eager_calls[policy] < self._warmup:
             return self._eager(b, draws, policy)
         if self._draws is None:
-            self._draws = Draws(*(t.clone() for t in draws))
+            self._draws = NoiseDraws(*(t.clone() for t in draws))
         for dst, src in zip(self._draws, draws):
             dst.copy_(src)
         graph, out, _ = self._graph_for(b, policy)

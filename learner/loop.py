@@ -1,6 +1,6 @@
 """The learner loop: sample -> update -> priorities back -> publish every K updates.
 
-A plain class over callables, so the same loop runs in-process (local mode, tests) and inside
+A plain class over callables, so the same loop runs in-process (tests, benchmarks) and inside
 the Ray learner actor, where ``sample`` is the replay client's prefetching sampler.
 
 A batch with a NaN or an infinity in a float array never reaches the update: it is dropped,

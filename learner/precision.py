@@ -86,7 +86,7 @@ class CpuProbe:
 
 
 @dataclass(frozen=True)
-class Kernels:
+class KernelChoices:
     """What a learner runs: ``precision`` ("fp32" or "bf16"), for fp32 on a CPU whether the
     encoders' linear layers run as convolutions, and whether their first convolution reads
     space-to-depth pixels (``FIRST_CONVS``)."""
@@ -159,7 +159,7 @@ _PROBES: dict[tuple, CpuProbe] = {}
 
 def resolve_kernels(precision: str, device: torch.device, spec: EnvSpec, features: int,
                     batch_size: int, probe: ProbeFn | None = None,
-                    first_conv: str = "auto") -> Kernels:
+                    first_conv: str = "auto") -> KernelChoices:
     """What a learner with the configured ``precision`` and ``first_conv`` runs on
     ``device``. On a CPU, "auto" and "fp32" are measured (once per process and shape) by
     ``probe``, ``probe_cpu`` if None; raises ConfigError for a precision that is not one of
@@ -183,12 +183,12 @@ def check_choices(precision: str, first_conv: str, frame_cache: str = "auto") ->
 
 
 def _resolve_precision(precision: str, device: torch.device, spec: EnvSpec, features: int,
-                       batch_size: int, probe: ProbeFn | None) -> Kernels:
+                       batch_size: int, probe: ProbeFn | None) -> KernelChoices:
     if device.type == "cuda":
-        return Kernels("bf16" if precision == "auto" else precision)
+        return KernelChoices("bf16" if precision == "auto" else precision)
     with_bf16, with_conv = precision == "auto", batch_size >= DENSE_CONV_MIN_BATCH
     if precision == "bf16" or not (with_bf16 or with_conv):
-        return Kernels("bf16" if precision == "bf16" else "fp32")
+        return KernelChoices("bf16" if precision == "bf16" else "fp32")
     key = (spec.frames, spec.image_size, spec.vector_dim, features, batch_size,
            torch.get_num_threads(), with_bf16)
     if key not in _PROBES:
@@ -198,7 +198,7 @@ def _resolve_precision(precision: str, device: torch.device, spec: EnvSpec, feat
             log.warning("event=precision_probe_failed error=%r choice=fp32", exc)
             _PROBES[key] = CpuProbe()
     result = _PROBES[key]
-    kernels = Kernels(result.precision,
+    kernels = KernelChoices(result.precision,
                       with_conv and result.precision == "fp32" and result.dense_as_conv)
     log.info("event=precision_probe device=cpu batch=%d %s precision=%s dense_as_conv=%s",
              batch_size, " ".join(f"{name}_ms={value * 1e3:.1f}" for name, value in (

@@ -1,20 +1,43 @@
 """What an update reports (``UpdateStats``) and how it comes back from the device.
 
-The update step packs its scalars and the per-sample |TD error| into one tensor;
-``PendingUpdate`` copies that tensor to the host without blocking and waits for it only when
-the stats are read, so a loop can launch the next update first (``learner.loop``).
+``td3_update`` (learner/update.py) returns ``UpdateTensors``, its stats on the device. The
+machinery packs them into one tensor, the scalars in ``SCALARS`` order and then the
+per-sample |TD error| (``pack``), so that they cross to the host in one copy;
+``PendingUpdate`` makes that copy without blocking and waits for it only when the stats are
+read (``unpack``, by name), so a loop can launch the next update first (``learner.loop``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
-# Positions in the packed stats vector (the |TD error| follows them).
-SCALARS = ("critic_loss", "policy_loss", "q1_mean", "q2_mean", "target_q_mean",
-           "critic_encoder_grad_norm", "policy_encoder_grad_norm",
-           "critic_encoder_weight_change", "policy_encoder_weight_change")
+
+class UpdateTensors(NamedTuple):
+    """The stats of one update as device tensors (scalars, then |TD error| [B]); the field
+    order is the packed order. See ``UpdateStats`` for their meaning."""
+
+    critic_loss: torch.Tensor
+    policy_loss: torch.Tensor
+    q1_mean: torch.Tensor
+    q2_mean: torch.Tensor
+    target_q_mean: torch.Tensor
+    critic_encoder_grad_norm: torch.Tensor
+    policy_encoder_grad_norm: torch.Tensor
+    critic_encoder_weight_change: torch.Tensor
+    policy_encoder_weight_change: torch.Tensor
+    td_error: torch.Tensor
+
+
+SCALARS = UpdateTensors._fields[:-1]  # the packed vector's scalars, by position
+
+
+def pack(stats: UpdateTensors) -> torch.Tensor:
+    """The stats as one float32 vector: ``SCALARS`` in order, then |TD error|."""
+    scalars = torch.stack([getattr(stats, name) for name in SCALARS])
+    return torch.cat([scalars.float(), stats.td_error.float()])
 
 
 @dataclass(frozen=True, eq=False)
@@ -64,9 +87,13 @@ class PendingUpdate:
         if self._stats is None:
             if self._event is not None:
                 self._event.synchronize()
-            packed = self._host.numpy()
-            values = dict(zip(SCALARS, (float(v) for v in packed[: len(SCALARS)])))
-            self._stats = UpdateStats(updates=self.updates, policy_updated=self.policy_updated,
-                                      td_error=packed[len(SCALARS):].copy(), **values)
+            self._stats = unpack(self._host.numpy(), self.updates, self.policy_updated)
             self._host = None
         return self._stats
+
+
+def unpack(packed: np.ndarray, updates: int, policy_updated: bool) -> UpdateStats:
+    """The ``UpdateStats`` of a ``pack``ed vector copied to the host."""
+    values = {name: float(packed[i]) for i, name in enumerate(SCALARS)}
+    return UpdateStats(updates=updates, policy_updated=policy_updated,
+                       td_error=packed[len(SCALARS):].copy(), **values)

@@ -7,6 +7,10 @@ import torch
 from common.config import EncoderTopology, LearnerConfig, NetworkConfig, TD3Config
 from common.specs import EnvSpec
 from common.types import SampleBatch
+from learner import update
+from learner.device import DeviceBatch
+from learner.td3 import TD3Learner
+from learner.update import CriticStats, TD3State
 
 SMALL_SPEC = EnvSpec(frames=2, image_size=36, num_waypoints=1)
 
@@ -55,15 +59,21 @@ def packed_batch(spec: EnvSpec, size: int, seed: int) -> SampleBatch:
     return batch._replace(obs_image=frames[:, :-1], next_image=frames[:, 1:])
 
 
-def critic_step(learner, b, px, noise) -> list[torch.Tensor]:
-    """One critic step of ``learner`` on a device batch, as ``TD3Learner._step`` runs it."""
-    y = learner._queue_td_target(b, px.next, noise)
-    q1, q2, features = learner._terms["critic"](b, px.obs)
-    learner._lanes.join("target_critic")
-    return learner._critic_step(b, q1, q2, y, features)
+def device_batch(learner: TD3Learner, seed: int, size: int = 16) -> DeviceBatch:
+    """``random_batch`` on the learner's device (``TD3Learner.to_device``)."""
+    return learner.to_device(random_batch(learner.spec, size, seed))
 
 
-def policy_step(learner, b, encoding, features) -> None:
-    """One policy step (paper order: the live Q1 head) and Polyak step of every target."""
-    q1 = {k: v.detach() for k, v in learner.nets.critic.q1.named_parameters()}
-    learner._policy_step(b, encoding, features, q1, learner.nets.target_pairs)
+def critic_step(s: TD3State, b: DeviceBatch, noise: torch.Tensor | None = None) -> CriticStats:
+    """One critic step through the public pieces (no image shift), with target smoothing
+    noise ``noise`` (none if None)."""
+    noise = torch.zeros_like(b.action) if noise is None else noise
+    y = update.td_target(s, b, update.prepare(s, b.next_image, None), noise)
+    return update.critic_step(s, b, update.critic_values(s, b, update.prepare(s, b.image, None)), y)
+
+
+def policy_step(s: TD3State, b: DeviceBatch, critic_features: torch.Tensor) -> None:
+    """One policy step through the public pieces, differentiating the live Q1 head."""
+    encoding = update.policy_encoding(s, b, update.prepare(s, b.image, None))
+    q1 = {k: v.detach() for k, v in s.q1.items()}
+    update.policy_step(s, update.policy_loss(s, b, encoding, critic_features, q1))

@@ -158,7 +158,7 @@ def test_learner_fed_cached_batches_makes_the_updates_of_pixel_batches():
         assert sa.critic_loss == pytest.approx(sb.critic_loss, rel=1e-6)
     for name, value in params_of(a.nets.critic).items():
         torch.testing.assert_close(value, params_of(b.nets.critic)[name], rtol=0, atol=0)
-    assert a._frame_cache.cache.rows == 120
+    assert a.frame_cache.rows == 120
 
 
 @pytest.mark.parametrize("field, bad, match", [
@@ -174,11 +174,11 @@ def test_a_bad_cached_batch_is_refused_and_the_cache_is_unchanged(field, bad, ma
     spec, batches = _learner_batches(2)
     learner = TD3Learner(spec, small_config(), 0)
     learner.update(batches[0][0])
-    before = learner._frame_cache.cache.frames.clone()
+    before = learner.frame_cache.frames.clone()
     broken = batches[1][0]._replace(**{field: bad(batches[1][0])})
     with pytest.raises(SpecError, match=match):
         learner.update(broken)
-    assert torch.equal(learner._frame_cache.cache.frames, before)
+    assert torch.equal(learner.frame_cache.frames, before)
     learner.update(batches[1][0])  # the good batch still goes through
 
 
@@ -271,8 +271,8 @@ def test_a_learner_failing_mid_batch_restarts_its_cache_and_its_shards(monkeypat
         shard.insert_chunk(stream.next_chunk())
     with pytest.raises(RuntimeError, match="out of memory"):
         actor.run_updates(3, 30.0)
-    assert actor.learner._frame_cache.cache is None and actor.client.cache_resets == 1
+    assert actor.learner.frame_cache is None and actor.client.cache_resets == 1
     report = actor.run_updates(6, 30.0)
     assert report.updates == 6
-    _assert_cache_holds_what_shards_sent(actor.learner._frame_cache.cache, actor.client,
+    _assert_cache_holds_what_shards_sent(actor.learner.frame_cache, actor.client,
                                          shards, 100)

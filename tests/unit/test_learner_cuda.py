@@ -7,7 +7,7 @@ import torch
 
 from common.config import EncoderTopology, PolicyCritic
 from common.networks import PolicyNet, load_policy_state
-from learner.lanes import Lanes
+from learner.streams import SideStreams
 from learner.td3 import TD3Learner
 from tests.unit.learner_fixtures import SMALL_SPEC, random_batch, small_config
 
@@ -134,11 +134,11 @@ def test_graphs_read_the_copy_slots_in_place_and_copy_batches_from_elsewhere():
     for i in range(12):
         batch = random_batch(SMALL_SPEC, 16, seed=i)
         eager.update(batch), graphed.update(batch)
-    run = graphed._run
+    run = graphed.runner.executor
     # captured on the copy slots' buffers themselves: no static batch, nothing copied into one
-    assert run._static is None and len(run._layouts) == 2
-    assert {policy for policy, _ in run._graphs} == {False, True}
-    captured = len(run._graphs)
+    assert all(in_place for _, in_place in run.captured) and run.in_place_layouts == 2
+    assert {policy for policy, _ in run.captured} == {False, True}
+    captured = len(run.captured)
     for i in range(12, 18):  # device batches in fresh memory each time: the static-copy graphs
         batch = random_batch(SMALL_SPEC, 16, seed=i)
         moved = [DeviceBatch(*(t.clone() for t in learner.to_device(batch)))
@@ -146,26 +146,26 @@ def test_graphs_read_the_copy_slots_in_place_and_copy_batches_from_elsewhere():
         stats_eager = eager.update_on_device(moved[0])
         stats_graph = graphed.update_on_device(moved[1])
         np.testing.assert_allclose(stats_graph.td_error, stats_eager.td_error, atol=ATOL)
-    assert run._static is not None and len(run._graphs) == captured + 2
+    assert sorted(run.captured[captured:]) == [(False, False), (True, False)]  # the static copy's
     for name, module in graphed.nets.modules().items():
         assert _max_diff(module, eager.nets.modules()[name]) < ATOL, name
 
 
-def test_a_capture_joins_only_the_lanes_it_forked():
-    # Joining a lane the capture never forked (here one an eager call used before) would
-    # invalidate the capture; a lane joined from inside its own run stays to be joined.
-    lanes = Lanes(torch.device("cuda"), ("used", "idle"))
+def test_a_capture_joins_only_the_side_streams_it_forked():
+    # Joining a side stream the capture never forked (here one an eager call used before)
+    # would invalidate the capture; a stream joined from inside its own run stays to be joined.
+    streams = SideStreams(torch.device("cuda"), ("used", "idle"))
     x = torch.arange(4.0, device="cuda")
-    lanes.run("idle", torch.add, x, 1)
-    lanes.join("used", "idle")
+    streams.run("idle", torch.add, x, 1)
+    streams.join("used", "idle")
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         def nested(t):
             out = t * 2
-            lanes.join("used")  # inside the lane itself: not a join of the main stream
+            streams.join("used")  # inside the stream itself: not a join of the main stream
             return out
-        y = lanes.run("used", nested, x)
-        lanes.join("used", "idle")
+        y = streams.run("used", nested, x)
+        streams.join("used", "idle")
     x.add_(1)
     graph.replay()
     torch.cuda.synchronize()
@@ -210,7 +210,7 @@ def test_cached_and_packed_batches_share_the_slots_the_graphs_read():
     for batch in [p for _, p in batches[:10]] + [c for c, _ in batches[:6]]:
         stats_eager, stats_graph = eager.update(batch), graphed.update(batch)
     np.testing.assert_allclose(stats_graph.td_error, stats_eager.td_error, atol=ATOL)
-    run = graphed._run
-    assert run._static is None and len(run._layouts) == 2
+    run = graphed.runner.executor
+    assert all(in_place for _, in_place in run.captured) and run.in_place_layouts == 2
     for name, module in graphed.nets.modules().items():
         assert _max_diff(module, eager.nets.modules()[name]) < ATOL, name

@@ -90,6 +90,6 @@ def test_a_dropped_cached_batch_still_stores_its_frames():
                        lambda snapshot: None, publish_every=1)
     assert loop.run_updates(1, max_seconds=0.2).rejected_batches == 1
     assert learner.updates == 0 and _same(learner.state_dict(), before)
-    cache = learner._frame_cache.cache  # the replay client counts on these frames being held
+    cache = learner.frame_cache  # the replay client counts on these frames being held
     stored = cache.frames[torch.from_numpy(batch.new_rows)]
     assert torch.equal(stored, torch.from_numpy(batch.new_frames))

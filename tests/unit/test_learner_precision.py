@@ -35,7 +35,7 @@ def test_auto_on_cpu_keeps_the_clearly_faster_way(fp32_s, bf16_s, gemm_s, conv_s
         calls.append((features, batch, with_bf16, with_conv))
         return lp.CpuProbe(fp32_s, bf16_s, gemm_s, conv_s)
 
-    expected = lp.Kernels(precision, as_conv)
+    expected = lp.KernelChoices(precision, as_conv)
     assert lp.resolve_kernels("auto", CPU, SMALL_SPEC, 32, 64, probe) == expected
     assert lp.resolve_kernels("auto", CPU, SMALL_SPEC, 32, 64, probe) == expected
     assert calls == [(32, 64, True, True)]  # measured once per process and shape
@@ -50,11 +50,11 @@ def test_fp32_on_cpu_measures_only_the_linear_layers_route():
         calls.append((batch, with_bf16, with_conv))
         return lp.CpuProbe(dense_gemm_s=1.0, dense_conv_s=0.5) if with_conv else lp.CpuProbe(1.0, 2.0)
 
-    assert lp.resolve_kernels("fp32", CPU, SMALL_SPEC, 32, 64, probe) == lp.Kernels("fp32", True)
+    assert lp.resolve_kernels("fp32", CPU, SMALL_SPEC, 32, 64, probe) == lp.KernelChoices("fp32", True)
     assert calls == [(64, False, True)]
     # Below DenseHWC's batch threshold there is nothing to choose: no probe.
-    assert lp.resolve_kernels("fp32", CPU, SMALL_SPEC, 32, 16, probe) == lp.Kernels("fp32", False)
-    assert lp.resolve_kernels("auto", CPU, SMALL_SPEC, 32, 16, probe) == lp.Kernels("fp32", False)
+    assert lp.resolve_kernels("fp32", CPU, SMALL_SPEC, 32, 16, probe) == lp.KernelChoices("fp32", False)
+    assert lp.resolve_kernels("auto", CPU, SMALL_SPEC, 32, 16, probe) == lp.KernelChoices("fp32", False)
     assert calls == [(64, False, True), (16, True, False)]
 
 
@@ -62,7 +62,7 @@ def test_a_probe_that_fails_leaves_the_learner_in_fp32(caplog):
     def probe(*_):
         raise RuntimeError("no bf16 kernel for this CPU")
 
-    assert lp.resolve_kernels("auto", CPU, SMALL_SPEC, 32, 64, probe) == lp.Kernels("fp32", False)
+    assert lp.resolve_kernels("auto", CPU, SMALL_SPEC, 32, 64, probe) == lp.KernelChoices("fp32", False)
     assert "precision_probe_failed" in caplog.text and "no bf16 kernel" in caplog.text
 
 
@@ -70,10 +70,10 @@ def test_bf16_and_cuda_are_not_measured():
     def probe(*_):
         raise AssertionError("probed")
 
-    assert lp.resolve_kernels("bf16", CPU, SMALL_SPEC, 32, 64, probe) == lp.Kernels("bf16")
-    assert lp.resolve_kernels("auto", CUDA, SMALL_SPEC, 32, 64, probe) == lp.Kernels(
+    assert lp.resolve_kernels("bf16", CPU, SMALL_SPEC, 32, 64, probe) == lp.KernelChoices("bf16")
+    assert lp.resolve_kernels("auto", CUDA, SMALL_SPEC, 32, 64, probe) == lp.KernelChoices(
         "bf16", first_conv_blocks=True)
-    assert lp.resolve_kernels("fp32", CUDA, SMALL_SPEC, 32, 64, probe) == lp.Kernels(
+    assert lp.resolve_kernels("fp32", CUDA, SMALL_SPEC, 32, 64, probe) == lp.KernelChoices(
         "fp32", first_conv_blocks=True)
 
 
@@ -83,7 +83,7 @@ def test_bf16_and_cuda_are_not_measured():
 def test_the_first_convolution_runs_as_blocks_on_cuda_unless_configured(device, first_conv,
                                                                          blocks):
     kernels = lp.resolve_kernels("bf16", device, SMALL_SPEC, 32, 64, first_conv=first_conv)
-    assert kernels == lp.Kernels("bf16", first_conv_blocks=blocks)
+    assert kernels == lp.KernelChoices("bf16", first_conv_blocks=blocks)
 
 
 @pytest.mark.parametrize("bad", ["Blocks", "", "space_to_depth"])

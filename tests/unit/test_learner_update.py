@@ -13,8 +13,8 @@ from learner import losses
 from learner.precision import CpuProbe
 from learner.pixels import prepare_pixels
 from learner.td3 import TD3Learner, UpdateStats, make_learner
-from tests.unit.learner_fixtures import (SMALL_SPEC, critic_step, params_of, random_batch,
-                                         small_config)
+from tests.unit.learner_fixtures import (SMALL_SPEC, critic_step, device_batch, params_of,
+                                         random_batch, small_config)
 
 
 def test_stats_are_typed_and_policy_steps_are_delayed():
@@ -37,7 +37,7 @@ def test_stats_are_typed_and_policy_steps_are_delayed():
 def test_td_error_matches_the_critic_before_its_step():
     learner = TD3Learner(SMALL_SPEC, small_config(policy_noise=0.0), seed=0)
     batch = random_batch(SMALL_SPEC, 16, seed=0)
-    b = learner._to_device(batch)
+    b = learner.to_device(batch)
     nets = learner.nets
     with torch.no_grad():
         q1, q2 = nets.critic(b.image, b.vector, b.action)
@@ -122,7 +122,7 @@ def test_preactivation_penalty_adds_the_mean_squared_pre_tanh_output(topology):
     penalised = TD3Learner(SMALL_SPEC, small_config(topology, policy_delay=1,
                                                     preactivation_l2=weight), seed=0)
     batch = random_batch(SMALL_SPEC, 16, seed=0)
-    b = penalised._to_device(batch)
+    b = penalised.to_device(batch)
     nets = penalised.nets
     with torch.no_grad():
         critic_features = nets.critic.encoder.encode(prepare_pixels(b).obs, b.vector)
@@ -138,9 +138,8 @@ def test_preactivation_penalty_adds_the_mean_squared_pre_tanh_output(topology):
 
 def test_gradient_clipping_bounds_each_optimizer_step():
     learner = TD3Learner(SMALL_SPEC, small_config(max_grad_norm=1e-3), seed=0)
-    b = learner._to_device(random_batch(SMALL_SPEC, 16, seed=0))
-    critic_step(learner, b, prepare_pixels(b), torch.zeros_like(b.action))
-    grads = [p.grad for ps in learner._grads["critic"] for p in ps if p.grad is not None]
+    critic_step(learner.state, device_batch(learner, seed=0))
+    grads = [p.grad for ps in learner.state.critic_params for p in ps if p.grad is not None]
     assert torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) <= 1e-3 * 1.01
 
 
@@ -163,8 +162,8 @@ def test_auto_precision_on_cpu_follows_the_probe(monkeypatch, bf16_s, expected):
                         lambda spec, features, batch, with_bf16, with_conv: CpuProbe(1.0, bf16_s))
     learner = TD3Learner(SMALL_SPEC, dataclasses.replace(small_config(), precision="auto"), seed=0)
     assert learner.precision == ("bf16" if expected == torch.bfloat16 else "fp32")
-    b = learner._to_device(random_batch(SMALL_SPEC, 4, seed=0))
-    with learner._autocast():
+    b = learner.to_device(random_batch(SMALL_SPEC, 4, seed=0))
+    with learner.state.autocast():
         assert learner.nets.policy(b.image, b.vector).dtype == expected
     stats = learner.update(random_batch(SMALL_SPEC, 16, seed=0))
     assert np.isfinite(stats.critic_loss) and stats.td_error.dtype == np.float32

@@ -5,11 +5,11 @@ import torch
 
 from common.config import EncoderTopology, PolicyCritic
 from common.errors import ConfigError
-from learner.pixels import prepare_pixels
 from learner.td3 import TD3Learner
 from learner.topology import check_disjoint
-from tests.unit.learner_fixtures import (SMALL_SPEC, critic_step, params_of, policy_step,
-                                         random_batch, small_config)
+from learner.update import NoiseDraws, td3_update
+from tests.unit.learner_fixtures import (SMALL_SPEC, critic_step, device_batch, params_of,
+                                         policy_step, random_batch, small_config)
 
 
 def _learner(topology=EncoderTopology.SEPARATE, **td3) -> TD3Learner:
@@ -61,26 +61,37 @@ def test_targets_equal_online_at_start_and_differ_after_updates(topology):
             assert not torch.equal(t, p), f"target {name} did not move apart from online"
 
 
-def test_target_encoders_are_polyak_averaged_with_their_heads():
-    learner = _learner(tau=0.25)
+@pytest.mark.parametrize("topology", list(EncoderTopology))
+def test_a_policy_update_polyak_averages_every_target_encoders_included(topology):
+    learner = _learner(topology, tau=0.25)
     nets = learner.nets
-    batch = learner._to_device(random_batch(SMALL_SPEC, 16, seed=0))
-    px = prepare_pixels(batch)
-    features = critic_step(learner, batch, px, torch.zeros_like(batch.action))[-1]
-    old_targets = [t.clone() for t in nets.target_pairs[0]]
-    policy_step(learner, batch, learner._policy_encoder_forward(batch, px.obs), features)
     assert {id(t) for t in nets.policy_target.encoder.parameters()} <= {id(t) for t in nets.target_pairs[0]}
     assert {id(t) for t in nets.critic_target.encoder.parameters()} <= {id(t) for t in nets.target_pairs[0]}
+    b = device_batch(learner, seed=0)
+    old_targets = [t.clone() for t in nets.target_pairs[0]]
+    draws = NoiseDraws(torch.zeros_like(b.action), torch.empty(0, dtype=torch.int64))
+    td3_update(learner.state, b, draws, policy_due=True)
     for old, target, online in zip(old_targets, *nets.target_pairs):
         torch.testing.assert_close(target, 0.75 * old + 0.25 * online)
+
+
+def test_a_critic_only_update_leaves_every_target_and_the_policy_alone():
+    learner = _learner()
+    nets = learner.nets
+    targets = [t.clone() for t in nets.target_pairs[0]]
+    policy = params_of(nets.policy)
+    b = device_batch(learner, seed=0)
+    draws = NoiseDraws(torch.zeros_like(b.action), torch.empty(0, dtype=torch.int64))
+    td3_update(learner.state, b, draws, policy_due=False)
+    assert all(torch.equal(old, t) for old, t in zip(targets, nets.target_pairs[0]))
+    assert _changed(policy, nets.policy) == []
 
 
 def test_critic_update_changes_no_policy_parameter():
     learner = _learner()
     before = params_of(learner.nets.policy)
     critic_before = params_of(learner.nets.critic)
-    batch = learner._to_device(random_batch(SMALL_SPEC, 16, seed=1))
-    critic_step(learner, batch, prepare_pixels(batch), torch.zeros_like(batch.action))
+    critic_step(learner.state, device_batch(learner, seed=1))
     assert _changed(before, learner.nets.policy) == []
     assert all(p.grad is None for p in learner.nets.policy.parameters())
     changed = _changed(critic_before, learner.nets.critic)
@@ -90,14 +101,13 @@ def test_critic_update_changes_no_policy_parameter():
 @pytest.mark.parametrize("topology", list(EncoderTopology))
 def test_policy_update_changes_no_critic_parameter(topology):
     learner = _learner(topology)
-    batch = learner._to_device(random_batch(SMALL_SPEC, 16, seed=2))
-    px = prepare_pixels(batch)
-    features = critic_step(learner, batch, px, torch.zeros_like(batch.action))[-1]
+    batch = device_batch(learner, seed=2)
+    features = critic_step(learner.state, batch).features
     assert not features.requires_grad  # handed to the policy step detached
     learner.critic_opt.zero_grad(set_to_none=True)
     critic_before = params_of(learner.nets.critic)
     policy_before = params_of(learner.nets.policy.head)
-    policy_step(learner, batch, learner._policy_encoder_forward(batch, px.obs), features)
+    policy_step(learner.state, batch, features)
     assert _changed(critic_before, learner.nets.critic) == []
     assert all(p.grad is None for p in learner.nets.critic.parameters())
     assert _changed(policy_before, learner.nets.policy.head) != []
@@ -150,7 +160,7 @@ def test_pre_step_policy_step_reads_the_critic_before_its_step(topology):
     assert _max_diff(nets.critic, frozen.nets.critic) > 1e-5
     # The copy of the Q1 head the policy step read is the pre-step head.
     for name, weight in frozen.nets.critic.q1.named_parameters():
-        torch.testing.assert_close(pre._q1_before[name], weight.detach(), rtol=0, atol=0)
+        torch.testing.assert_close(pre.state.q1_before[name], weight.detach(), rtol=0, atol=0)
 
 
 def test_policy_critic_must_be_a_known_order():
