@@ -16,8 +16,8 @@ from typing import Any
 import ray
 
 from common import config as C
-from common.errors import ComponentDead, LearnerDiverged, SpecError
-from deploy import build
+from common.errors import ComponentDead, ConfigError, LearnerDiverged, SimulatorError, SpecError
+from deploy import build, fake_servers
 from deploy.console import ProgressDisplay, make_progress_display
 from deploy.liveness import dead_for_good, death_cause
 from deploy.metrics_ray import component_sink
@@ -42,13 +42,18 @@ class Fleet:
     learner_on_gpu: bool = False
     broadcast_latencies: list[float] = field(default_factory=list)
     weights_dir: Path | None = None  # the learner's shared-memory weight files
+    servers: fake_servers.FakeServers | None = None  # the fake backend's own servers
 
     def destroy(self) -> None:
-        """Kills every actor of the fleet and deletes the weight files."""
-        for handle in [*self.actors, self.learner, *self.shards, self.board]:
-            ray.kill(handle, no_restart=True)
-        if self.weights_dir is not None:
-            shutil.rmtree(self.weights_dir, ignore_errors=True)
+        """Kills every actor of the fleet, stops its fake servers, deletes the weight files."""
+        try:
+            for handle in [*self.actors, self.learner, *self.shards, self.board]:
+                ray.kill(handle, no_restart=True)
+        finally:
+            if self.servers is not None:
+                self.servers.stop()
+            if self.weights_dir is not None:
+                shutil.rmtree(self.weights_dir, ignore_errors=True)
 
 
 def _reply_or(ref: Any, default: str, timeout_s: float = 5.0) -> str:
@@ -64,6 +69,19 @@ def _cluster_gpus() -> float:
 
 
 def build_fleet(cfg: C.RunConfig, run_dir: RunDir) -> Fleet:
+    """Shards, weight board, learner and rollout actors; on the fake backend without
+    endpoints, first one fake-server process per rollout actor (stopped by ``destroy``)."""
+    cfg, servers = fake_servers.start_for(cfg)
+    try:
+        return _build_fleet(cfg, run_dir, servers)
+    except BaseException:
+        if servers is not None:
+            servers.stop()
+        raise
+
+
+def _build_fleet(cfg: C.RunConfig, run_dir: RunDir,
+                 servers: fake_servers.FakeServers | None) -> Fleet:
     replay_cfg = build.replay_config(cfg)
     run_path = str(run_dir.path.resolve())  # the same directory whatever a worker's cwd
     metrics = component_sink(cfg.metrics)  # pickled: each actor records in its own process
@@ -80,7 +98,7 @@ def build_fleet(cfg: C.RunConfig, run_dir: RunDir) -> Fleet:
               .remote(cfg, i, cfg.seed, shards[shard_for(i, len(shards))], board, metrics)
               for i in range(cfg.rollout.num_actors)]
     return Fleet(shards, board, learner, actors, learner_on_gpu=gpus > 0,
-                 weights_dir=channel_dir(run_path))
+                 weights_dir=channel_dir(run_path), servers=servers)
 
 
 class Driver:
@@ -212,6 +230,12 @@ class Driver:
         except ray.exceptions.RayError as exc:
             if dead_for_good(self.fleet.actors[index], exc):
                 self._on_dead_actor(index, exc)
+                return
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, (SimulatorError, ConfigError)):
+                # Not a server failure (those the worker waits out): another client on its
+                # server, no route or spawn point, a missing map. Calling again repeats it.
+                self._fail(ComponentDead(f"rollout actor {index} cannot drive: {cause}"))
                 return
             # Ray restarts the actor (a new env, a new connection); its partial episode is
             # dropped: the replay discards the unfinished stream tail of the dead incarnation.

@@ -20,7 +20,7 @@ from common import config as C
 from common.errors import CheckpointError, ConfigError
 from common.weights import PolicySnapshot
 from deploy import build
-from deploy.ray_actors import learner_checkpoint
+from deploy.components import learner_checkpoint
 from deploy.rundir import RunDir
 from learner.td3 import TD3Learner
 

@@ -1,7 +1,9 @@
-"""Ray wrappers around the plain component classes (the only place they meet Ray).
+"""Ray wrappers around the plain components (deploy/components.py, actors/, replay/): the
+only place they meet Ray.
 
 Each class here is turned into an actor by ``ray.remote(Cls).options(...)`` in deploy/driver.py;
-they hold no training logic of their own.
+they hold no training logic of their own, only what needs Ray (node ids, the object store, the
+weight board, whether Ray restarted them).
 """
 from __future__ import annotations
 
@@ -9,7 +11,6 @@ import logging
 import os
 import time
 import warnings
-from pathlib import Path
 from typing import Any
 
 import cv2
@@ -21,48 +22,23 @@ from common import config as C
 from common import metrics as M
 from common.errors import CheckpointError
 from common.metrics import MetricsSink, NullSink
-from common.types import CachedBatch
-from deploy import build, precision_record
-from deploy.metrics_record import ShardRecorder, record_learner, record_publish, record_rollout
-from deploy.rundir import RunDir
-from deploy.weights_source import FilesFirstSource
-from deploy.weights_shm import ShmWeightWriter, channel_dir
-from learner.device import resolve_device
-from learner.frame_cache import use_frame_cache
-from learner.loop import LearnerLoop, LearnerReport
-from learner.td3 import TD3Learner
+from common.weights import PolicySnapshot
+from deploy import build
+from deploy.components import (LearnerService, RestoringShard, learner_checkpoint,
+                               schedule_as_batch, shard_checkpoint)
+from deploy.metrics_record import record_rollout
 from deploy.replay_ray import RAY
-from replay.client import ReplayClient
-from replay.transport import shard_for
-from replay.shard import InsertAck, PackedBatch, RateLimited, ReplayShard
+from deploy.weights_shm import ShmWeightWriter, channel_dir
+from deploy.weights_source import FilesFirstSource
+from learner.loop import LearnerReport
 from replay.shard_writer import ShardWriter
+from replay.transport import shard_for
+
+__all__ = ["LearnerActor", "RestoringShard", "RolloutActor", "learner_checkpoint",
+           "schedule_as_batch", "shard_checkpoint"]
 
 log = logging.getLogger(__name__)
 INSERT_WINDOW = 2  # inserts in flight per actor before it waits for an ack
-
-
-def shard_checkpoint(checkpoint: Path, index: int) -> Path:
-    return checkpoint / "replay" / f"shard-{index}"
-
-
-def learner_checkpoint(checkpoint: Path) -> Path:
-    return checkpoint / "learner.pt"
-
-
-def schedule_as_batch() -> int:
-    """Moves every thread of this process into Linux's SCHED_BATCH class (threads it starts
-    later inherit it from their creator); returns how many moved, 0 where the platform has no
-    such class. See common.config.CpuScheduling."""
-    if not hasattr(os, "SCHED_BATCH") or not os.path.isdir("/proc/self/task"):
-        return 0
-    moved = 0
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            os.sched_setscheduler(int(tid), os.SCHED_BATCH, os.sched_param(0))
-            moved += 1
-        except OSError:  # the thread ended meanwhile
-            pass
-    return moved
 
 
 def _restarted() -> bool:
@@ -70,53 +46,6 @@ def _restarted() -> bool:
     with warnings.catch_warnings():  # Ray 2.60's property reads its own deprecated actor_id
         warnings.simplefilter("ignore", DeprecationWarning)
         return bool(ray.get_runtime_context().was_current_actor_reconstructed)
-
-
-class RestoringShard(ReplayShard):
-    """A replay shard that, when (re)started, restores the run's latest checkpoint if any.
-
-    Ray restarts a dead shard by calling this constructor again: it comes back with the
-    contents of the last checkpoint while the learner samples from the live shards.
-    It records the replay metrics (docs/metrics.md) from ``stats()`` after inserts and samples.
-    """
-
-    def __init__(self, spec, cfg: C.ReplayConfig, shard_index: int, seed: int, run_dir: str,
-                 metrics: MetricsSink | None = None) -> None:
-        super().__init__(spec, cfg, shard_index=shard_index, seed=seed)
-        latest = RunDir(run_dir).restore_latest(self._restore_checkpoint)
-        if latest is not None:
-            log.info("event=shard_restored shard=%d checkpoint=%s size=%d", shard_index, latest, self.size())
-        self._recorder = ShardRecorder(metrics or NullSink(), shard_index, self.stats)
-
-    def _restore_checkpoint(self, checkpoint: Path) -> None:
-        """Restores this shard's part of ``checkpoint`` (a checkpoint without it: nothing)."""
-        if shard_checkpoint(checkpoint, self.shard_index).exists():
-            self.restore(shard_checkpoint(checkpoint, self.shard_index))
-
-    def insert(self, data: bytes) -> InsertAck:
-        try:
-            return super().insert(data)
-        finally:
-            self._recorder.maybe_record()
-
-    def sample_packed(self, batch_size: int) -> PackedBatch | RateLimited:
-        try:
-            return super().sample_packed(batch_size)
-        finally:
-            self._recorder.maybe_record()
-
-    def sample_cached(self, batch_size: int, cache_id: int) -> CachedBatch | RateLimited:
-        try:
-            return super().sample_cached(batch_size, cache_id)
-        finally:
-            self._recorder.maybe_record()
-
-    def save(self, directory: str | Path) -> str:
-        self._recorder.record()
-        return super().save(directory)
-
-    def pid(self) -> int:
-        return os.getpid()
 
 
 class RolloutActor:
@@ -165,9 +94,9 @@ class RolloutActor:
 
 
 class LearnerActor:
-    """The learner: TD3 on the GPU (or CPU), sampling through the replay client, publishing
-    each snapshot once into the object store and its reference on the weight board, and (with
-    ``learner.publish_shm``) into the run's shared-memory weight file first."""
+    """The learner in its Ray actor: a ``LearnerService`` whose snapshots go once into the
+    object store, their reference onto the weight board, and (with ``learner.publish_shm``)
+    first into the run's shared-memory weight file for rollout workers on this node."""
 
     def __init__(self, cfg: C.RunConfig, shards: list[Any], board: Any, seed: int, run_dir: str,
                  metrics: MetricsSink | None = None) -> None:
@@ -176,41 +105,10 @@ class LearnerActor:
         self._run_dir = run_dir
         self._shm: ShmWeightWriter | None = None
         self._shm_wanted = cfg.learner.publish_shm
-        self.metrics = metrics or NullSink()
-        torch.set_num_threads(cfg.learner.cpu_threads or os.cpu_count() or 1)
-        # A run keeps the precision its first learner chose (deploy/precision_record.py).
-        device_type = resolve_device(cfg.learner.device).type
-        learner_cfg = precision_record.pinned(cfg.learner, run_dir, device_type)
-        self.learner = TD3Learner(cfg.spec, learner_cfg, seed)
-        if cfg.learner.precision == "auto":
-            precision_record.write_record(run_dir, device_type, cfg.learner.precision,
-                                          self.learner.precision)
-        batch = cfg.learner.cpu_scheduling is C.CpuScheduling.BATCH
-        if self.learner.device.type == "cpu" and batch:
-            # The rollout actors on these cores wait on their simulators, then need the CPU
-            # at once; a learner in SCHED_BATCH lets them preempt it (docs/benchmarks.md,
-            # "Code choices").
-            log.info("event=learner_scheduling class=batch threads=%d", schedule_as_batch())
-        latest = RunDir(run_dir).restore_latest(lambda ckpt: self.learner.load(learner_checkpoint(ckpt)))
-        if latest is not None:
-            log.info("event=learner_restored checkpoint=%s updates=%d", latest, self.learner.updates)
-        capacity = cfg.replay.capacity
-        cached = use_frame_cache(cfg.learner.frame_cache, self.learner.device, cfg.spec,
-                                 len(shards) * capacity)
-        log.info("event=learner_frame_cache on=%s rows=%d", cached, len(shards) * capacity)
-        self._frame_cache_on = cached
-        self.client = ReplayClient(shards, cfg.spec, batch_size=cfg.learner.td3.batch_size,
-                                   prefetch=cfg.learner.prefetch, seed=seed,
-                                   cache_capacity=capacity if cached else 0, transport=RAY)
-        prioritized = cfg.replay.sampler is C.SamplerKind.PRIORITIZED
-        self.loop = LearnerLoop(self.learner, self.client.sample, self._publish,
-                                cfg.learner.publish_every,
-                                self.client.update_priorities if prioritized else None)
         self._last_ref: Any = None
-        seconds = self.loop.publish()
-        record_publish(self.metrics, self.loop.version, seconds)
+        self.service = LearnerService(cfg, shards, RAY, self._publish, seed, run_dir, metrics)
 
-    def _publish(self, snapshot) -> None:
+    def _publish(self, snapshot: PolicySnapshot) -> None:
         # Both transports stamp a version with this moment, so their latencies compare.
         published_at, channel = time.time(), None
         try:
@@ -219,44 +117,32 @@ class LearnerActor:
                                             ray.get_runtime_context().get_node_id())
             if self._shm is not None:
                 if self._shm.publish(snapshot, published_at) is None:
-                    # Actors still run on every older slot; they take the next version.
+                    # Workers still run on every older slot; they take the next version.
                     log.warning("event=weight_file_busy version=%d", snapshot.version)
                 channel = self._shm.channel
-        except (OSError, CheckpointError) as exc:  # actors fetch this version from the store
+        except (OSError, CheckpointError) as exc:  # workers fetch this version from the store
             log.warning("event=weight_file_failed error=%r", exc)
             self._shm_wanted = self._shm is not None  # no file at all: stop trying
         self._last_ref = ray.put(snapshot.state)
         self._board.publish.remote(snapshot.version, [self._last_ref], channel, published_at)
 
     def run_updates(self, n: int, max_seconds: float) -> LearnerReport:
-        try:
-            report = self.loop.run_updates(n, max_seconds)
-        except Exception:
-            if self._frame_cache_on:
-                # A batch sampled for the cache may be lost before its frames were stored;
-                # later ones would count on them: the learner and the shards start over.
-                self.learner.drop_frame_cache()
-                self.client.reset_cache()
-                log.warning("event=learner_frame_cache_reset")
-            raise
-        record_learner(self.metrics, report)
-        return report
+        return self.service.run_updates(n, max_seconds)
 
     def save(self, path: str) -> int:
-        self.learner.save(path)
-        return int(self.learner.updates)
+        return self.service.save(path)
 
     def device(self) -> str:
-        return str(self.learner.device)
+        return str(self.service.learner.device)
 
     def precision(self) -> str:
         """"fp32" or "bf16": the learner's precision as resolved ("auto" is measured)."""
-        return self.learner.precision
+        return self.service.learner.precision
 
     def frame_cache(self) -> str:
         """"device" when batches take their frames from the learner's frame cache, else "off"
         (``learner.frame_cache`` as resolved)."""
-        return "device" if self._frame_cache_on else "off"
+        return "device" if self.service.frame_cache_on else "off"
 
     def pid(self) -> int:
         return os.getpid()

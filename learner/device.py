@@ -66,10 +66,10 @@ _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 def keep_freed_memory(libc_name: str = "libc.so.6") -> bool:
     """Makes glibc malloc keep freed blocks of up to 32 MiB in the heap for reuse.
 
-    A CPU update allocates and frees the same tensors of up to 29 MB (a float image batch)
+    A CPU update allocates and frees the same tensors of tens of MB (a float image batch)
     every step. By default glibc serves blocks that large with fresh ``mmap`` pages or trims
-    them off the heap top when freed, so every update page-faults its activations in again;
-    measured on 2 cores at batch 256 that was about 10% of an update (0.168 against 0.151 s).
+    them off the heap top when freed, so every update page-faults its activations in again
+    (its cost: docs/benchmarks.md, "Code choices").
     This is the same fix as preloading tcmalloc or jemalloc, which PyTorch's CPU performance
     guide recommends, without a preload. The process keeps up to 1 GiB of freed heap.
 

@@ -93,9 +93,9 @@ class LearnerLoop:
         self._update_priorities = update_priorities
         self.publish_every = publish_every
         # No batch (replay below its minimum, or the rate limiter holding the learner back):
-        # sleep, doubling the pause up to the cap while it lasts. A fixed 2 ms pause made the
-        # learner and the shards answer ~500 refused sample requests per second, a third of a
-        # core each on a 2-core machine (bench/e2e_scaling.py, cores_busy).
+        # sleep, doubling the pause up to the cap while it lasts: a short fixed pause made the
+        # learner and the shards spend a large share of a core on refused sample requests
+        # (docs/benchmarks.md, "Code choices").
         self._idle_sleep_s = idle_sleep_s
         self._max_idle_sleep_s = max(idle_sleep_s, max_idle_sleep_s)
         self.version = -1

@@ -1,19 +1,18 @@
 """How a learner computes: plain fp32 or bf16 autocast, and on a CPU which kernels.
 
 "auto" means bf16 on CUDA, where the first convolution runs on space-to-depth blocks
-(``FIRST_CONVS``): on an H200, 1,028 updates/s against 935 in fp32; strided, bf16 was the
-slower (760 against 814; docs/benchmarks.md). On a CPU it is measured, because the CPU's
-flags do not say which is faster: bf16 doubles the convolutions' and matrix products' rate
-where oneDNN has bf16 dot-product kernels for the CPU (AMX on Intel Xeons; AVX-512 bf16 on
-AMD EPYC Zen 5: 0.065 against 0.120 s per update at batch 256 on two cores), and was several
-times slower than fp32 on an Intel Xeon with the same AVX-512 bf16 flag but no AMX. So the
+(``FIRST_CONVS``; the figures behind both choices: docs/benchmarks.md, "Code choices"). On a
+CPU it is measured, because the CPU's flags do not say which is faster: bf16 doubles the
+convolutions' and matrix products' rate where oneDNN has bf16 dot-product kernels for the CPU
+(AMX on Intel Xeons; AVX-512 bf16 on AMD EPYC Zen 5), and was several times slower than fp32
+on an Intel Xeon with the same AVX-512 bf16 flag but no AMX. So the
 learner times its own image encoder (the update's convolutions and largest matrix product),
 forward and backward at its batch size, both ways, and keeps bf16 only if it is clearly
 faster (``BF16_MARGIN``).
 
 In fp32 a second timing, of the encoder's linear layer alone, chooses how that layer runs on
 a CPU: as MKL's matrix product or as oneDNN's convolution (``common.networks.DenseHWC``),
-which took 0.56 to 0.59 of the product's time on the AMD EPYC (``CONV_MARGIN``); bf16 is then
+which was clearly faster on the AMD EPYC (``CONV_MARGIN``); bf16 is then
 measured against fp32 the faster way. Like cuDNN's autotuner, the choices can differ between
 machines; the log line says what was chosen and why. ``precision="bf16"`` skips both timings.
 
@@ -21,8 +20,8 @@ The rule holds on a busy machine: the ways are timed in alternation, several rou
 each is scored by its fastest round. Load from other processes (rollout workers starting up
 beside the learner) only ever adds time to a round, so the fastest round is the one closest to
 the way's own cost; a median moved with the load and once picked fp32 on a busy machine where
-bf16 is 1.6x faster. A run records what its learner chose and keeps it on --resume and
-restarts (deploy/ray_actors.py).
+bf16 was clearly faster. A run records what its learner chose and keeps it on --resume and
+restarts (deploy/components.py).
 
 Losses, targets and optimizer state stay fp32 in every case.
 """
@@ -37,25 +36,20 @@ from typing import Callable, ContextManager
 
 import torch
 
+from common.config_learner import FirstConv, Precision
 from common.errors import ConfigError
 from common.networks import DENSE_CONV_MIN_BATCH, DenseHWC, ImageEncoder, to_channels_last
 from common.specs import EnvSpec
-from learner.frame_cache import CHOICES as FRAME_CACHES
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16")
-# How the encoders' first convolution runs: "strided" as the NatureCNN's 8x8 stride-4
-# convolution, "blocks" as a 2x2 stride-1 convolution over space-to-depth pixels
-# (``common.pixel_layout.space_to_depth``), "auto" blocks on CUDA and strided on a CPU.
-FIRST_CONVS = ("auto", "strided", "blocks")
 # bf16 is kept only below this share of fp32's time: a near tie is not worth bf16's rounding,
-# and fastest rounds that close (0.86 to 0.97 for the default CPU run's small encoder at batch
-# 64) can fall either side of a tighter margin from one start to the next. Where bf16 kernels
-# are fast it wins by far more (0.5 to 0.6 at batch 256 on the AMD EPYC).
+# and fastest rounds of a near tie (the default CPU run's small encoder) can fall either side
+# of a tighter margin from one start to the next. Where bf16 kernels are fast it wins by far
+# more (docs/benchmarks.md, "Code choices").
 BF16_MARGIN = 0.8
 # The convolution route for the linear layer is kept only below this share of the product's
-# time, measured on the layer alone (0.56 to 0.59 on the AMD EPYC).
+# time, measured on the layer alone.
 CONV_MARGIN = 0.9
 
 
@@ -89,7 +83,7 @@ class CpuProbe:
 class KernelChoices:
     """What a learner runs: ``precision`` ("fp32" or "bf16"), for fp32 on a CPU whether the
     encoders' linear layers run as convolutions, and whether their first convolution reads
-    space-to-depth pixels (``FIRST_CONVS``)."""
+    space-to-depth pixels (``FirstConv.BLOCKS``)."""
 
     precision: str
     dense_as_conv: bool = False
@@ -157,38 +151,33 @@ def fastest_rounds(ways: dict[str, Callable[[], None]], rounds: int,
 _PROBES: dict[tuple, CpuProbe] = {}
 
 
-def resolve_kernels(precision: str, device: torch.device, spec: EnvSpec, features: int,
+def resolve_kernels(precision: Precision, device: torch.device, spec: EnvSpec, features: int,
                     batch_size: int, probe: ProbeFn | None = None,
-                    first_conv: str = "auto") -> KernelChoices:
+                    first_conv: FirstConv = FirstConv.AUTO) -> KernelChoices:
     """What a learner with the configured ``precision`` and ``first_conv`` runs on
     ``device``. On a CPU, "auto" and "fp32" are measured (once per process and shape) by
-    ``probe``, ``probe_cpu`` if None; raises ConfigError for a precision that is not one of
-    ``PRECISIONS`` or a first_conv not one of ``FIRST_CONVS``."""
-    check_choices(precision, first_conv)
-    blocks = first_conv == "blocks" or (first_conv == "auto" and device.type == "cuda")
+    ``probe``, ``probe_cpu`` if None.
+
+    Raises:
+        ValueError: for a ``precision`` or ``first_conv`` that is no member's value (the
+            config's enums, checked before any learner starts, hold only members).
+    """
+    precision, first_conv = Precision(precision), FirstConv(first_conv)
+    blocks = first_conv is FirstConv.BLOCKS or (first_conv is FirstConv.AUTO
+                                                and device.type == "cuda")
     return dataclasses.replace(_resolve_precision(precision, device, spec, features,
                                                   batch_size, probe),
                                first_conv_blocks=blocks)
 
 
-def check_choices(precision: str, first_conv: str, frame_cache: str = "auto") -> None:
-    """Raises ConfigError naming a ``learner.precision`` that is not one of ``PRECISIONS``, a
-    ``learner.first_conv`` not in ``FIRST_CONVS`` or a ``learner.frame_cache`` not in
-    ``FRAME_CACHES``."""
-    for name, value, choices in (("precision", precision, PRECISIONS),
-                                 ("first_conv", first_conv, FIRST_CONVS),
-                                 ("frame_cache", frame_cache, FRAME_CACHES)):
-        if value not in choices:
-            raise ConfigError(f"learner.{name} ({value!r}) must be one of {list(choices)}")
-
-
-def _resolve_precision(precision: str, device: torch.device, spec: EnvSpec, features: int,
-                       batch_size: int, probe: ProbeFn | None) -> KernelChoices:
+def _resolve_precision(precision: Precision, device: torch.device, spec: EnvSpec,
+                       features: int, batch_size: int, probe: ProbeFn | None) -> KernelChoices:
     if device.type == "cuda":
-        return KernelChoices("bf16" if precision == "auto" else precision)
-    with_bf16, with_conv = precision == "auto", batch_size >= DENSE_CONV_MIN_BATCH
-    if precision == "bf16" or not (with_bf16 or with_conv):
-        return KernelChoices("bf16" if precision == "bf16" else "fp32")
+        return KernelChoices("bf16" if precision is Precision.AUTO else precision.value)
+    with_bf16 = precision is Precision.AUTO
+    with_conv = batch_size >= DENSE_CONV_MIN_BATCH
+    if precision is Precision.BF16 or not (with_bf16 or with_conv):
+        return KernelChoices(precision.value if precision is Precision.BF16 else "fp32")
     key = (spec.frames, spec.image_size, spec.vector_dim, features, batch_size,
            torch.get_num_threads(), with_bf16)
     if key not in _PROBES:

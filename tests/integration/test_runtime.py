@@ -15,7 +15,7 @@ import torch
 from common.errors import LearnerDiverged
 from deploy import launch
 from deploy.driver import Driver
-from deploy.ray_actors import learner_checkpoint, shard_checkpoint
+from deploy.components import learner_checkpoint, shard_checkpoint
 from deploy.rundir import RunDir
 from deploy.weights_shm import channel_dir
 from learner.td3 import TD3Learner

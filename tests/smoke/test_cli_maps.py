@@ -13,7 +13,7 @@ import pytest
 
 from common import config as C
 from deploy import presets
-from deploy.ray_actors import learner_checkpoint
+from deploy.components import learner_checkpoint
 from deploy.rundir import RunDir
 
 pytestmark = pytest.mark.smoke

@@ -17,7 +17,7 @@ from learner.td3 import TD3Learner
 from tests.unit import learner_fixtures, replay_support
 
 LEARNER = "learner.pt"
-SHARD = "replay/shard-0"  # deploy.ray_actors.shard_checkpoint(checkpoint, 0)
+SHARD = "replay/shard-0"  # deploy.components.shard_checkpoint(checkpoint, 0)
 
 
 def _commit(run: RunDir, updates: int, env_steps: int) -> Path:

@@ -238,7 +238,7 @@ def test_client_reset_drops_replies_for_the_old_copy_and_starts_a_new_one():
 
 def test_a_learner_failing_mid_batch_restarts_its_cache_and_its_shards(monkeypatch):
     from common.metrics import NullSink
-    from deploy.ray_actors import LearnerActor
+    from deploy.components import LearnerService
     from learner.loop import LearnerLoop
     from tests.unit.learner_fixtures import SMALL_SPEC as LEARNER_SPEC
     from common.config import ReplayConfig
@@ -250,12 +250,12 @@ def test_a_learner_failing_mid_batch_restarts_its_cache_and_its_shards(monkeypat
     for _ in range(4):
         for shard, stream in zip(shards, streams):
             shard.insert_chunk(stream.next_chunk())
-    actor = LearnerActor.__new__(LearnerActor)  # its parts, without Ray, the board or a run dir
+    actor = LearnerService.__new__(LearnerService)  # its parts, without a run config or run dir
     actor.learner = TD3Learner(LEARNER_SPEC, small_config(), 0)
     actor.client = ReplayClient([LocalShard(s) for s in shards], LEARNER_SPEC, batch_size=16,
                                 prefetch=2, cache_capacity=100)
     actor.loop = LearnerLoop(actor.learner, actor.client.sample, lambda snapshot: None, 1000)
-    actor.metrics, actor._frame_cache_on = NullSink(), True
+    actor.metrics, actor.frame_cache_on = NullSink(), True
     actor.run_updates(3, 30.0)
     stores = {"calls": 0}
     real_store = FrameCache.store

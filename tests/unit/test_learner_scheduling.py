@@ -11,7 +11,7 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux on
 
 
 def _policies_after_the_switch(queue) -> None:
-    from deploy.ray_actors import schedule_as_batch
+    from deploy.components import schedule_as_batch
 
     started = threading.Event()
     earlier = threading.Thread(target=started.wait, daemon=True)  # exists before the switch
