@@ -8,8 +8,8 @@ ahead of the vehicle for the observation waypoints.
 The polyline runs ``extend_m`` past the goal where the road allows (``plan_route``), so the
 observation waypoints near the goal show the road ahead like anywhere else on the route. When
 they were clamped to the route's end, the last 50 m of every route had its far waypoints
-collapsed onto one point, a state seen nowhere else, and learned policies stopped there: an
-evaluation video showed a car standing still at 91% of its route until the step limit.
+collapsed onto one point, a state seen nowhere else, and learned policies stopped there
+(docs/learning.md, "Why some defaults are what they are").
 
 Held-out routes: spawn points are put in a stable order (the server's order, or road, lane and
 ``s`` for derived ones) and every ``EVAL_EVERY``-th one belongs to the "eval" split, all others

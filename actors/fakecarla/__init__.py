@@ -5,9 +5,9 @@ bound to that object (each call makes an independent server), and the value type
 (``Location``, ``Transform``, ``VehicleControl``, ``WorldSettings``, ``Map``, ...) are the real
 ``carla`` ones. Roads, lanes and waypoints come from a real offline ``carla.Map`` built from
 OpenDRIVE; the camera is rendered with OpenCV; vehicles follow a kinematic bicycle model.
-The server holds one map: the shipped town as ``Town01`` (the default ``env.town``), or
-``cfg.xodr_path`` named after the file's stem; ``load_world`` of any other name fails as the
-real server's does ("map not found").
+The server holds the shipped towns, ``Town01`` (the default ``env.town``, from town.xodr) and
+``Town02`` (Town02.xodr), or only ``cfg.xodr_path``, named after the file's stem;
+``load_world`` of any other name fails as the real server's does ("map not found").
 See ``actors/fakecarla/server.py`` for fault injection and restarts.
 """
 from __future__ import annotations

@@ -132,17 +132,17 @@ class Client:
 
     def load_world(self, map_name: str, reset_settings: bool = True,
                    map_layers: carla.MapLayer = carla.MapLayer.All) -> World:
-        """Starts a new episode on the server's one map, named bare ("Town01") or as
+        """Starts a new episode on one of the server's maps, named bare ("Town01") or as
         ``get_available_maps`` spells it ("/Game/Carla/Maps/Town01").
 
         Raises:
             RuntimeError: "map not found" for any other name, as the real server answers.
         """
         self._conn.check()
-        name = self._conn.server.assets.name
-        if map_name not in (name, MAP_PATH_PREFIX + name):
+        assets = self._conn.server.maps.find(map_name)
+        if assets is None:
             raise RuntimeError("map not found")
-        self._conn.server.reset_world(reset_settings)
+        self._conn.server.reset_world(reset_settings, assets)
         return World(self._conn)
 
     def reload_world(self, reset_settings: bool = True) -> World:
@@ -150,7 +150,7 @@ class Client:
 
     def get_available_maps(self) -> list[str]:
         self._conn.check()
-        return [MAP_PATH_PREFIX + self._conn.server.assets.name]
+        return [MAP_PATH_PREFIX + name for name in self._conn.server.maps.names]
 
     def get_trafficmanager(self, port: int = 8000) -> TrafficManager:
         self._conn.check()

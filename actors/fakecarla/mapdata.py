@@ -19,6 +19,8 @@ from common.errors import ConfigError
 log = logging.getLogger(__name__)
 
 DEFAULT_XODR = pathlib.Path(__file__).with_name("town.xodr")
+# The shipped towns beside the default one (served when no xodr_path is set), by map name.
+EXTRA_TOWNS = {"Town02": pathlib.Path(__file__).with_name("Town02.xodr")}
 # The shipped town's map name: the default ``env.town`` (common.config.EnvConfig), so a default
 # config, and every run trained on the fake, names the map the fake serves. It is the fake's own
 # town (actors/fakecarla/town.py), not CARLA's Town01.
@@ -102,6 +104,34 @@ def load_assets(xodr_path: str) -> MapAssets:
     log.info("fake_map_loaded name=%s lanes=%d raster=%dx%d res_m=%.3f obstacles=%d", name, len(lanes),
              raster.classes.shape[1], raster.classes.shape[0], raster.res, len(obstacles))
     return MapAssets(name, xodr, carla_map, raster, obstacles)
+
+
+class MapCatalog:
+    """The maps one fake server has: ``xodr_path``'s alone, or, without one, the shipped town
+    (TOWN_NAME, the default) and EXTRA_TOWNS. Each is read on first use and kept."""
+
+    def __init__(self, xodr_path: str, default: MapAssets) -> None:
+        """Args:
+            xodr_path: FakeCarlaConfig.xodr_path ("" for the shipped towns).
+            default: the already loaded default map (``load_assets(xodr_path)``).
+        """
+        self.default = default
+        self._paths = {} if xodr_path else {name: str(path) for name, path in EXTRA_TOWNS.items()}
+        self._loaded = {default.name: default}
+
+    @property
+    def names(self) -> list[str]:
+        return [self.default.name, *self._paths]
+
+    def find(self, name: str) -> MapAssets | None:
+        """The map called ``name``, bare ("Town02") or as get_available_maps spells it; None if
+        the server has no such map."""
+        bare = name[len(MAP_PATH_PREFIX):] if name.startswith(MAP_PATH_PREFIX) else name
+        if bare not in self.names:
+            return None
+        if bare not in self._loaded:
+            self._loaded[bare] = load_assets(self._paths[bare])
+        return self._loaded[bare]
 
 
 @dataclass(frozen=True)

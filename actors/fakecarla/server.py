@@ -22,7 +22,7 @@ import numpy as np
 from actors.fakecarla import dynamics
 from actors.fakecarla.actors import Actor, LaneInvasionSensor, Sensor, ServerSideSensor, Vehicle
 from actors.fakecarla.blueprints import VEHICLE_MODELS, ActorBlueprint
-from actors.fakecarla.mapdata import OBSTACLE_HALF_M, OBSTACLE_HEIGHT_M, MapAssets
+from actors.fakecarla.mapdata import OBSTACLE_HALF_M, OBSTACLE_HEIGHT_M, MapAssets, MapCatalog
 from actors.fakecarla.renderer import BOX_COLUMNS, POLE_COLOUR, CameraRenderer
 from actors.fakecarla.sensors import (CollisionEvent, CornerPlace, Delivery, Image, LaneInvasionEvent, corner_places,
                                       crossed_markings)
@@ -66,8 +66,10 @@ class Connection:
 class Server:
     """One life of the fake server (see the module docstring for faults and restarts)."""
 
-    def __init__(self, cfg: FakeCarlaConfig, assets: MapAssets, life: int) -> None:
+    def __init__(self, cfg: FakeCarlaConfig, assets: MapAssets, life: int,
+                 maps: MapCatalog | None = None) -> None:
         self.cfg, self.assets, self.life = cfg, assets, life
+        self.maps = maps if maps is not None else MapCatalog(cfg.xodr_path, assets)
         self.dead = False
         self.frame = 0
         self.elapsed_s = 0.0
@@ -113,8 +115,12 @@ class Server:
             self._tms[port] = TrafficManager(Connection(self, "127.0.0.1", port), port)
         return self._tms[port]
 
-    def reset_world(self, reset_settings: bool) -> None:
-        """``load_world``: every actor goes, a new episode starts."""
+    def reset_world(self, reset_settings: bool, assets: MapAssets | None = None) -> None:
+        """``load_world``: every actor goes, a new episode starts (on ``assets``' map if given)."""
+        if assets is not None and assets is not self.assets:
+            self.assets = assets
+            self._renderers.clear()
+            self._poles = _pole_boxes(assets.obstacles)
         for actor in list(self.actors.values()):
             actor._alive = False
         self.actors.clear()
@@ -168,10 +174,12 @@ class Server:
         return self.frame
 
     def _drive(self, vehicles: list[Vehicle], dt: float) -> None:
+        by_port: dict[int, list[Vehicle]] = {}
         for vehicle in vehicles:
             if vehicle._autopilot_port is not None:
-                tm = self.traffic_manager(vehicle._autopilot_port)
-                vehicle._control = tm._control(vehicle, vehicles, self.assets.map)
+                by_port.setdefault(vehicle._autopilot_port, []).append(vehicle)
+        for port, autopilots in by_port.items():
+            self.traffic_manager(port)._drive(autopilots, vehicles, self.assets.map, self.cfg, dt)
         for vehicle in vehicles:
             c, m = vehicle._control, vehicle._model
             vehicle._previous = vehicle._body
@@ -325,10 +333,11 @@ class Host:
 
     def __init__(self, cfg: FakeCarlaConfig, assets: MapAssets) -> None:
         self.cfg, self.assets = cfg, assets
-        self.server = Server(cfg, assets, life=0)
+        self.maps = MapCatalog(cfg.xodr_path, assets)
+        self.server = Server(cfg, assets, life=0, maps=self.maps)
 
     def connect(self, host: str, port: int) -> Connection:
-        if self.server.dead:
-            self.server = Server(self.cfg, self.assets, life=self.server.life + 1)
+        if self.server.dead:  # a restarted server serves its default map again
+            self.server = Server(self.cfg, self.assets, life=self.server.life + 1, maps=self.maps)
             log.info("fake_server_restarted life=%d", self.server.life)
         return Connection(self.server, host, port)

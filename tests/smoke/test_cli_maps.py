@@ -52,7 +52,8 @@ def run_dir(tmp_path_factory) -> Path:
     from learner.td3 import TD3Learner
 
     cfg = presets.smoke()
-    cfg = replace(cfg, learner=replace(cfg.learner, device="cpu", precision="fp32"))
+    run = replace(cfg.learner.execution, device="cpu", precision=C.Precision.FP32)
+    cfg = replace(cfg, learner=replace(cfg.learner, execution=run))
     run = RunDir.create(tmp_path_factory.mktemp("runs"), "untrained")
     run.write_config(cfg, {"preset": "smoke"})
     tmp = run.new_checkpoint_dir(0)
@@ -79,7 +80,7 @@ def test_drive_with_a_config_file_on_the_shipped_town(tmp_path):
 
 @pytest.mark.parametrize("key,message", [
     ("env.town=Town99", "env.town ('Town99') is not a map of the server at 127.0.0.1:2000; "
-                        "available: ['Town01']"),
+                        "available: ['Town01', 'Town02']"),
     ("env.twon=Town02", "unknown config key 'env.twon'"),
 ])
 def test_drive_bad_town_or_key_fails_with_exit_2(tmp_path, key, message):
@@ -110,4 +111,4 @@ def test_a_trained_run_takes_only_env_overrides(tmp_path, run_dir, command, key)
 
 def test_evaluate_names_a_town_the_fake_lacks(run_dir):
     proc = _run(["evaluate", str(run_dir), "--episodes", "1", "--set", "env.town=Town99"], timeout=60)
-    assert proc.returncode == 2 and "'Town99'" in proc.stderr and "['Town01']" in proc.stderr
+    assert proc.returncode == 2 and "'Town99'" in proc.stderr and "['Town01', 'Town02']" in proc.stderr

@@ -80,7 +80,7 @@ def test_real_server_without_the_town_names_it_and_its_maps():
 
 
 def test_fake_unknown_town_fails_before_any_episode():
-    with pytest.raises(ConfigError, match=r"env.town \('Town99'\).*available: \['Town01'\]"):
+    with pytest.raises(ConfigError, match=r"env.town \('Town99'\).*available: \['Town01', 'Town02'\]"):
         make_env(_env_cfg("Town99"), EnvSpec())
 
 

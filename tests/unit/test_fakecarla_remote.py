@@ -250,7 +250,7 @@ def test_server_errors_are_the_real_clients(serve):
     carla, client = _client(serve())
     with pytest.raises(RuntimeError, match="map not found"):
         client.load_world("Town99")
-    assert client.get_available_maps() == ["/Game/Carla/Maps/Town01"]
+    assert client.get_available_maps() == ["/Game/Carla/Maps/Town01", "/Game/Carla/Maps/Town02"]
     world = client.load_world("Town01")
     with pytest.raises(IndexError):
         world.get_blueprint_library().find("vehicle.nope")

@@ -77,7 +77,7 @@ def test_shipped_town_is_served_as_the_default_env_town():
     assert TOWN_NAME == EnvConfig().town == "Town01"
     client = make_module().Client("127.0.0.1", 2000)
     assert client.get_world().get_map().name == "Town01"
-    assert client.get_available_maps() == ["/Game/Carla/Maps/Town01"]
+    assert client.get_available_maps() == ["/Game/Carla/Maps/Town01", "/Game/Carla/Maps/Town02"]
     for name in ("Town01", "/Game/Carla/Maps/Town01"):
         assert client.load_world(name).get_map().name == "Town01"
 

@@ -16,7 +16,7 @@ LANE_M1 = (60.0, -1.75)  # road 1, lane -1, heading west (yaw 180)
 
 
 def _world(cfg=None):
-    carla = make_module(cfg or FakeCarlaConfig(camera_delay_s=0.0))
+    carla = make_module(cfg or FakeCarlaConfig(camera_delay_s=0.0, npc_stops_per_min=0.0))
     client = carla.Client("127.0.0.1", 2000)
     client.set_timeout(2.0)
     world = client.get_world()
