@@ -4,13 +4,19 @@ A plain class: deploy/ wraps it in a Ray actor; tests build it directly. An env
 step never waits on the learner: before each inference a non-blocking ``WeightSource``
 (actors/weights.py) offers newer weights if it has any, and the worker applies them to its
 policy.
+
+A server that fails (a tick times out, a reset cannot reach it, the server is down when the
+worker starts) never ends the worker: ``reset`` is retried with a growing wait (RECONNECT_WAITS_S,
+logged as ``event=simulator_unreachable``) until the server answers, and the worker goes on
+from there. Build the env with ``LazyEnv`` so that even the first connection happens in this
+loop, not in a constructor (Ray never restarts an actor whose constructor raised).
 """
 from __future__ import annotations
 
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -18,15 +24,41 @@ from actors.exploration import GaussianExploration
 from actors.policy import CpuPolicy
 from actors.weights import WeightSource
 from actors.writer import ChunkWriter
+from common.errors import SimulatorTimeout, SimulatorUnreachable, SpecError
 from common.weights import RANDOM_POLICY_VERSION
 
 log = logging.getLogger(__name__)
+RECONNECT_WAITS_S = (0.5, 1.0, 2.0, 5.0)  # waits between reset attempts; the last repeats
+RETRIED = (SimulatorUnreachable, SimulatorTimeout, RuntimeError)  # the server's failures
 
 
 class DrivingEnv(Protocol):
     def reset(self, seed: int | None = None) -> tuple[dict, dict]: ...
     def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool, dict]: ...
     def close(self) -> None: ...
+
+
+class LazyEnv:
+    """An env that ``make`` builds (connecting to its server) on the first ``reset``; a
+    ``make`` that fails is called again on the next ``reset``."""
+
+    def __init__(self, make: Callable[[], DrivingEnv]) -> None:
+        self._make = make
+        self.env: DrivingEnv | None = None
+
+    def reset(self, seed: int | None = None) -> tuple[dict, dict]:
+        if self.env is None:
+            self.env = self._make()
+        return self.env.reset(seed=seed)
+
+    def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool, dict]:
+        if self.env is None:
+            raise SpecError("step() before reset()")
+        return self.env.step(action)
+
+    def close(self) -> None:
+        if self.env is not None:
+            self.env.close()
 
 
 @dataclass
@@ -55,7 +87,8 @@ class RolloutReport:
     step_seconds: float = 0.0
     weight_wait_seconds: float = 0.0
     simulator_timeouts: int = 0
-    reconnects: int = 0  # resets that rebuilt the connection after a simulator timeout
+    reconnects: int = 0  # resets that reached the server after a timeout or failed attempts
+    connect_failures: int = 0  # reset attempts that found the server unreachable or hung
     tick_seconds: list[float] = field(default_factory=list)  # wall time of each env.step
     broadcast_versions: list[int] = field(default_factory=list)
     broadcast_latencies: list[float] = field(default_factory=list)  # publish -> 1st inference
@@ -86,8 +119,27 @@ class RolloutWorker:
         self._steps = 0
         self._timed_out = False  # the last episode ended on a simulator timeout
 
-    def _reset(self) -> None:
-        self._obs, _ = self.env.reset(seed=self._seed * 100_003 + self._episode)
+    def _reset(self, report: RolloutReport) -> None:
+        """Resets the env, retrying (with RECONNECT_WAITS_S between) while the server fails."""
+        seed = self._seed * 100_003 + self._episode
+        failures = 0
+        while True:
+            try:
+                self._obs, _ = self.env.reset(seed=seed)
+                break
+            except RETRIED as exc:
+                wait = RECONNECT_WAITS_S[min(failures, len(RECONNECT_WAITS_S) - 1)]
+                failures += 1
+                log.warning("event=simulator_unreachable actor=%d attempt=%d wait_s=%.1f error=%r",
+                            self.actor_index, failures, wait, exc)
+                time.sleep(wait)
+        report.connect_failures += failures
+        # After a simulator timeout the env reconnects in reset (actors/carla_env.py).
+        if failures or self._timed_out:
+            report.reconnects += 1
+            log.info("event=simulator_reconnected actor=%d failed_attempts=%d",
+                     self.actor_index, failures)
+        self._timed_out = False
         self._episode += 1
         self._ret, self._len = 0.0, 0
         self.writer.add_first(self._obs)
@@ -122,10 +174,8 @@ class RolloutWorker:
         t0 = time.perf_counter()
         for i in range(n):
             if self._obs is None:
-                # After a simulator timeout the env reconnects in reset (actors/carla_env.py).
-                report.reconnects += int(self._timed_out)
                 started = time.time()
-                self._reset()
+                self._reset(report)
                 report.reset_spans.append((started, time.time()))
             action, version = self._act(global_env_steps + i, report)
             t_step = time.perf_counter()

@@ -3,20 +3,20 @@ limiter needs, envs and rollout workers. Shared by the local and the Ray run mod
 from __future__ import annotations
 
 import random
+import socket
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from actors.carla_env import make_env
-from actors.carla_session import target_town
+from actors.carla_env import CarlaEnv
+from actors.carla_session import owner_tag, target_town
 from actors.exploration import GaussianExploration, actor_noise_scale
 from actors.policy import CpuPolicy
-from actors.rollout import RolloutWorker, WeightSource
+from actors.rollout import LazyEnv, RolloutWorker, WeightSource
 from actors.writer import ChunkSink, ChunkWriter
 from common import config as C
 from common.codec import WireLimits
 from common.errors import ConfigError
-from learner.precision import check_choices
 
 SERVER_PORT_SPACING = 3  # a CARLA server uses its RPC port N and N+1, N+2
 
@@ -62,23 +62,21 @@ def replay_config(cfg: C.RunConfig) -> C.ReplayConfig:
 
 
 def validate(cfg: C.RunConfig) -> None:
-    """Checks a run's config before anything starts (the run directory, Ray): every field of
-    the tree (``C.validate``), then what the other packages know: the learner's kernel
-    choices, each rollout actor's server ports, the replay's effective rate limiter, the wire's
-    chunk limit, the metrics backend a Ray run can use and the fake simulator's map file.
+    """The one check of a run's config, before anything starts (the run directory, Ray).
+
+    First every value of the tree: its type, enum, range and cross-field rules
+    (``C.validate``: each class's RULES and CHECKS). Then only what needs the other packages
+    or the machine: each rollout actor's server and its ports (actor i's port derived from
+    ``env.port``; on one host, names resolved, servers must not share or overlap ports), the
+    replay's effective rate limiter (derived from ``train.updates_per_env_step``), the wire
+    codec's records-per-message limit, the metrics backends a Ray run can use, and on the fake
+    backend the map: ``env.town`` against ``env.fake.xodr_path``, which must be a file.
 
     Raises:
         ConfigError: naming the key(s) and the value(s).
     """
     C.validate(cfg)
-    if cfg.train.endpoints and len(cfg.train.endpoints) != cfg.rollout.num_actors:
-        raise ConfigError(
-            f"{len(cfg.train.endpoints)} CARLA endpoint(s) {list(cfg.train.endpoints)} but "
-            f"rollout.num_actors is {cfg.rollout.num_actors}: one actor per server")
-    if cfg.train.endpoints and cfg.env.backend is not C.SimulatorBackend.CARLA:
-        raise ConfigError("CARLA endpoints given but env.backend is 'fake'; use --carla")
     _check_ports(cfg)
-    check_choices(cfg.learner.precision, cfg.learner.first_conv, cfg.learner.frame_cache)
     _check_replay(cfg)
     if cfg.metrics.backend is C.MetricsBackend.PROMETHEUS:
         raise ConfigError("metrics.backend ('prometheus') serves one process, and a run records "
@@ -107,6 +105,15 @@ def _check_fake_map(env: C.EnvConfig) -> None:
         raise ConfigError(f"env.fake.xodr_path ({path!r}) is not a file")
 
 
+def host_address(host: str) -> str:
+    """The IPv4 address ``host`` names, so that "localhost" and "127.0.0.1" compare equal; the
+    name itself where it does not resolve here (a host of another network)."""
+    try:
+        return socket.gethostbyname(host)
+    except OSError:
+        return host
+
+
 def _check_ports(cfg: C.RunConfig) -> None:
     servers = [actor_env_config(cfg, i) for i in range(cfg.rollout.num_actors)]
     for i, env in enumerate(servers):
@@ -114,28 +121,49 @@ def _check_ports(cfg: C.RunConfig) -> None:
             C.validate(env, "env.")
         except ConfigError as exc:
             raise ConfigError(f"rollout actor {i}'s server: {exc}") from None
-    by_host: dict[str, list[int]] = {}
+    # A fake server uses its one port; a CARLA server N, N+1 and N+2.
+    spacing = SERVER_PORT_SPACING if cfg.env.backend is C.SimulatorBackend.CARLA else 1
+    by_host: dict[str, list[tuple[int, str]]] = {}
     for env in servers:
-        by_host.setdefault(env.host, []).append(env.port)
-    for host, ports in by_host.items():
+        by_host.setdefault(host_address(env.host), []).append((env.port, env.host))
+    for address, ports in by_host.items():
         ports = sorted(ports)
-        for a, b in zip(ports, ports[1:]):
-            if b - a < SERVER_PORT_SPACING:
-                raise ConfigError(f"CARLA servers on {host} at ports {a} and {b} overlap: a server "
-                                  f"uses N, N+1 and N+2, so space them >= {SERVER_PORT_SPACING} apart")
+        for (a, host_a), (b, host_b) in zip(ports, ports[1:]):
+            if b - a < spacing:
+                what = ("are one server: give each rollout actor its own" if a == b else
+                        f"overlap: a CARLA server uses N, N+1 and N+2, so space them >= "
+                        f"{SERVER_PORT_SPACING} apart")
+                raise ConfigError(f"servers {host_a}:{a} and {host_b}:{b} on one host "
+                                  f"({address}): ports {a} and {b} {what}")
     tm_ports = {env.tm_port for env in servers}
     rpc = {p + k for env in servers for p in (env.port,) for k in range(SERVER_PORT_SPACING)}
     if cfg.env.backend is C.SimulatorBackend.CARLA and tm_ports & rpc:
         raise ConfigError(f"traffic-manager ports {sorted(tm_ports & rpc)} clash with CARLA server ports")
 
 
+def rollout_env(env_cfg: C.EnvConfig, spec: Any, seed: int, index: int) -> CarlaEnv:
+    """Rollout actor ``index``'s env on its server: CARLA, or a fake-server process."""
+    module = None
+    if env_cfg.backend is C.SimulatorBackend.FAKE:
+        from actors.fakecarla.remote_client import make_remote_module
+        module = make_remote_module()
+    return CarlaEnv(env_cfg, spec, module, seed, owner_tag(index))
+
+
 def make_worker(cfg: C.RunConfig, index: int, sink: ChunkSink, weights: WeightSource,
                 seed: int, env: Any = None) -> RolloutWorker:
-    """A rollout worker for actor ``index``: env, CPU policy, exploration, chunk writer."""
+    """A rollout worker for actor ``index``: env, CPU policy, exploration, chunk writer.
+
+    Without ``env``, the env connects on the worker's first reset (``LazyEnv``) to the actor's
+    server: a CARLA server, or on the fake backend a fake-server process
+    (``carla-td3 fake-server``, reached through the remote fake client).
+    """
     import numpy as np
 
     actor_seed = seed * 1_000 + index
-    env = env if env is not None else make_env(actor_env_config(cfg, index), cfg.spec, actor_seed)
+    if env is None:
+        env_cfg = actor_env_config(cfg, index)
+        env = LazyEnv(lambda: rollout_env(env_cfg, cfg.spec, actor_seed, index))
     rng = np.random.default_rng(actor_seed)
     scale = actor_noise_scale(cfg.rollout.exploration_noise, cfg.rollout.noise_spread, index,
                               cfg.rollout.num_actors)

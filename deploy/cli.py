@@ -148,7 +148,9 @@ def config_from_args(args: argparse.Namespace) -> C.RunConfig:
         endpoints = tuple(e.strip() for e in args.carla.split(",") if e.strip())
         if not endpoints:
             raise ConfigError(f"--carla {args.carla!r} names no HOST:PORT")
-        cfg = replace(cfg, env=replace(cfg.env, backend=C.SimulatorBackend.CARLA),
+        # CARLA servers, unless --set env.backend=fake names fake-server processes there.
+        backend = cfg.env.backend if "env.backend" in overrides else C.SimulatorBackend.CARLA
+        cfg = replace(cfg, env=replace(cfg.env, backend=backend),
                       train=replace(cfg.train, endpoints=endpoints),
                       rollout=replace(cfg.rollout, num_actors=len(endpoints)))
     return cfg

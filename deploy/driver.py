@@ -90,7 +90,7 @@ def _build_fleet(cfg: C.RunConfig, run_dir: RunDir,
               .remote(cfg.spec, replay_cfg, i, cfg.seed + i, run_path, metrics)
               for i in range(replay_cfg.num_shards)]
     board = ray.remote(WeightBoard).options(num_cpus=0, max_concurrency=1000).remote()
-    gpus = 1.0 if _cluster_gpus() >= 1 and cfg.learner.device != "cpu" else 0.0
+    gpus = 1.0 if _cluster_gpus() >= 1 and cfg.learner.execution.device != "cpu" else 0.0
     learner = ray.remote(LearnerActor).options(
         num_cpus=0, num_gpus=gpus, max_restarts=ACTOR_MAX_RESTARTS,
     ).remote(cfg, shards, board, cfg.seed, run_path, metrics)

@@ -23,6 +23,7 @@ class RunCounters:
     policy_version: int = -1
     wall_seconds: float = 0.0
     actor_restarts: int = 0
+    simulator_reconnects: int = 0  # connections a rollout actor rebuilt after a server failure
     recent_returns: collections.deque = field(default_factory=lambda: collections.deque(maxlen=RECENT_EPISODES))
     recent_success: collections.deque = field(default_factory=lambda: collections.deque(maxlen=RECENT_EPISODES))
     recent_completion: collections.deque = field(default_factory=lambda: collections.deque(maxlen=RECENT_EPISODES))
@@ -31,6 +32,7 @@ class RunCounters:
         return {"env_steps": self.env_steps, "episodes": self.episodes, "updates": self.updates,
                 "policy_version": self.policy_version, "wall_seconds": self.wall_seconds,
                 "actor_restarts": self.actor_restarts,
+                "simulator_reconnects": self.simulator_reconnects,
                 "recent_returns": list(self.recent_returns),
                 "recent_success": list(self.recent_success),
                 "recent_completion": list(self.recent_completion)}
@@ -40,7 +42,8 @@ class RunCounters:
         c = cls(env_steps=int(data["env_steps"]), episodes=int(data["episodes"]),
                 updates=int(data["updates"]), policy_version=int(data["policy_version"]),
                 wall_seconds=float(data["wall_seconds"]),
-                actor_restarts=int(data.get("actor_restarts", 0)))
+                actor_restarts=int(data.get("actor_restarts", 0)),
+                simulator_reconnects=int(data.get("simulator_reconnects", 0)))
         c.recent_returns.extend(data.get("recent_returns", []))
         c.recent_success.extend(data.get("recent_success", []))
         c.recent_completion.extend(data.get("recent_completion", []))
@@ -48,6 +51,7 @@ class RunCounters:
 
     def add_rollout(self, report: RolloutReport) -> None:
         self.env_steps += report.env_steps
+        self.simulator_reconnects += report.reconnects
         for ep in report.episodes:
             self.episodes += 1
             self.recent_returns.append(ep.ret)
@@ -112,6 +116,7 @@ def summary(counters: RunCounters, extra: dict[str, Any]) -> dict[str, Any]:
            "mean_return": _mean(counters.recent_returns) if counters.recent_returns else None,
            "success_rate": _mean(counters.recent_success) if counters.recent_success else None,
            "route_completion": _mean(counters.recent_completion) if counters.recent_completion else None,
-           "actor_restarts": counters.actor_restarts}
+           "actor_restarts": counters.actor_restarts,
+           "simulator_reconnects": counters.simulator_reconnects}
     out.update(extra)
     return out

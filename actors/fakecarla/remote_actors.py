@@ -161,6 +161,10 @@ class TrafficManager:
     def set_global_distance_to_leading_vehicle(self, distance: float) -> None:
         self._call("set_global_distance_to_leading_vehicle", float(distance))
 
+    def shut_down(self) -> None:
+        """Stops the server's manager on this port; the next ``get_trafficmanager`` makes a new one."""
+        self._call("shut_down")
+
 
 class LaneMarking(NamedTuple):
     """A crossed lane marking: real ``carla`` enum values (``carla.LaneMarking`` itself cannot

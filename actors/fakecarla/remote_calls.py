@@ -165,7 +165,7 @@ def _tm_call(session: Session, port: int, method: str, args: list[Any]) -> None:
 
 
 TM_METHODS = ("set_synchronous_mode", "set_random_device_seed", "global_percentage_speed_difference",
-              "set_global_distance_to_leading_vehicle")
+              "set_global_distance_to_leading_vehicle", "shut_down")
 
 Method = Callable[..., Any]
 METHODS: dict[str, Method] = {

@@ -41,7 +41,9 @@ class FakeServerProcess:
         """
         self.host = host
         self.overrides = dict(overrides or {})
-        self._env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+        # INFO at least: the parent waits for the server's "listening" line, which a quieter
+        # CARLA_TD3_LOG (e.g. WARNING, inherited from the trainer) would hide.
+        self._env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1", "CARLA_TD3_LOG": "INFO"}
         self.lines: collections.deque[str] = collections.deque(maxlen=LOG_LINES_KEPT)
         self._cond = threading.Condition()
         self.port = port
@@ -52,7 +54,7 @@ class FakeServerProcess:
         for key, value in self.overrides.items():
             command += ["--set", f"{key}={value}"]
         self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                     env=self._env)
+                                     env=self._env, start_new_session=True)  # not hit by Ctrl+C
         self._drainer = threading.Thread(target=self._drain, args=(self.proc,), name="fake-server-log", daemon=True)
         self._drainer.start()
         line = self._wait_for(LISTENING.pattern, START_TIMEOUT_S)

@@ -15,7 +15,8 @@ def tiny_config(env_steps: int = 500, frame_cache: str = "auto", **train) -> C.R
     cfg = presets.smoke()
     return replace(cfg,
                    learner=replace(cfg.learner, checkpoint_every=10, publish_every=3,
-                                   frame_cache=frame_cache),
+                                   execution=replace(cfg.learner.execution,
+                                                     frame_cache=C.FrameCacheMode(frame_cache))),
                    rollout=replace(cfg.rollout, learning_starts=150),
                    train=replace(cfg.train, env_steps=env_steps, progress_every_s=1.0,
                                  **{"updates_per_env_step": 0.1, **train}))

@@ -12,6 +12,7 @@ import pytest
 import ray
 import torch
 
+from common import config as C
 from common.errors import LearnerDiverged
 from deploy import launch
 from deploy.driver import Driver
@@ -36,7 +37,8 @@ def local_ray():
 @pytest.fixture(scope="module")
 def first_run(local_ray, tmp_path_factory):
     # Through the learner's frame cache (a CPU learner's "auto" is off: other runs cover that).
-    cfg = replace(local_ray, learner=replace(local_ray.learner, frame_cache="device"))
+    cfg = replace(local_ray, learner=replace(local_ray.learner, execution=replace(
+        local_ray.learner.execution, frame_cache=C.FrameCacheMode.DEVICE)))
     root = tmp_path_factory.mktemp("runs")
     weight_files: set[str] = set()  # the learner's shared-memory weight files seen during the run
     done = threading.Event()

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_a_learner_that_cannot_start_fails_the_run_within_60_s_naming_the_cause(tmp_path):
     t0 = time.monotonic()
     proc = subprocess.run(
-        CLI + ["train", "--preset", "smoke", "--set", "learner.device=cuda", "--steps", "100000",
+        CLI + ["train", "--preset", "smoke", "--set", "learner.execution.device=cuda", "--steps", "100000",
                "--no-dashboard", "--runs", str(tmp_path)],
         cwd=ROOT, env={**os.environ, "CARLA_TD3_LOG": "WARNING"}, capture_output=True, text=True,
         timeout=120)

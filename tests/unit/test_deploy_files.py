@@ -134,9 +134,38 @@ def test_ray_token_comes_from_the_environment(compose):
             assert not re.search(r"RAY_AUTH_TOKEN\s*[=:]\s*['\"]?[A-Za-z0-9]{16,}", line), f"{path}: {line}"
 
 
+def test_fake_profile_drives_every_fake_server_without_gpus(compose):
+    services = compose["services"]
+    fake = {n: s for n, s in services.items() if "fake" in s.get("profiles", [])}
+    servers = {n: s for n, s in fake.items() if "fake-server" in s["command"]}
+    assert len(servers) >= 2 and "trainer-fake" in fake
+    for name, svc in fake.items():
+        assert "deploy" not in svc and "gpus" not in svc, f"{name}: reserves a GPU"
+        assert "--num-gpus=1" not in svc["command"], name
+    for name, svc in servers.items():
+        command = svc["command"]
+        port = command[command.index("--port") + 1]
+        assert command[command.index("--host") + 1] == "0.0.0.0", name
+        assert f"/dev/tcp/127.0.0.1/{port}" in " ".join(svc["healthcheck"]["test"]), name
+    trainer = fake["trainer-fake"]["command"]
+    endpoints = trainer[trainer.index("--carla") + 1].split(",")
+    assert sorted(e.split(":")[0] for e in endpoints) == sorted(servers)
+    assert "env.backend=fake" in trainer
+    deps = fake["trainer-fake"]["depends_on"]
+    assert all(deps[n]["condition"] == "service_healthy" for n in servers)
+    assert not any(services[d].get("image", "").startswith("carlasim/") for d in deps)
+    assert all("deploy" not in services[d] for d in deps), "a dependency reserves a GPU"
+    from deploy import build, cli
+    from common.config import SimulatorBackend
+
+    cfg = cli.config_from_args(cli._parser().parse_args(trainer))
+    build.validate(cfg)
+    assert cfg.env.backend is SimulatorBackend.FAKE and cfg.train.endpoints == tuple(endpoints)
+
+
 def test_long_running_services_restart_and_report_health(compose):
     for name, svc in compose["services"].items():
-        if name in ("carla-ready", "trainer"):
+        if name in ("carla-ready", "trainer", "trainer-fake"):
             assert svc["restart"] == "no"
             continue
         assert svc["restart"] == "unless-stopped", name
