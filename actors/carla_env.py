@@ -26,10 +26,11 @@ import numpy as np
 from gymnasium import spaces
 
 from actors import rewards
+from actors.npc_spawns import route_spawn_points
 from actors.observation import ObservationBuilder, build_vector
 from actors.route import Projection, Route, choose_route, spawn_points, to_vehicle_frame, wrap_angle
 from actors.sensors import CameraMount, SensorReading, SensorRig
-from actors.carla_session import Session
+from actors.carla_session import Session, owner_tag
 from common.config import EnvConfig, PedalAction, SimulatorBackend
 from common.errors import ConfigError, SimulatorError, SimulatorTimeout, SpecError
 from common.specs import IMAGE_KEY, SPEED_LIMIT_MPS, VECTOR_KEY, EnvSpec
@@ -37,6 +38,7 @@ from common.specs import IMAGE_KEY, SPEED_LIMIT_MPS, VECTOR_KEY, EnvSpec
 log = logging.getLogger(__name__)
 
 MAIN_CAMERA = "camera"
+EGO_SPAWN_ATTEMPTS = 5  # routes of seed, seed+1, ... tried when the ego's spawn point is blocked
 
 
 class CarlaEnv:
@@ -45,7 +47,7 @@ class CarlaEnv:
     metadata: dict[str, Any] = {"render_modes": []}
 
     def __init__(self, cfg: EnvConfig, spec: EnvSpec, carla_module: Any = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, tag: str = owner_tag(0)) -> None:
         """Connects to the server and sets it up; spawns nothing until ``reset``.
 
         Args:
@@ -53,10 +55,12 @@ class CarlaEnv:
             spec: observation and action spec.
             carla_module: the ``carla`` module to talk through; None imports the real client.
             seed: seeds the episode seeds used when ``reset`` gets none.
+            tag: ``role_name`` of the vehicles it spawns (carla_session.owner_tag).
 
         Raises:
             ConfigError: the reward weights allow a step reward beyond the spec's limit.
             SimulatorUnreachable: no server answered at cfg.host:cfg.port within cfg.timeout_s.
+            SimulatorError: another client drives that server.
         """
         check_reward_limit(cfg, spec)
         self.cfg = cfg
@@ -73,7 +77,7 @@ class CarlaEnv:
         cam = cfg.camera
         self._cameras = [CameraMount(MAIN_CAMERA, cam.width, cam.height, cam.fov, cam.x, cam.z,
                                      cam.pitch)]
-        self._session = Session(cfg, self._carla, seed)
+        self._session = Session(cfg, self._carla, seed, tag)
         self._spawn_points: list[Any] = spawn_points(self._session.map, self._carla)
         self._rig: SensorRig | None = None
         self._last_images: dict[str, np.ndarray] = {}
@@ -136,11 +140,11 @@ class CarlaEnv:
 
         Returns:
             obs, reward, terminated, truncated, info. ``info`` holds ``termination_reason``
-            ("collision", "off_road", "lane_invasion", "route_completed", "step_limit",
+            ("collision", "off_road", "route_completed", "step_limit",
             "simulator_timeout" or ""), ``route_completion`` (0..1; 1 once completed),
             ``distance_m`` (furthest point reached along the route), ``collisions`` (events
             this episode),
-            ``lane_invasions`` (steps that crossed a marking or ended off the driving lanes),
+            ``lane_invasions`` (steps that crossed a marking or ended outside the route's lane),
             ``success`` (route completed with no collision and no lane invasion),
             ``reward_terms`` (weighted components) and the step's ``speed_mps``,
             ``lateral_m``, ``heading_error_rad``, ``episode_seed`` and ``step``.
@@ -190,20 +194,40 @@ class CarlaEnv:
             self._session.reconnect()
             self._spawn_points = spawn_points(self._session.map, self._carla)
         self._destroy_episode()
-        transform, route = choose_route(self._session.map, self._carla, self._spawn_points,
-                                        episode_seed, self.cfg.route_split,
-                                        self.cfg.route_length_m,
-                                        extend_m=self.spec.lookahead_m)
-        ego = self._session.spawn_ego(transform)
+        ego, transform, route = self._spawn_ego(episode_seed)
         self._episode = _Episode(ego, route, episode_seed, self.cfg, self.spec)
         self._rig = SensorRig(self._session.world, self._carla, ego, self._cameras,
                               self.cfg.sensor_timeout_s)
-        self._session.spawn_npcs(self._spawn_points, transform, episode_seed)
+        if self.cfg.num_npcs > 0:
+            near = route_spawn_points(self._session.map, self._carla, route, episode_seed)
+            self._session.spawn_npcs(near, transform, episode_seed)
         frame = self._session.tick()
         obs, m = self._measure(self._episode, self._rig.read(frame), push=False)
         info = self._episode.info("", rewards.RewardTerms(0.0, 0.0, 0.0, 0.0, 0.0), m)
         log.debug("event=reset seed=%d route_m=%.1f", episode_seed, route.length)
         return obs, info
+
+    def _spawn_ego(self, episode_seed: int) -> tuple[Any, Any, Route]:
+        """The ego on the route ``episode_seed`` selects; when its spawn point is blocked (a
+        vehicle stands there), on the routes of the next seeds, up to EGO_SPAWN_ATTEMPTS.
+
+        Raises:
+            SimulatorError: if every tried spawn point is blocked or no route fits.
+        """
+        for attempt in range(EGO_SPAWN_ATTEMPTS):
+            transform, route = choose_route(self._session.map, self._carla, self._spawn_points,
+                                            episode_seed + attempt, self.cfg.route_split,
+                                            self.cfg.route_length_m,
+                                            extend_m=self.spec.lookahead_m)
+            try:
+                return self._session.spawn_ego(transform), transform, route
+            except SimulatorError as exc:
+                blocked = exc
+                log.warning("event=ego_spawn_blocked seed=%d attempt=%d error=%r",
+                            episode_seed, attempt, exc)
+        raise SimulatorError(f"the ego's spawn point was blocked on the routes of seeds "
+                             f"{episode_seed}..{episode_seed + EGO_SPAWN_ATTEMPTS - 1}, "
+                             f"the last: {blocked}")
 
     def _measure(self, ep: _Episode, reading: SensorReading,
                  push: bool) -> tuple[dict[str, np.ndarray], rewards.StepMeasurements]:
@@ -214,13 +238,10 @@ class CarlaEnv:
         x, y, yaw = t.location.x, t.location.y, math.radians(t.rotation.yaw)
         speed = math.hypot(v.x, v.y)
         proj = ep.route.project(x, y, ep.hint)
-        on_lane = self._session.map.get_waypoint(
-            t.location, project_to_road=False,
-            lane_type=self._carla.LaneType.Driving) is not None
-        # Four more projections per step (90 us), only for the reward that reads them.
-        corners = (ep.corner_lateral(x, y, yaw, proj.index)
-                   if self.cfg.reward.lane_keeping_corners else 0.0)
-        m = ep.advance(proj, speed, yaw, np.array([acc.x, acc.y]), reading, on_lane, corners)
+        # Judged against the route's own lane, not the map's lane at the vehicle's place (see
+        # rewards.StepMeasurements.on_driving_lane).
+        on_lane = abs(proj.lateral) <= proj.half_width
+        m = ep.advance(proj, speed, yaw, np.array([acc.x, acc.y]), reading, on_lane)
         ahead = ep.route.points_at(proj.s + ep.spacing * np.arange(1, self.spec.num_waypoints + 1))
         vector = build_vector(self.spec, speed, proj.lateral, m.heading_error_rad,
                               to_vehicle_frame(ahead, x, y, yaw))
@@ -274,12 +295,7 @@ class _Episode:
 
     def __init__(self, ego: Any, route: Route, seed: int, cfg: EnvConfig, spec: EnvSpec) -> None:
         self.ego, self.route, self.seed = ego, route, seed
-        box = ego.bounding_box
-        self.half_width = float(box.extent.y)
-        # The box's corners in the vehicle frame (x forward, y right), for corner_lateral_m.
-        self.corners = np.array([[box.location.x + sx * box.extent.x,
-                                  box.location.y + sy * box.extent.y]
-                                 for sx in (1.0, -1.0) for sy in (1.0, -1.0)])
+        self.half_width = float(ego.bounding_box.extent.y)
         self.cfg = cfg
         self.spacing = spec.lookahead_m / spec.num_waypoints
         self.step = 0
@@ -292,15 +308,8 @@ class _Episode:
         self.completed = False
         self.last: rewards.StepMeasurements | None = None
 
-    def corner_lateral(self, x: float, y: float, yaw: float, hint: int) -> float:
-        """The largest |distance| of the box's corners from the route's centre line."""
-        c, s = math.cos(yaw), math.sin(yaw)
-        world = np.array([x, y]) + self.corners @ np.array([[c, s], [-s, c]])
-        return max(abs(self.route.project(cx, cy, hint).lateral) for cx, cy in world)
-
     def advance(self, proj: Projection, speed: float, yaw: float, acc: np.ndarray,
-                reading: SensorReading, on_lane: bool,
-                corner_lateral: float = 0.0) -> rewards.StepMeasurements:
+                reading: SensorReading, on_lane: bool) -> rewards.StepMeasurements:
         """Updates the totals with one tick's measurements and returns the reward input."""
         first = self.hint is None
         dt = self.cfg.fixed_delta_seconds
@@ -318,10 +327,9 @@ class _Episode:
             waypoints_passed=int(self.s_max // self.spacing) - int(s_max_prev // self.spacing),
             route_completed=self.completed, collided=collided,
             collision_speed_mps=max(speed, self.speed), lane_invasion=invaded,
-            on_driving_lane=on_lane, max_lateral_m=self.cfg.max_lateral_m, jerk_mps3=jerk,
-            vehicle_half_width_m=self.half_width,
-            route_curvature_1pm=self.route.curvature_ahead(proj.s, self.cfg.reward.curve_window_m),
-            corner_lateral_m=corner_lateral)
+            on_driving_lane=on_lane,
+            off_road_margin_m=rewards.off_road_margin(self.cfg.max_lateral_m),
+            jerk_mps3=jerk, vehicle_half_width_m=self.half_width)
         self.lane_invasions += int(rewards.invaded_lane(m))
         self.speed, self.acc, self.last = speed, acc, m
         return m

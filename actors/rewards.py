@@ -8,9 +8,6 @@ the goal) and a lane invasion go beyond that.
 * efficiency in [-1, 1]: speed along the route ``v * cos(heading_error)`` over the target speed,
   rising to 1 at the target, then falling linearly to 0 at ``overspeed_zero_ratio`` times the
   target and on at the same slope to -1; driving backwards along the route is negative.
-  In a bend the target is lowered to ``sqrt(curve_lateral_accel_mps2 / curvature)``, the
-  curvature being the route's largest within ``curve_window_m`` ahead (``target_speed``), when
-  that setting is above 0 (it is 0 by default).
   Below a quarter of the target speed it also pays ``standstill_penalty``, in full at a
   standstill and falling linearly to 0 at that speed, so that standing still costs something
   instead of earning exactly 0.
@@ -21,15 +18,13 @@ the goal) and a lane invasion go beyond that.
   MIN_ROOM_FRACTION of the half lane): the offset at which, driving straight, a corner of the
   vehicle's box touches the marking and the lane-invasion sensor fires. For a Model 3 in a
   3.5 m lane that is 0.67 m; measured against the half lane (1.75 m), an offset that already
-  touches the marking still earned 62% of the term, and learned policies drove 0.4 m off
-  centre and touched a marking in 25 of 60 held-out routes (docs/learning.md). With
-  ``lane_keeping_corners`` the lateral error is the worst corner's offset beyond the half
-  width instead, which also counts a heading error and a bend.
+  touches the marking still earned most of the term, and learned policies drove that far off
+  centre (docs/learning.md, "Why some defaults are what they are").
 * comfort in [-1, 0]: minus the jerk (change of acceleration per second) over
   COMFORT_JERK_SCALE_MPS3, capped at 1.
-* safety: ``-lane_invasion_penalty`` on a step that crosses a lane marking or ends off the driving
-  lanes (both at most once per step), ``-off_road_penalty`` when the lateral deviation ends the
-  episode, and on a collision ``-collision_penalty * (1 + min(v / target, 2)) / 2``: half the
+* safety: ``-lane_invasion_penalty`` on a step that crosses a lane marking or ends with the
+  vehicle's centre outside the route's own lane (both at most once per step),
+  ``-off_road_penalty`` when the lateral deviation ends the episode, and on a collision ``-collision_penalty * (1 + min(v / target, 2)) / 2``: half the
   penalty at standstill, the full penalty at the target speed, 1.5 times it at twice the target.
 * progress: distance gained along the route this step over the distance the target speed would
   gain (capped to [-1, 1]), plus ``waypoint_bonus`` per observation waypoint passed and
@@ -46,15 +41,14 @@ from common.config import RewardConfig
 COMFORT_JERK_SCALE_MPS3 = 30.0
 SPEED_GATE_FRACTION = 0.25
 MIN_ROOM_FRACTION = 0.25
+REFERENCE_LANE_WIDTH_M = 3.5  # the lane width env.max_lateral_m is stated for
 
 COLLISION = "collision"
 OFF_ROAD = "off_road"
 ROUTE_COMPLETED = "route_completed"
-LANE_INVASION = "lane_invasion"
 STEP_LIMIT = "step_limit"
 SIMULATOR_TIMEOUT = "simulator_timeout"
-TERMINATION_REASONS = ("", COLLISION, OFF_ROAD, LANE_INVASION, ROUTE_COMPLETED, STEP_LIMIT,
-                       SIMULATOR_TIMEOUT)
+TERMINATION_REASONS = ("", COLLISION, OFF_ROAD, ROUTE_COMPLETED, STEP_LIMIT, SIMULATOR_TIMEOUT)
 
 
 @dataclass(frozen=True)
@@ -74,14 +68,14 @@ class StepMeasurements:
         collided: a collision event arrived for this step.
         collision_speed_mps: speed before the impact (the larger of the step's start and end).
         lane_invasion: a lane-marking crossing was reported for this step.
-        on_driving_lane: the vehicle's centre is on a driving lane of the map.
-        max_lateral_m: |lateral_m| beyond which the episode ends off the road.
+        on_driving_lane: the vehicle's centre is inside the route's own lane (|lateral_m| at
+            most half_lane_width_m). The lane is the route's, not whatever lane the map finds
+            at the vehicle's place: inside junctions whose connecting roads overlap,
+            ``map.get_waypoint(location, project_to_road=False)`` returns another road's lane,
+            or none, a metre or two from the route's own lane centre.
+        off_road_margin_m: the episode ends off the road when |lateral_m| exceeds
+            half_lane_width_m by more than this (``off_road``).
         jerk_mps3: magnitude of the change of acceleration over the step, per second.
-        route_curvature_1pm: the route's largest |curvature| (1/m) from the vehicle's
-            projection to ``curve_window_m`` ahead of it.
-        corner_lateral_m: the largest |distance| of the vehicle box's four corners from the
-            route's centre line (``vehicle_half_width_m + |lateral_m|`` when driving straight
-            along a straight route); measured only under ``lane_keeping_corners``, else 0.
     """
 
     speed_mps: float
@@ -96,11 +90,9 @@ class StepMeasurements:
     collision_speed_mps: float = 0.0
     lane_invasion: bool = False
     on_driving_lane: bool = True
-    max_lateral_m: float = 2.5
+    off_road_margin_m: float = 0.75
     jerk_mps3: float = 0.0
     vehicle_half_width_m: float = 0.0
-    route_curvature_1pm: float = 0.0
-    corner_lateral_m: float = 0.0
 
 
 class RewardTerms(NamedTuple):
@@ -126,19 +118,9 @@ def _speed_gate(m: StepMeasurements, cfg: RewardConfig) -> float:
     return _clip(m.speed_mps / (SPEED_GATE_FRACTION * cfg.target_speed_mps), 0.0, 1.0)
 
 
-def target_speed(m: StepMeasurements, cfg: RewardConfig) -> float:
-    """The speed the efficiency term pays most for: ``cfg.target_speed_mps``, lowered in a
-    bend to the speed at which the lateral acceleration is ``cfg.curve_lateral_accel_mps2``
-    (when that is above 0)."""
-    a, k = cfg.curve_lateral_accel_mps2, m.route_curvature_1pm
-    if a <= 0.0 or k <= 1e-9:
-        return cfg.target_speed_mps
-    return min(cfg.target_speed_mps, math.sqrt(a / k))
-
-
 def efficiency(m: StepMeasurements, cfg: RewardConfig) -> float:
     """Speed along the route towards the target speed, in [-1, 1] (see the module docstring)."""
-    ratio = m.speed_mps * math.cos(m.heading_error_rad) / target_speed(m, cfg)
+    ratio = m.speed_mps * math.cos(m.heading_error_rad) / cfg.target_speed_mps
     if ratio <= 1.0:
         return _clip(ratio - cfg.standstill_penalty * (1.0 - _speed_gate(m, cfg)), -1.0, 1.0)
     return _clip(1.0 - (ratio - 1.0) / (cfg.overspeed_zero_ratio - 1.0), -1.0, 1.0)
@@ -149,9 +131,7 @@ def lane_keeping(m: StepMeasurements, cfg: RewardConfig) -> float:
     gate = _speed_gate(m, cfg)
     half_lane = max(m.half_lane_width_m, 1e-3)
     room = max(half_lane - m.vehicle_half_width_m, MIN_ROOM_FRACTION * half_lane)
-    offset = (max(m.corner_lateral_m - m.vehicle_half_width_m, 0.0) if cfg.lane_keeping_corners
-              else abs(m.lateral_m))
-    lateral = min(offset / room, 1.0)
+    lateral = min(abs(m.lateral_m) / room, 1.0)
     heading = min(abs(m.heading_error_rad) / cfg.heading_error_scale_rad, 1.0)
     return gate * (1.0 - lateral - heading)
 
@@ -166,7 +146,7 @@ def safety(m: StepMeasurements, cfg: RewardConfig) -> float:
     value = 0.0
     if invaded_lane(m):
         value -= cfg.lane_invasion_penalty
-    if abs(m.lateral_m) > m.max_lateral_m:
+    if off_road(m):
         value -= cfg.off_road_penalty
     if m.collided:
         severity = 1.0 + min(m.collision_speed_mps / cfg.target_speed_mps, 2.0)
@@ -219,22 +199,33 @@ def step_reward_bound(cfg: RewardConfig, waypoints_per_step: int) -> float:
 
 
 def invaded_lane(m: StepMeasurements) -> bool:
-    """The step crossed a lane marking or ended off the driving lanes."""
+    """The step crossed a lane marking or ended with the centre outside the route's lane."""
     return m.lane_invasion or not m.on_driving_lane
+
+
+def off_road(m: StepMeasurements) -> bool:
+    """|lateral_m| beyond the route lane's half width plus ``off_road_margin_m``."""
+    return abs(m.lateral_m) > m.half_lane_width_m + m.off_road_margin_m
+
+
+def off_road_margin(max_lateral_m: float) -> float:
+    """The margin beyond the lane's half width at which an episode ends off the road, for
+    ``env.max_lateral_m`` (the limit in a REFERENCE_LANE_WIDTH_M lane): the same margin in
+    every lane width, so a 3.0 m lane ends 0.25 m sooner than a 3.5 m one."""
+    return max_lateral_m - 0.5 * REFERENCE_LANE_WIDTH_M
 
 
 def termination_reason(m: StepMeasurements, cfg: RewardConfig) -> str:
     """Why the episode terminates after this step, or "" if it goes on.
 
-    Priority when several apply: collision, then off road (|lateral| > max_lateral_m), then a
-    lane invasion (only with ``cfg.lane_invasion_ends_episode``), then route completed.
+    Priority when several apply: collision, then off road (``off_road``), then route
+    completed. A lane invasion is penalised (``safety``) but does not end the episode: ending
+    it there lost (docs/learning.md, "Why some defaults are what they are").
     """
     if m.collided:
         return COLLISION
-    if abs(m.lateral_m) > m.max_lateral_m:
+    if off_road(m):
         return OFF_ROAD
-    if cfg.lane_invasion_ends_episode and invaded_lane(m):
-        return LANE_INVASION
     if m.route_completed:
         return ROUTE_COMPLETED
     return ""

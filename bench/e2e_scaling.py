@@ -13,7 +13,7 @@ same over the actors that were in the middle of an episode (no episode reset bet
 publish and that inference: a reset ticks the simulator and spawns actors, and runs no policy).
 
 ``--transports shm,board`` measures every actor count with each weight transport in turn: the
-shared-memory weight file (``learner.publish_shm``, the default) and the weight board's
+shared-memory weight file (``learner.execution.publish_shm``, the default) and the weight board's
 object-store path alone.
 
     python -m bench.e2e_scaling [--actors 1,2,4,8,16] [--steps 500] [--tick-latency 0.05]
@@ -53,9 +53,10 @@ def bench_config(actors: int, tick_latency_s: float, updates_per_env_step: float
                     max_steps=400),
         # One learner thread: on 2 cores, two OpenMP threads spin at barriers whenever an actor
         # holds the other core, and the learner would take the actors' CPU.
-        learner=replace(base.learner, device="cpu", publish_every=1, prefetch=2, cpu_threads=1,
+        learner=replace(base.learner, publish_every=1,
                         td3=replace(base.learner.td3, batch_size=batch_size),
-                        publish_shm=transport == "shm"),
+                        execution=replace(base.learner.execution, device="cpu", prefetch=2,
+                                          cpu_threads=1, publish_shm=transport == "shm")),
         replay=replace(base.replay, num_shards=min(2, actors), capacity=20_000,
                        min_size_to_sample=256),
         rollout=replace(base.rollout, num_actors=actors, learning_starts=0, weight_poll_every=1),

@@ -20,7 +20,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from bench.learner_throughput import SPEC, device_name, synthetic_batches
-from common.config import LearnerConfig, NetworkConfig, TD3Config
+from common.config import (FirstConv, LearnerConfig, LearnerExecution, NetworkConfig,
+                           Precision, TD3Config)
 from learner.td3 import TD3Learner
 
 
@@ -31,8 +32,9 @@ def _sync(device: torch.device) -> None:
 
 def profile_updates(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
-    cfg = LearnerConfig(device=args.device, precision=args.precision, compile=args.compile,
-                        first_conv=args.first_conv, td3=TD3Config(batch_size=args.batch_size),
+    run = LearnerExecution(device=args.device, precision=Precision(args.precision),
+                           compile=args.compile, first_conv=FirstConv(args.first_conv))
+    cfg = LearnerConfig(execution=run, td3=TD3Config(batch_size=args.batch_size),
                         network=NetworkConfig(encoder_features=512, hidden_sizes=(256, 256)))
     learner = TD3Learner(SPEC, cfg, seed=0)
     batches = [learner.to_device(b) for b in synthetic_batches(args.batch_size, 2)]
@@ -76,14 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line (bench/gpu_check.sh's calls are checked against it)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", default="fp32", help="fp32, bf16 or auto")
+    parser.add_argument("--precision", default="fp32", choices=[p.value for p in Precision])
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--updates", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--compile", action="store_true", help="torch.compile the forward passes")
-    parser.add_argument("--first-conv", default="auto",
-                        help="learner.first_conv: auto, strided or blocks")
+    parser.add_argument("--first-conv", default="auto", choices=[f.value for f in FirstConv],
+                        help="learner.execution.first_conv")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--json", default="")
     return parser

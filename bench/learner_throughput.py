@@ -4,7 +4,7 @@ Workload: 4x84x84 uint8 image stacks + 23-dim vectors, 2-dim actions, separate e
 NatureCNN 512 features, MLP 256-256 heads, policy delay 2. Each variant of this learner,
 "precision[:compile][:graphs][:pre_step][:blocks|:strided]" (e.g. ``fp32``, ``bf16:compile``,
 ``bf16:graphs``; ``pre_step``: ``td3.policy_critic=pre_step``, the policy step beside the
-critic's; ``blocks``/``strided``: ``learner.first_conv``, "auto" if neither), is timed
+critic's; ``blocks``/``strided``: ``learner.execution.first_conv``, "auto" if neither), is timed
 fed numpy batches through ``update`` (validation and host-to-device copy included; batches
 laid out as the replay returns them, both image stacks views of one F + 1 frame block), fed
 batches that already sit on the device (``update_on_device``, what a device-resident replay
@@ -38,11 +38,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.config import LearnerConfig, NetworkConfig, PolicyCritic, TD3Config
+from common.config import (FirstConv, LearnerConfig, LearnerExecution, NetworkConfig,
+                           PolicyCritic, Precision, TD3Config)
 from common.specs import EnvSpec
 from common.types import SampleBatch
 from bench.replay_feed import BenchReplay
-from learner.precision import PRECISIONS
 from learner.td3 import TD3Learner
 
 SPEC = EnvSpec()
@@ -116,16 +116,17 @@ class Runner:
 
 
 def parse_variant(variant: str) -> tuple[str, set[str], str]:
-    """(precision, flags, learner.first_conv) of "precision[:compile][:graphs][:pre_step]
+    """(precision, flags, learner.execution.first_conv) of "precision[:compile][:graphs][:pre_step]
     [:blocks|:strided]"; SystemExit naming the variant if it is not of that form."""
     precision, *flags = variant.split(":")
     first_conv = [f for f in flags if f in ("blocks", "strided")]
-    if (precision not in PRECISIONS or len(first_conv) > 1
+    precisions = [p.value for p in Precision]
+    if (precision not in precisions or len(first_conv) > 1
             or not set(flags) <= {"compile", "graphs", "pre_step", "blocks", "strided"}):
         raise SystemExit(f"variant {variant!r}: expected "
                          "precision[:compile][:graphs][:pre_step][:blocks|:strided], "
-                         f"precision in {'/'.join(PRECISIONS)}")
-    return precision, set(flags), (first_conv or ["auto"])[0]
+                         f"precision in {'/'.join(precisions)}")
+    return precision, set(flags), (first_conv or [FirstConv.AUTO.value])[0]
 
 
 def ours(variant: str, args: argparse.Namespace, batches: list[SampleBatch],
@@ -134,8 +135,10 @@ def ours(variant: str, args: argparse.Namespace, batches: list[SampleBatch],
     pipelined numpy batches, and with ``replay`` the replay feeds (``BenchReplay``)."""
     precision, flags, first_conv = parse_variant(variant)
     order = PolicyCritic.PRE_STEP if "pre_step" in flags else PolicyCritic.STEPPED
-    cfg = LearnerConfig(device=args.device, precision=precision, compile="compile" in flags,
-                        cuda_graphs="graphs" in flags, first_conv=first_conv,
+    run = LearnerExecution(device=args.device, precision=Precision(precision),
+                           compile="compile" in flags, cuda_graphs="graphs" in flags,
+                           first_conv=FirstConv(first_conv))
+    cfg = LearnerConfig(execution=run,
                         td3=TD3Config(batch_size=args.batch_size, policy_critic=order),
                         network=NetworkConfig(encoder_features=512, hidden_sizes=(256, 256)))
     learner = TD3Learner(SPEC, cfg, seed=0)
@@ -166,17 +169,17 @@ def ours(variant: str, args: argparse.Namespace, batches: list[SampleBatch],
             pending = launched
         pending.result()
 
-    warmup = max(args.warmup, 10 if cfg.cuda_graphs else 0)  # graphs are captured by then
+    warmup = max(args.warmup, 10 if run.cuda_graphs else 0)  # graphs are captured by then
     host(warmup)
     info = {"device": str(learner.device), "precision": learner.precision,
             "precision_asked": precision, "dense_as_conv": learner.kernels.dense_as_conv,
             "first_conv_blocks": learner.kernels.first_conv_blocks,
-            "compile": cfg.compile,
-            "cuda_graphs": cfg.cuda_graphs, "policy_critic": order.value,
+            "compile": run.compile,
+            "cuda_graphs": run.cuda_graphs, "policy_critic": order.value,
             "first_two_updates_s": first}
     chosen = ([learner.precision] if precision == "auto" else []) + (
         ["dense as conv"] if learner.kernels.dense_as_conv else []) + (
-        ["first conv as blocks"] if learner.kernels.first_conv_blocks and not first_conv else [])
+        ["first conv as blocks"] if learner.kernels.first_conv_blocks and first_conv == "auto" else [])
     name = f"ours {variant}" + (f" ({', '.join(chosen)})" if chosen else "")
     runners = [Runner(name, "host", host, learner.device, info),
                Runner(name, "device", device, learner.device, info)]
@@ -346,11 +349,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sb3-updates", type=int, default=4, help="timed SB3 steps per round")
     parser.add_argument("--threads", type=int, default=2,
                         help="torch.set_num_threads; 0: every core, as the learner actor runs "
-                             "(learner.cpu_threads=0), e.g. for a GPU learner's host side")
+                             "(learner.execution.cpu_threads=0), e.g. for a GPU learner's host side")
     parser.add_argument("--variant", action="append", default=[],
                         help="precision[:compile][:graphs][:pre_step][:blocks|:strided], "
                              "precision in auto/fp32/bf16, pre_step: td3.policy_critic=pre_step, "
-                             "blocks/strided: learner.first_conv; repeatable")
+                             "blocks/strided: learner.execution.first_conv; repeatable")
     parser.add_argument("--replay-feeds", action="store_true",
                         help="also feed each learner from a replay shard in this process, as "
                              "pixels and through the learner's frame cache (BenchReplay)")

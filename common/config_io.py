@@ -2,12 +2,22 @@
 
 Unknown keys and values of the wrong type are errors that name the full dotted path.
 ``with_overrides`` and ``loads`` also validate the config they build (common/config_rules.py).
+
+A section may list keys that moved (``MOVED``: old key -> new dotted key within the section,
+e.g. LearnerConfig's ``device`` -> ``execution.device``): ``from_dict`` reads saved data that
+still has an old key at its new place, with one log line, so configs of older runs
+load; an override (``with_overrides``, ``check_overrides``: the command line) that names an old
+key is a ConfigError naming the new one. Likewise ``REMOVED`` (key -> the value with which the
+current code behaves the same, None for any value; e.g. RewardConfig's knobs whose experiments
+lost): saved data holding that value loads without the key, with one log line; any other
+value, or an override naming the key, is a ConfigError.
 """
 from __future__ import annotations
 
 import dataclasses
 import enum
 import json
+import logging
 import types
 import typing
 from typing import Any, Mapping, TypeVar
@@ -16,6 +26,72 @@ from common.config_rules import validate
 from common.errors import ConfigError
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+
+def _move_keys(cls: type, data: Mapping[str, Any], path: str) -> Mapping[str, Any]:
+    """``data`` with each of ``cls.MOVED``'s old keys put at its new place."""
+    moved: dict[str, str] = getattr(cls, "MOVED", {})
+    old_keys = [k for k in data if k in moved]
+    if not old_keys:
+        return data
+    out = dict(data)
+    pairs = []
+    for key in old_keys:
+        *sections, leaf = moved[key].split(".")
+        node = out
+        for section in sections:
+            inner = node.get(section, {})
+            if not isinstance(inner, Mapping):
+                raise ConfigError(f"{_join(path, section)}: expected a mapping, got {inner!r}")
+            node[section] = node = dict(inner)
+        old, new = _join(path, key), _join(path, moved[key])
+        if leaf in node:
+            raise ConfigError(f"config sets both {old} (an old key) and {new}; keep only {new}")
+        node[leaf] = out.pop(key)
+        pairs.append(f"{old}->{new}")
+    log.info("event=config_keys_moved keys=%s", ",".join(pairs))
+    return out
+
+
+def _drop_removed(cls: type, data: Mapping[str, Any], path: str) -> Mapping[str, Any]:
+    """``data`` without ``cls.REMOVED``'s keys, each of which must hold its inert value."""
+    removed: dict[str, Any] = getattr(cls, "REMOVED", {})
+    gone = [k for k in data if k in removed]
+    if not gone:
+        return data
+    for key in gone:
+        inert, value = removed[key], data[key]
+        if inert is not None and value != inert:
+            raise ConfigError(f"{_join(path, key)} ({value!r}) was removed (its experiment lost: "
+                              f"docs/learning.md); this code runs it only as {inert!r}")
+    log.info("event=config_keys_removed keys=%s", ",".join(_join(path, k) for k in gone))
+    return {k: v for k, v in data.items() if k not in removed}
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _refuse_moved(cls: type, dotted: str) -> None:
+    """Raises ConfigError when override key ``dotted`` names a key that moved or was removed."""
+    tp: Any = cls
+    parts = dotted.split(".")
+    for depth, part in enumerate(parts):
+        if not dataclasses.is_dataclass(tp):
+            return
+        if part in getattr(tp, "REMOVED", {}):
+            raise ConfigError(f"config key {dotted!r} was removed (its experiment lost: "
+                              "docs/learning.md)")
+        moved: dict[str, str] = getattr(tp, "MOVED", {})
+        if part in moved:
+            new = ".".join(parts[:depth] + [moved[part]] + parts[depth + 1:])
+            raise ConfigError(f"config key {dotted!r} moved to {new!r}: set {new} instead")
+        hints = typing.get_type_hints(tp)
+        if part not in hints:
+            return
+        tp = hints[part]
 
 
 def _coerce(tp: Any, value: Any, path: str) -> Any:
@@ -87,6 +163,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
     Raises:
         ConfigError: naming the full dotted path of the unknown key or bad value.
     """
+    data = _drop_removed(cls, _move_keys(cls, data, path), path)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
@@ -121,10 +198,12 @@ def with_overrides(cfg: T, overrides: Mapping[str, Any]) -> T:
     validated.
 
     Raises:
-        ConfigError: for an unknown path, a value of the wrong type or a value out of range.
+        ConfigError: for an unknown path, a key that moved (naming its new place), a value of
+            the wrong type or a value out of range.
     """
     data = to_dict(cfg)
     for dotted, value in overrides.items():
+        _refuse_moved(type(cfg), dotted)
         node = data
         parts = dotted.split(".")
         for depth, part in enumerate(parts):
@@ -144,9 +223,10 @@ def check_overrides(cls: type, overrides: Mapping[str, Any]) -> None:
     type (an object where a section is expected), without building or validating a config.
 
     Raises:
-        ConfigError: naming the key.
+        ConfigError: naming the key (and, for a key that moved, its new place).
     """
     for dotted, value in overrides.items():
+        _refuse_moved(cls, dotted)
         tp: Any = cls
         for depth, part in enumerate(dotted.split(".")):
             names = ({f.name for f in dataclasses.fields(tp)} if dataclasses.is_dataclass(tp)

@@ -120,15 +120,16 @@ class LearnerService:
                  publish: Callable[[PolicySnapshot], None], seed: int, run_dir: str,
                  metrics: MetricsSink | None = None) -> None:
         self.metrics = metrics or NullSink()
-        torch.set_num_threads(cfg.learner.cpu_threads or os.cpu_count() or 1)
+        run = cfg.learner.execution
+        torch.set_num_threads(run.cpu_threads or os.cpu_count() or 1)
         # A run keeps the precision its first learner chose (deploy/precision_record.py).
-        device_type = resolve_device(cfg.learner.device).type
+        device_type = resolve_device(run.device).type
         learner_cfg = precision_record.pinned(cfg.learner, run_dir, device_type)
         self.learner = TD3Learner(cfg.spec, learner_cfg, seed)
-        if cfg.learner.precision == "auto":
-            precision_record.write_record(run_dir, device_type, cfg.learner.precision,
+        if run.precision is C.Precision.AUTO:
+            precision_record.write_record(run_dir, device_type, run.precision.value,
                                           self.learner.precision)
-        batch = cfg.learner.cpu_scheduling is C.CpuScheduling.BATCH
+        batch = run.cpu_scheduling is C.CpuScheduling.BATCH
         if self.learner.device.type == "cpu" and batch:
             # The rollout workers on these cores wait on their simulators, then need the CPU
             # at once; a learner in SCHED_BATCH lets them preempt it (docs/benchmarks.md,
@@ -138,12 +139,12 @@ class LearnerService:
         if latest is not None:
             log.info("event=learner_restored checkpoint=%s updates=%d", latest, self.learner.updates)
         capacity = cfg.replay.capacity
-        cached = use_frame_cache(cfg.learner.frame_cache, self.learner.device, cfg.spec,
+        cached = use_frame_cache(run.frame_cache, self.learner.device, cfg.spec,
                                  len(shards) * capacity)
         log.info("event=learner_frame_cache on=%s rows=%d", cached, len(shards) * capacity)
         self.frame_cache_on = cached
         self.client = ReplayClient(shards, cfg.spec, batch_size=cfg.learner.td3.batch_size,
-                                   prefetch=cfg.learner.prefetch, seed=seed,
+                                   prefetch=run.prefetch, seed=seed,
                                    cache_capacity=capacity if cached else 0, transport=transport)
         prioritized = cfg.replay.sampler is C.SamplerKind.PRIORITIZED
         self.loop = LearnerLoop(self.learner, self.client.sample, publish,

@@ -62,7 +62,8 @@ def with_env_overrides(cfg: C.RunConfig, overrides: Mapping[str, object]) -> C.R
 
 def load_policy(cfg: C.RunConfig, checkpoint: Path) -> CpuPolicy:
     """The checkpoint's policy on CPU (the learner state is loaded and validated in full)."""
-    learner = TD3Learner(cfg.spec, replace(cfg.learner, device="cpu"), cfg.seed)
+    on_cpu = replace(cfg.learner.execution, device="cpu", cuda_graphs=False)
+    learner = TD3Learner(cfg.spec, replace(cfg.learner, execution=on_cpu), cfg.seed)
     learner.load(learner_checkpoint(checkpoint))
     policy = CpuPolicy(cfg.spec, cfg.learner.network)
     policy.load(PolicySnapshot(int(learner.updates), learner.policy_state()))

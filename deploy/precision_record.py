@@ -1,7 +1,7 @@
 """A run's learner precision, chosen once and kept.
 
-``learner.precision="auto"`` is measured on a CPU (learner/precision.py). A run records what
-its first learner chose in ``<run_dir>/learner_precision.json``; a learner that Ray restarts,
+``learner.execution.precision="auto"`` is measured on a CPU (learner/precision.py). A run
+records what its first learner chose in ``<run_dir>/learner_precision.json``; a learner that Ray restarts,
 and a ``--resume`` on the same kind of device, reuse the record instead of measuring again, so
 a run's numerics never change halfway because the machine was busier at one start than at
 another. A resume on another kind of device (a CPU run continued on a GPU) measures again and
@@ -46,7 +46,7 @@ def pinned(cfg: C.LearnerConfig, run_dir: str | Path, device_type: str) -> C.Lea
     """``cfg`` with an "auto" precision replaced by the run's recorded choice for
     ``device_type`` ("cpu" or "cuda"); unchanged when the precision is set explicitly or
     nothing was recorded for that kind of device."""
-    if cfg.precision != "auto":
+    if cfg.execution.precision is not C.Precision.AUTO:
         return cfg
     record = read_record(run_dir)
     if record is None:
@@ -56,7 +56,8 @@ def pinned(cfg: C.LearnerConfig, run_dir: str | Path, device_type: str) -> C.Lea
                  record.get("device"), device_type)
         return cfg
     log.info("event=precision_from_record precision=%s device=%s", record["precision"], device_type)
-    return replace(cfg, precision=record["precision"])
+    return replace(cfg, execution=replace(cfg.execution,
+                                          precision=C.Precision(record["precision"])))
 
 
 def write_record(run_dir: str | Path, device_type: str, configured: str, precision: str) -> None:

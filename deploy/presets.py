@@ -5,6 +5,8 @@
   (``local_cpu``: the learning benchmark's small network; ``local_gpu``: the seed's network).
 - cluster: a multi-GPU box with real CARLA servers (see docs/deployment.md).
 - learn: the learning benchmark (experiments/learning.py): small enough for a 2-core CPU learner.
+- traffic: the driving benchmark with traffic only the camera sees, at the seed's network size
+  (docs/learning.md, "Traffic").
 """
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ def smoke() -> C.RunConfig:
         spec=EnvSpec(frames=4, image_size=48, num_waypoints=10),
         env=replace(base.env, route_length_m=60.0, max_steps=150,
                     camera=replace(base.env.camera, width=64, height=48)),
-        learner=replace(base.learner, publish_every=5, checkpoint_every=20, prefetch=2,
+        learner=replace(base.learner, publish_every=5, checkpoint_every=20,
+                        execution=replace(base.learner.execution, prefetch=2),
                         td3=replace(base.learner.td3, batch_size=32),
                         network=replace(base.learner.network, encoder_features=64,
                                         hidden_sizes=(64, 64))),
@@ -113,7 +116,8 @@ def learn() -> C.RunConfig:
         spec=EnvSpec(frames=4, image_size=48, num_waypoints=10),
         env=replace(base.env, route_length_m=100.0, max_steps=500,
                     camera=replace(base.env.camera, width=64, height=48)),
-        learner=replace(base.learner, publish_every=20, checkpoint_every=0, prefetch=2,
+        learner=replace(base.learner, publish_every=20, checkpoint_every=0,
+                        execution=replace(base.learner.execution, prefetch=2),
                         td3=replace(base.learner.td3, batch_size=64, image_shift=4),
                         network=replace(base.learner.network, encoder_features=64,
                                         hidden_sizes=(128, 128))),
@@ -126,8 +130,34 @@ def learn() -> C.RunConfig:
                       progress_every_s=10.0))
 
 
+def traffic() -> C.RunConfig:
+    """Held-out routes with traffic that only the camera sees (issue 31, docs/learning.md).
+
+    The seed's network: NatureCNN over 4x84x84 frames, 512 features, 256-256 heads, separate
+    policy and critic encoders. Ten NPCs spawn within reach of the ego's route (lead cars that
+    slow and stop, crossing traffic at its junctions, cars in the other lanes;
+    actors/npc_spawns.py), and nothing about them enters the vector: the camera alone sees
+    them. Batch 128 and half an update per env step keep a CPU learner on two shared cores
+    learning (runs stop and continue with ``--resume``); DrQ's image shift as in ``learn``.
+    """
+    base = C.RunConfig()
+    return replace(
+        base,
+        env=replace(base.env, num_npcs=10, route_length_m=150.0, max_steps=1000),
+        learner=replace(base.learner, publish_every=20, checkpoint_every=1_000,
+                        execution=replace(base.learner.execution, prefetch=2),
+                        td3=replace(base.learner.td3, batch_size=128, image_shift=4)),
+        replay=replace(base.replay, num_shards=1, capacity=150_000, min_size_to_sample=2_000,
+                       chunk_length=16),
+        rollout=replace(base.rollout, num_actors=2, learning_starts=5_000,
+                        exploration_noise=0.2, noise_spread=1.0),
+        train=replace(base.train, env_steps=300_000, updates_per_env_step=0.5,
+                      actor_steps_per_call=25, learner_updates_per_call=10,
+                      progress_every_s=10.0))
+
+
 PRESETS: dict[str, Callable[[], C.RunConfig]] = {"smoke": smoke, "local": local, "cluster": cluster,
-                                                 "learn": learn}
+                                                 "learn": learn, "traffic": traffic}
 
 
 def preset(name: str) -> C.RunConfig:

@@ -66,7 +66,7 @@ class RolloutActor:
                                         shard_index=shard_for(index, cfg.replay.num_shards))
         self.weights = FilesFirstSource(board, ray.get_runtime_context().get_node_id())
         self.worker = build.make_worker(cfg, index, self.shard_writer.send_chunk, self.weights, seed)
-        if _restarted():  # Ray restarted this actor: the env above is a new connection
+        if _restarted():  # Ray restarted this actor: its env connects anew on its first reset
             self.metrics.counter(M.CARLA_RECONNECTS).inc(1, actor=index)
 
     def run_steps(self, n: int, global_env_steps: int) -> RolloutReport:
@@ -95,7 +95,7 @@ class RolloutActor:
 
 class LearnerActor:
     """The learner in its Ray actor: a ``LearnerService`` whose snapshots go once into the
-    object store, their reference onto the weight board, and (with ``learner.publish_shm``)
+    object store, their reference onto the weight board, and (with ``learner.execution.publish_shm``)
     first into the run's shared-memory weight file for rollout workers on this node."""
 
     def __init__(self, cfg: C.RunConfig, shards: list[Any], board: Any, seed: int, run_dir: str,
@@ -104,7 +104,7 @@ class LearnerActor:
         self._board = board
         self._run_dir = run_dir
         self._shm: ShmWeightWriter | None = None
-        self._shm_wanted = cfg.learner.publish_shm
+        self._shm_wanted = cfg.learner.execution.publish_shm
         self._last_ref: Any = None
         self.service = LearnerService(cfg, shards, RAY, self._publish, seed, run_dir, metrics)
 
@@ -141,7 +141,7 @@ class LearnerActor:
 
     def frame_cache(self) -> str:
         """"device" when batches take their frames from the learner's frame cache, else "off"
-        (``learner.frame_cache`` as resolved)."""
+        (``learner.execution.frame_cache`` as resolved)."""
         return "device" if self.service.frame_cache_on else "off"
 
     def pid(self) -> int:

@@ -18,23 +18,25 @@ import logging
 import numpy as np
 import torch
 
+from common.config_learner import FrameCacheMode
 from common.errors import SpecError
 from common.specs import EnvSpec
 from common.types import CachedBatch
 
 log = logging.getLogger(__name__)
 
-CHOICES = ("auto", "device", "off")  # learner.frame_cache
 AUTO_MEMORY_SHARE = 0.5  # "auto" keeps the cache to this share of the free device memory
 
 
-def use_frame_cache(choice: str, device: torch.device, spec: EnvSpec, rows: int) -> bool:
+def use_frame_cache(choice: FrameCacheMode, device: torch.device, spec: EnvSpec,
+                    rows: int) -> bool:
     """Whether the learner samples through a frame cache of ``rows`` frames
-    (``learner.frame_cache``: "device", "off", or "auto": on CUDA when it fits in
+    (``learner.execution.frame_cache``: DEVICE, OFF, or AUTO: on CUDA when it fits in
     ``AUTO_MEMORY_SHARE`` of the free device memory; never on a CPU, where the cache would
     only move the shards' gather into the learner's process)."""
-    if choice != "auto":
-        return choice == "device"
+    choice = FrameCacheMode(choice)
+    if choice is not FrameCacheMode.AUTO:
+        return choice is FrameCacheMode.DEVICE
     if device.type != "cuda":
         return False
     free, _ = torch.cuda.mem_get_info(device)

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.config import LearnerConfig, PolicyCritic
-from common.errors import ConfigError
+from common.config_learner import LearnerConfig
+from common.config_rules import validate
 from common.networks import run_dense_as_conv
 from common.specs import EnvSpec
 from common.types import FLOAT_FIELDS, CachedBatch, SampleBatch
@@ -36,31 +36,6 @@ __all__ = ["TD3Learner", "UpdateStats", "make_learner"]
 log = logging.getLogger(__name__)
 
 
-def _check_config(cfg: LearnerConfig) -> None:
-    td3 = cfg.td3
-    checks = [
-        (0.0 <= td3.gamma <= 1.0, f"gamma ({td3.gamma}) must be in [0, 1]"),
-        (0.0 < td3.tau <= 1.0, f"tau ({td3.tau}) must be in (0, 1]"),
-        (td3.policy_noise >= 0.0, f"policy_noise ({td3.policy_noise}) must be >= 0"),
-        (td3.noise_clip >= 0.0, f"noise_clip ({td3.noise_clip}) must be >= 0"),
-        (td3.policy_delay >= 1, f"policy_delay ({td3.policy_delay}) must be >= 1"),
-        (td3.batch_size >= 1, f"batch_size ({td3.batch_size}) must be >= 1"),
-        (td3.encoder_lr > 0.0, f"encoder_lr ({td3.encoder_lr}) must be > 0"),
-        (td3.head_lr > 0.0, f"head_lr ({td3.head_lr}) must be > 0"),
-        (td3.max_grad_norm >= 0.0, f"max_grad_norm ({td3.max_grad_norm}) must be >= 0"),
-        (td3.preactivation_l2 >= 0.0,
-         f"preactivation_l2 ({td3.preactivation_l2}) must be >= 0"),
-        (isinstance(td3.image_shift, int) and td3.image_shift >= 0,
-         f"image_shift ({td3.image_shift!r}) must be an int >= 0 (0: off)"),
-    ]
-    orders = [c.value for c in PolicyCritic]
-    checks.append((td3.policy_critic in orders,
-                   f"policy_critic ({td3.policy_critic!r}) must be one of {orders}"))
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
-
-
 def _adam(groups: list[dict[str, Any]], device: torch.device) -> torch.optim.Adam:
     # Fused Adam: one kernel (CUDA) or one vectorised loop (CPU) per step, no host sync;
     # capturable on CUDA (step counts on device) so a CUDA graph can hold the step.
@@ -72,26 +47,29 @@ class TD3Learner:
 
     Args:
         spec: observation and action spec.
-        cfg: the learner's config (device, precision, TD3 and network settings).
+        cfg: the learner's config: the algorithm (``td3``, ``network``) and how it runs
+            (``execution``: device, precision, compile, CUDA graphs, first convolution).
         seed: seeds network initialisation and the target-smoothing noise.
 
     Raises:
-        ConfigError: for bad hyper-parameters, an unavailable device, or (SEPARATE topology)
+        ConfigError: for a value ``validate`` refuses (named ``learner.<key>``), an
+            unavailable device, or (SEPARATE topology)
             a policy and critic that share a parameter.
     """
 
     def __init__(self, spec: EnvSpec, cfg: LearnerConfig, seed: int) -> None:
-        _check_config(cfg)
+        validate(cfg, "learner.")
+        run = cfg.execution
         self.spec, self.cfg, self.td3 = spec, cfg, cfg.td3
-        self.device = resolve_device(cfg.device)
+        self.device = resolve_device(run.device)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             nets: Networks = build_networks(spec, cfg.network, cfg.td3, self.device)
         configure_backends(self.device)
         # After configure_backends: the CPU probe then runs with the learner's allocator.
-        self.kernels = resolve_kernels(cfg.precision, self.device, spec,
+        self.kernels = resolve_kernels(run.precision, self.device, spec,
                                        cfg.network.encoder_features, cfg.td3.batch_size,
-                                       first_conv=cfg.first_conv)
+                                       first_conv=run.first_conv)
         for net in nets.modules().values():
             run_dense_as_conv(net, self.kernels.dense_as_conv)
         self.state = TD3State(
@@ -100,7 +78,7 @@ class TD3Learner:
             autocast=autocast_for(self.device, self.kernels.precision),
             pixel_dtype=torch.bfloat16 if self.kernels.precision == "bf16" else torch.float32,
             pixel_blocks=nets.critic.encoder.first_stride if self.kernels.first_conv_blocks else 1)
-        self.runner = UpdateRunner(self.state, cfg.compile, cfg.cuda_graphs)
+        self.runner = UpdateRunner(self.state, run.compile, run.cuda_graphs)
         self._to_device = transfer_for(self.device)
         self._frame_cache = LazyFrameCache(spec, self.device)
         self.generator = torch.Generator(self.device)
@@ -109,7 +87,7 @@ class TD3Learner:
         log.info("td3_learner device=%s topology=%s precision=%s dense_as_conv=%s "
                  "first_conv_blocks=%s compile=%s cuda_graphs=%s seed=%d", self.device,
                  cfg.network.topology.value, self.kernels.precision, self.kernels.dense_as_conv,
-                 self.kernels.first_conv_blocks, cfg.compile, cfg.cuda_graphs, seed)
+                 self.kernels.first_conv_blocks, run.compile, run.cuda_graphs, seed)
 
     @property
     def nets(self) -> Networks:

@@ -12,7 +12,7 @@ measured faster than msgpack for this direction (bench/replay_throughput.py,
 docs/benchmarks.md "Code choices"); ``sample()`` unpacks them into SampleBatch views.
 
 Frame cache: with ``cache_capacity`` set (the shards' ring capacity), the client samples for a
-learner that keeps a copy of every shard's frames on its device (``learner.frame_cache``):
+learner that keeps a copy of every shard's frames on its device (``learner.execution.frame_cache``):
 shards answer ``sample_cached`` with CachedBatch rows plus only the frames that copy lacks,
 and the client moves shard ``i``'s rows to ``i * cache_capacity`` onward. Each shard's
 replies are taken in the order they were sent (a shard runs its requests in that order), so

@@ -1,10 +1,13 @@
 """Small specs, configs and deterministic batches shared by the learner tests."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
-from common.config import EncoderTopology, LearnerConfig, NetworkConfig, TD3Config
+from common.config import (EncoderTopology, LearnerConfig, LearnerExecution, NetworkConfig,
+                           TD3Config, from_dict, to_dict)
 from common.specs import EnvSpec
 from common.types import SampleBatch
 from learner import update
@@ -17,10 +20,18 @@ SMALL_SPEC = EnvSpec(frames=2, image_size=36, num_waypoints=1)
 
 def small_config(topology: EncoderTopology = EncoderTopology.SEPARATE, **td3: float) -> LearnerConfig:
     """A CPU fp32 learner config with tiny networks (fast, and the same numbers on every CPU)."""
-    return LearnerConfig(device="cpu", precision="fp32",
+    return LearnerConfig(execution=run_on(LearnerExecution(), device="cpu", precision="fp32"),
                          td3=TD3Config(**{"batch_size": 16, **td3}),
                          network=NetworkConfig(encoder_features=32, hidden_sizes=(32, 32),
                                                topology=topology))
+
+
+def run_on(cfg, **execution):
+    """``cfg`` (a LearnerConfig, or a LearnerExecution) with these execution fields, given as
+    in a config file ("fp32", "blocks")."""
+    run = cfg.execution if isinstance(cfg, LearnerConfig) else cfg
+    run = from_dict(LearnerExecution, {**to_dict(run), **execution})
+    return dataclasses.replace(cfg, execution=run) if isinstance(cfg, LearnerConfig) else run
 
 
 def random_batch(spec: EnvSpec, size: int, seed: int) -> SampleBatch:

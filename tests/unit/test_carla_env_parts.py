@@ -1,18 +1,16 @@
 """The env's pure parts: frame-matched sensor queues, observation processing, the scripted
-driver's geometry, the box corners' offset from the route."""
+driver's geometry."""
 import dataclasses
 import math
 import threading
 from types import SimpleNamespace
 
-import carla
 import cv2
 import numpy as np
 import pytest
 
-from actors.carla_env import _Episode, pedal_from_action
+from actors.carla_env import pedal_from_action
 from actors.observation import ObservationBuilder, bgra_to_array, build_vector, preprocess_frame
-from actors.route import Route
 from actors.scripted import PurePursuitDriver, _point_at_radius, path_curvature
 from actors.sensors import EventBuffer, FrameQueue
 from common.config import EnvConfig, PedalAction, RunConfig, with_overrides
@@ -203,34 +201,3 @@ def test_driver_commands_its_speed_under_target_speed_pedals():
 def test_env_config_rejects_bad_values_naming_them(path, value, message):
     with pytest.raises(ConfigError, match=message):
         with_overrides(RunConfig(), {path: value})
-
-
-def _episode_on(route: Route, half_length: float, half_width: float):
-    """The env's per-episode state over ``route``, for an ego with a box of that size."""
-    box = carla.BoundingBox(carla.Location(z=0.7), carla.Vector3D(half_length, half_width, 0.7))
-    ego = type("Ego", (), {"bounding_box": box})()
-    return _Episode(ego, route, 0, EnvConfig(), EnvSpec())
-
-
-def test_corner_lateral_counts_heading_and_bend():
-    hl, hw = 2.4, 1.0
-    line = Route(np.stack([np.arange(40.0), np.zeros(40)], axis=1), np.full(40, 1.75))
-    ep = _episode_on(line, hl, hw)
-    hint = line.project(20.0, 0.3).index
-    assert ep.corner_lateral(20.0, 0.3, 0.0, hint) == pytest.approx(0.3 + hw)
-    yaw = 0.1  # a front corner swings out by hl * sin(yaw) + hw * cos(yaw)
-    assert ep.corner_lateral(20.0, 0.0, yaw, hint) == pytest.approx(
-        hl * math.sin(yaw) + hw * math.cos(yaw), rel=1e-6)
-    # Centred on a 9 m radius arc and tangent to it, the front and rear corners on the
-    # outside lie beyond the half width by about hl^2 / (2 (R + hw)).
-    radius = 9.0
-    angles = np.arange(0.0, math.pi, 0.2 / radius)
-    arc = Route(radius * np.stack([np.sin(angles), 1 - np.cos(angles)], axis=1),
-                np.full(len(angles), 1.75))
-    ep = _episode_on(arc, hl, hw)
-    theta = math.pi / 2  # a quarter of the way round, heading along +y: yaw = theta
-    x, y = radius * math.sin(theta), radius * (1 - math.cos(theta))
-    outward = math.hypot(hl, radius + hw) - radius
-    assert ep.corner_lateral(x, y, theta, arc.project(x, y).index) == pytest.approx(outward,
-                                                                                    abs=0.01)
-    assert outward - hw == pytest.approx(hl ** 2 / (2 * (radius + hw)), rel=0.05)

@@ -44,8 +44,7 @@ def _refused(runs: Path, args: list[str], capsys) -> str:
     ("spec.lookahead_m", "inf"),
     ("learner.td3.head_lr", "-1e-3"),
     ("learner.td3.noise_clip", "nan"),
-    ("learner.prefetch", "0"),
-    ("learner.precision", "fp8"),
+    ("learner.execution.prefetch", "0"),
     ("replay.priority_beta", "-0.5"),
     ("replay.error_buffer", "nan"),
     ("replay.num_shards", "0"),
@@ -66,6 +65,33 @@ def _refused(runs: Path, args: list[str], capsys) -> str:
 def test_bad_values_exit_2_naming_the_key_before_anything_exists(runs, capsys, key, value):
     err = _refused(runs, ["--set", f"{key}={value}"], capsys)
     assert f"{key} (" in err, err
+
+
+@pytest.mark.parametrize("key,value,allowed", [
+    ("learner.execution.precision", "fp8", "['auto', 'fp32', 'bf16']"),
+    ("learner.execution.first_conv", "s2d", "['auto', 'strided', 'blocks']"),
+    ("learner.execution.frame_cache", "gpu", "['auto', 'device', 'off']"),
+    ("learner.execution.cpu_scheduling", "idle", "['batch', 'normal']"),
+])
+def test_enum_values_exit_2_naming_the_key_and_the_choices(runs, capsys, key, value, allowed):
+    err = _refused(runs, ["--set", f"{key}={value}"], capsys)
+    assert f"{key}: {value!r} is not one of {allowed}" in err, err
+
+
+@pytest.mark.parametrize("old", ["device", "precision", "compile", "cuda_graphs", "first_conv",
+                                 "frame_cache", "prefetch", "cpu_threads", "cpu_scheduling",
+                                 "publish_shm"])
+def test_a_moved_learner_key_exits_2_naming_its_new_place(runs, capsys, old):
+    err = _refused(runs, ["--set", f"learner.{old}=1"], capsys)
+    assert (f"config key 'learner.{old}' moved to 'learner.execution.{old}': "
+            f"set learner.execution.{old} instead") in err, err
+
+
+def test_a_moved_key_in_a_config_file_exits_2_naming_its_new_place(runs, capsys, tmp_path):
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"learner": {"device": "cpu"}}))
+    err = _refused(runs, ["--config", str(path)], capsys)
+    assert "moved to 'learner.execution.device'" in err, err
 
 
 @pytest.mark.parametrize("args,message", [

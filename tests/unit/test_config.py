@@ -2,6 +2,7 @@ import dataclasses
 import json
 import re
 import typing
+from pathlib import Path
 
 import pytest
 
@@ -33,14 +34,15 @@ def test_override_coerces_strings_and_rejects_unknown_paths():
 @pytest.mark.parametrize("path,value,message", [
     ("replay.num_shards", "many", "expected an integer, got 'many'"),
     ("replay.num_shards", 1.5, "expected an integer, got 1.5"),
-    ("learner.compile", "maybe", "expected a boolean"),
+    ("learner.execution.compile", "maybe", "expected a boolean"),
+    ("learner.execution.precision", "fp16", r"'fp16' is not one of \['auto', 'fp32', 'bf16'\]"),
+    ("learner.execution.first_conv", "s2d", r"'s2d' is not one of \['auto', 'strided', 'blocks'\]"),
+    ("learner.execution.frame_cache", "gpu", r"'gpu' is not one of \['auto', 'device', 'off'\]"),
     ("replay.sampler", "lifo", "'lifo' is not one of"),
     ("spec.frames", 0, r"frames \(0\) must be >= 1"),
     ("env.reward.overspeed_zero_ratio", 1.0, r"overspeed_zero_ratio \(1.0\) must be > 1"),
     ("env.reward.heading_error_scale_rad", 0, r"heading_error_scale_rad \(0.0\) must be > 0"),
-    ("env.reward.curve_lateral_accel_mps2", -1, r"curve_lateral_accel_mps2 \(-1.0\) must be >= 0"),
     ("learner.td3.policy_critic", "later", "'later' is not one of"),
-    ("env.reward.curve_window_m", -5, r"curve_window_m \(-5.0\) must be >= 0"),
 ])
 def test_bad_values_name_the_value(path, value, message):
     with pytest.raises(ConfigError, match=message):
@@ -112,8 +114,9 @@ def test_every_float_field_refuses_non_finite_values(path, value):
     ("learner.td3.policy_delay", 0, r"learner.td3.policy_delay \(0\) must be >= 1"),
     ("learner.td3.image_shift", 84, r"image_shift \(84\) must be < spec.image_size \(84\)"),
     ("learner.network.hidden_sizes", "64,0", r"hidden_sizes \(\(64, 0\)\) item 1 \(0\) must be >= 1"),
-    ("learner.device", "tpu", r"learner.device \('tpu'\) must be 'auto', 'cpu', 'cuda'"),
-    ("learner.prefetch", 0, r"learner.prefetch \(0\) must be >= 1"),
+    ("learner.execution.device", "tpu",
+     r"learner.execution.device \('tpu'\) must be 'auto', 'cpu', 'cuda'"),
+    ("learner.execution.prefetch", 0, r"learner.execution.prefetch \(0\) must be >= 1"),
     ("replay.num_shards", 0, r"replay.num_shards \(0\) must be in \[1, 16384\]"),
     ("replay.priority_eps", 0, r"replay.priority_eps \(0.0\) must be > 0"),
     ("replay.min_size_to_sample", 0, r"replay.min_size_to_sample \(0\) must be >= 1"),
@@ -150,8 +153,9 @@ def test_validate_checks_configs_built_in_code():
         C.validate(wrong_type)
     with pytest.raises(ConfigError, match=r"replay \(5\) must be a ReplayConfig section"):
         C.validate(dataclasses.replace(C.RunConfig(), replay=5))
-    graphs_on_cpu = C.LearnerConfig(device="cpu", cuda_graphs=True)
-    with pytest.raises(ConfigError, match=r"learner.cuda_graphs \(True\) needs a CUDA device"):
+    graphs_on_cpu = C.LearnerConfig(execution=C.LearnerExecution(device="cpu", cuda_graphs=True))
+    with pytest.raises(ConfigError,
+                       match=r"learner.execution.cuda_graphs \(True\) needs a CUDA device"):
         C.validate(dataclasses.replace(C.RunConfig(), learner=graphs_on_cpu))
     assert C.validate(C.RunConfig()) == C.RunConfig()
 
@@ -165,7 +169,8 @@ def test_loading_a_saved_config_validates_it():
 
 def test_every_rule_names_a_field_of_its_class():
     classes = [obj for obj in vars(C).values()
-               if dataclasses.is_dataclass(obj) and obj.__module__ == C.__name__]
+               if dataclasses.is_dataclass(obj) and obj.__module__.startswith(C.__name__)]
+    assert C.LearnerExecution in classes and C.RunConfig in classes
     for cls in classes:
         names = {f.name for f in dataclasses.fields(cls)}
         assert set(getattr(cls, "RULES", {})) <= names, cls.__name__
@@ -183,3 +188,81 @@ def test_check_overrides_names_the_key_without_validating_values(overrides, mess
     with pytest.raises(ConfigError, match=message):
         C.check_overrides(C.RunConfig, overrides)
     C.check_overrides(C.RunConfig, {"train.env_steps": 1, "learner.td3.gamma": "0.5"})
+
+
+def _old_flat(cfg: C.RunConfig) -> dict:
+    """``cfg`` as a run saved it before the learner's execution section existed."""
+    data = C.to_dict(cfg)
+    data["learner"].update(data["learner"].pop("execution"))
+    return data
+
+
+def test_a_saved_config_with_flat_learner_keys_loads_them_at_their_new_place(caplog):
+    run = C.LearnerExecution(device="cpu", precision=C.Precision.BF16, prefetch=7,
+                             frame_cache=C.FrameCacheMode.OFF, publish_shm=False)
+    cfg = dataclasses.replace(C.RunConfig(), learner=dataclasses.replace(C.LearnerConfig(),
+                                                                         execution=run))
+    with caplog.at_level("INFO", logger="common.config_io"):
+        assert C.loads(C.RunConfig, json.dumps(_old_flat(cfg))) == cfg
+    moved = [r.getMessage() for r in caplog.records if "config_keys_moved" in r.getMessage()]
+    assert len(moved) == 1, moved
+    assert "learner.device->learner.execution.device" in moved[0]
+    assert "learner.precision->learner.execution.precision" in moved[0]
+
+
+def test_a_saved_config_with_a_key_in_both_places_is_refused():
+    data = _old_flat(C.RunConfig())
+    data["learner"]["execution"] = {"device": "cpu"}
+    with pytest.raises(ConfigError, match=r"both learner.device .* and learner.execution.device"):
+        C.loads(C.RunConfig, json.dumps(data))
+
+
+@pytest.mark.parametrize("path", ["docs/learning/results.json",
+                                  "docs/learning/variant_bf16/results.json"])
+def test_committed_configs_of_older_runs_still_load(path):
+    root = Path(__file__).resolve().parents[2]
+    saved = json.loads((root / path).read_text())["meta"]["config"]
+    assert "precision" in saved["learner"]  # saved before the execution section
+    cfg = C.loads(C.RunConfig, json.dumps(saved))
+    assert cfg.learner.execution.precision.value == saved["learner"]["precision"]
+    assert cfg.learner.execution.cpu_threads == saved["learner"]["cpu_threads"]
+
+
+@pytest.mark.parametrize("old", sorted(C.LearnerConfig.MOVED))
+def test_an_override_of_a_moved_key_names_its_new_place(old):
+    message = rf"'learner.{old}' moved to 'learner.execution.{old}'"
+    with pytest.raises(ConfigError, match=message):
+        C.with_overrides(C.RunConfig(), {f"learner.{old}": "1"})
+    with pytest.raises(ConfigError, match=message):
+        C.check_overrides(C.RunConfig, {f"learner.{old}": "1"})
+
+
+def test_the_learner_enums_are_typed():
+    cfg = C.with_overrides(C.RunConfig(), {"learner.execution.precision": "bf16",
+                                           "learner.execution.first_conv": "blocks",
+                                           "learner.execution.frame_cache": "off"})
+    run = cfg.learner.execution
+    assert (run.precision, run.first_conv, run.frame_cache) == (
+        C.Precision.BF16, C.FirstConv.BLOCKS, C.FrameCacheMode.OFF)
+    assert C.to_dict(cfg)["learner"]["execution"]["precision"] == "bf16"
+
+
+def test_a_saved_config_with_removed_reward_knobs_at_their_off_values_loads(caplog):
+    data = C.to_dict(C.RunConfig())
+    data["env"]["reward"].update(lane_invasion_ends_episode=False, curve_lateral_accel_mps2=0.0,
+                                 curve_window_m=25.0, lane_keeping_corners=False)
+    with caplog.at_level("INFO", logger="common.config_io"):
+        assert C.loads(C.RunConfig, json.dumps(data)) == C.RunConfig()
+    assert "event=config_keys_removed keys=env.reward.lane_invasion_ends_episode," in caplog.text
+
+
+@pytest.mark.parametrize("key,value", [("lane_invasion_ends_episode", True),
+                                       ("curve_lateral_accel_mps2", 2.0),
+                                       ("lane_keeping_corners", True)])
+def test_a_saved_config_that_used_a_removed_reward_knob_is_refused(key, value):
+    data = C.to_dict(C.RunConfig())
+    data["env"]["reward"][key] = value
+    with pytest.raises(ConfigError, match=rf"env.reward.{key} \({value!r}\) was removed"):
+        C.loads(C.RunConfig, json.dumps(data))
+    with pytest.raises(ConfigError, match=rf"'env.reward.{key}' was removed"):
+        C.with_overrides(C.RunConfig(), {f"env.reward.{key}": str(value)})

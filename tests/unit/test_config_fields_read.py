@@ -8,12 +8,15 @@ from common import config as C
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SOURCES = [p for pkg in ("common", "actors", "replay", "learner", "deploy")
-           for p in (ROOT / pkg).rglob("*.py") if p.name not in ("config.py", "config_io.py")]
+           for p in (ROOT / pkg).rglob("*.py")
+           if not (p.parent.name == "common" and p.name.startswith("config"))]
 
 
 def _config_classes():
-    return [obj for obj in vars(C).values()
-            if dataclasses.is_dataclass(obj) and obj.__module__ == C.__name__]
+    classes = [obj for obj in vars(C).values()
+               if dataclasses.is_dataclass(obj) and obj.__module__.startswith(C.__name__)]
+    assert C.LearnerExecution in classes and C.RunConfig in classes
+    return classes
 
 
 def test_every_config_field_is_read():

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from common.config import FrameCacheMode
 from common.errors import ConfigError, SpecError, WireError
 from common.types import CachedBatch, SampleBatch
 from deploy import build
@@ -192,12 +193,15 @@ def test_first_cached_batch_sizes_the_cache_and_must_be_valid():
 
 
 def test_frame_cache_choice():
-    assert use_frame_cache("device", CPU, SMALL_SPEC, 10)
-    assert not use_frame_cache("off", CPU, SMALL_SPEC, 10)
-    assert not use_frame_cache("auto", CPU, SMALL_SPEC, 10)  # a CPU learner gathers in place
+    assert use_frame_cache(FrameCacheMode.DEVICE, CPU, SMALL_SPEC, 10)
+    assert not use_frame_cache(FrameCacheMode.OFF, CPU, SMALL_SPEC, 10)
+    # a CPU learner gathers in place
+    assert not use_frame_cache(FrameCacheMode.AUTO, CPU, SMALL_SPEC, 10)
     cfg = smoke()
-    bad = replace(cfg, learner=replace(cfg.learner, frame_cache="gpu"))
-    with pytest.raises(ConfigError, match=r"learner.frame_cache \('gpu'\) must be one of"):
+    bad = replace(cfg, learner=replace(cfg.learner, execution=replace(cfg.learner.execution,
+                                                                      frame_cache="gpu")))
+    with pytest.raises(ConfigError,
+                       match=r"learner.execution.frame_cache \('gpu'\) must be one of"):
         build.validate(bad)
 
 

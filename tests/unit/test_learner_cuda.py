@@ -1,5 +1,4 @@
 """The CUDA path: eager vs CUDA graphs, checkpoints, snapshots for CPU actors (GPU only)."""
-import dataclasses
 
 import numpy as np
 import pytest
@@ -9,7 +8,7 @@ from common.config import EncoderTopology, PolicyCritic
 from common.networks import PolicyNet, load_policy_state
 from learner.streams import SideStreams
 from learner.td3 import TD3Learner
-from tests.unit.learner_fixtures import SMALL_SPEC, random_batch, small_config
+from tests.unit.learner_fixtures import SMALL_SPEC, random_batch, run_on, small_config
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 # TF32 products and cuDNN's autotuned algorithms differ in the last bits between two learners.
@@ -25,10 +24,10 @@ def _max_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
 @pytest.mark.parametrize("order", list(PolicyCritic))
 def test_cuda_graphs_match_eager_updates_and_survive_a_reload(tmp_path, topology, precision,
                                                               order):
-    base = dataclasses.replace(small_config(topology, policy_critic=order), device="cuda",
+    base = run_on(small_config(topology, policy_critic=order), device="cuda",
                                precision=precision)
     eager = TD3Learner(SMALL_SPEC, base, seed=0)
-    graphed = TD3Learner(SMALL_SPEC, dataclasses.replace(base, cuda_graphs=True), seed=0)
+    graphed = TD3Learner(SMALL_SPEC, run_on(base, cuda_graphs=True), seed=0)
     for i in range(14):  # past the warm-up of both kinds of update, so both graphs replay
         batch = random_batch(SMALL_SPEC, 16, seed=i)
         stats_eager, stats_graph = eager.update(batch), graphed.update(batch)
@@ -48,9 +47,9 @@ def test_cuda_graphs_match_eager_updates_and_survive_a_reload(tmp_path, topology
 def test_cuda_graphs_replay_fresh_image_shifts():
     # The shifts are drawn outside the step and copied into the graph's inputs: a graphed
     # learner that replayed its first draws would drift away from the eager one.
-    base = dataclasses.replace(small_config(image_shift=4), device="cuda", precision="fp32")
+    base = run_on(small_config(image_shift=4), device="cuda", precision="fp32")
     eager = TD3Learner(SMALL_SPEC, base, seed=0)
-    graphed = TD3Learner(SMALL_SPEC, dataclasses.replace(base, cuda_graphs=True), seed=0)
+    graphed = TD3Learner(SMALL_SPEC, run_on(base, cuda_graphs=True), seed=0)
     for i in range(14):
         batch = random_batch(SMALL_SPEC, 16, seed=i)
         stats_eager, stats_graph = eager.update(batch), graphed.update(batch)
@@ -63,9 +62,9 @@ def test_cuda_graphs_replay_fresh_image_shifts():
 def test_a_first_convolution_on_blocks_matches_the_strided_one(compiled):
     # "auto" is blocks on CUDA; the strided learner is the NatureCNN as written. Compiled
     # and graphed: the blocked kernel is rearranged inside the captured, compiled step.
-    base = dataclasses.replace(small_config(), device="cuda", precision="fp32",
+    base = run_on(small_config(), device="cuda", precision="fp32",
                                compile=compiled, cuda_graphs=compiled)
-    learners = {c: TD3Learner(SMALL_SPEC, dataclasses.replace(base, first_conv=c), seed=0)
+    learners = {c: TD3Learner(SMALL_SPEC, run_on(base, first_conv=c), seed=0)
                 for c in ("strided", "auto")}
     assert learners["auto"].kernels.first_conv_blocks
     assert not learners["strided"].kernels.first_conv_blocks
@@ -78,7 +77,7 @@ def test_a_first_convolution_on_blocks_matches_the_strided_one(compiled):
 
 
 def test_policy_state_from_cuda_loads_into_a_cpu_actor():
-    cfg = dataclasses.replace(small_config(), device="cuda")
+    cfg = run_on(small_config(), device="cuda")
     learner = TD3Learner(SMALL_SPEC, cfg, seed=0)
     for i in range(4):
         learner.update(random_batch(SMALL_SPEC, 16, seed=i))
@@ -93,7 +92,7 @@ def test_policy_state_from_cuda_loads_into_a_cpu_actor():
 
 
 def test_cuda_checkpoint_loads_into_a_cpu_learner(tmp_path):
-    cfg = dataclasses.replace(small_config(), device="cuda")
+    cfg = run_on(small_config(), device="cuda")
     learner = TD3Learner(SMALL_SPEC, cfg, seed=0)
     for i in range(3):
         learner.update(random_batch(SMALL_SPEC, 16, seed=i))
@@ -108,7 +107,7 @@ def test_cuda_checkpoint_loads_into_a_cpu_learner(tmp_path):
 @pytest.mark.parametrize("graphs", [False, True])
 def test_pipelined_packed_batches_match_synchronous_separate_ones(graphs):
     from tests.unit.learner_fixtures import packed_batch
-    cfg = dataclasses.replace(small_config(), device="cuda", cuda_graphs=graphs)
+    cfg = run_on(small_config(), device="cuda", cuda_graphs=graphs)
     sync, piped = TD3Learner(SMALL_SPEC, cfg, seed=0), TD3Learner(SMALL_SPEC, cfg, seed=0)
     batches = [packed_batch(SMALL_SPEC, 16, seed=i) for i in range(14)]
     expected = [sync.update(b._replace(obs_image=b.obs_image.copy(), next_image=b.next_image.copy()))
@@ -128,9 +127,9 @@ def test_pipelined_packed_batches_match_synchronous_separate_ones(graphs):
 
 def test_graphs_read_the_copy_slots_in_place_and_copy_batches_from_elsewhere():
     from learner.device import DeviceBatch
-    base = dataclasses.replace(small_config(), device="cuda")
+    base = run_on(small_config(), device="cuda")
     eager = TD3Learner(SMALL_SPEC, base, seed=0)
-    graphed = TD3Learner(SMALL_SPEC, dataclasses.replace(base, cuda_graphs=True), seed=0)
+    graphed = TD3Learner(SMALL_SPEC, run_on(base, cuda_graphs=True), seed=0)
     for i in range(12):
         batch = random_batch(SMALL_SPEC, 16, seed=i)
         eager.update(batch), graphed.update(batch)
@@ -180,7 +179,7 @@ def test_frame_cache_batches_pipelined_match_pixel_batches(graphs):
     from tests.unit.test_frame_cache import _learner_batches
 
     spec, batches = _learner_batches(14)
-    base = dataclasses.replace(small_config(), device="cuda", precision="fp32",
+    base = run_on(small_config(), device="cuda", precision="fp32",
                                cuda_graphs=graphs)
     cached, pixels = TD3Learner(spec, base, seed=0), TD3Learner(spec, base, seed=0)
     pending, stats = None, []
@@ -202,9 +201,9 @@ def test_cached_and_packed_batches_share_the_slots_the_graphs_read():
     from tests.unit.test_frame_cache import _learner_batches
 
     spec, batches = _learner_batches(16)
-    base = dataclasses.replace(small_config(), device="cuda", precision="fp32")
+    base = run_on(small_config(), device="cuda", precision="fp32")
     eager = TD3Learner(spec, base, seed=0)
-    graphed = TD3Learner(spec, dataclasses.replace(base, cuda_graphs=True), seed=0)
+    graphed = TD3Learner(spec, run_on(base, cuda_graphs=True), seed=0)
     # Pixel batches first (the graphs are captured on them), then the cache's from its start:
     # each CachedBatch counts only on the frames of the CachedBatches before it.
     for batch in [p for _, p in batches[:10]] + [c for c, _ in batches[:6]]:

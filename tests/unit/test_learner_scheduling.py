@@ -39,5 +39,5 @@ def test_schedule_as_batch_moves_every_thread_and_new_ones_inherit_it():
 
 
 def test_batch_is_the_default_and_normal_is_the_alternative():
-    assert C.LearnerConfig().cpu_scheduling is C.CpuScheduling.BATCH
+    assert C.LearnerExecution().cpu_scheduling is C.CpuScheduling.BATCH
     assert C.CpuScheduling("normal") is C.CpuScheduling.NORMAL

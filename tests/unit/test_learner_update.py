@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from common.config import EncoderTopology, LearnerConfig, TD3Config
+from common.config import EncoderTopology, LearnerConfig, LearnerExecution, TD3Config
 from common.errors import ConfigError, SpecError
 from common.networks import DenseHWC, PolicyNet, load_policy_state
 from learner import precision as learner_precision
@@ -14,7 +14,7 @@ from learner.precision import CpuProbe
 from learner.pixels import prepare_pixels
 from learner.td3 import TD3Learner, UpdateStats, make_learner
 from tests.unit.learner_fixtures import (SMALL_SPEC, critic_step, device_batch, params_of,
-                                         random_batch, small_config)
+                                         random_batch, run_on, small_config)
 
 
 def test_stats_are_typed_and_policy_steps_are_delayed():
@@ -94,13 +94,17 @@ def test_bad_batches_are_rejected(field, value, message):
 
 
 @pytest.mark.parametrize("cfg,message", [
-    (LearnerConfig(td3=TD3Config(gamma=1.5)), r"gamma \(1.5\) must be in \[0, 1\]"),
-    (LearnerConfig(td3=TD3Config(policy_delay=0)), r"policy_delay \(0\) must be >= 1"),
-    (LearnerConfig(td3=TD3Config(tau=0.0)), r"tau \(0.0\) must be in \(0, 1\]"),
-    (LearnerConfig(device="tpu"), r"device \('tpu'\)"),
-    (LearnerConfig(device="cpu", precision="fp8"), r"precision \('fp8'\) must be one of"),
-    (LearnerConfig(device="cpu", cuda_graphs=True), "cuda_graphs needs a CUDA device"),
-    (LearnerConfig(td3=TD3Config(preactivation_l2=-1.0)), r"preactivation_l2 \(-1.0\) must be >= 0"),
+    (LearnerConfig(td3=TD3Config(gamma=1.5)), r"learner.td3.gamma \(1.5\) must be in \(0, 1\]"),
+    (LearnerConfig(td3=TD3Config(policy_delay=0)), r"learner.td3.policy_delay \(0\) must be >= 1"),
+    (LearnerConfig(td3=TD3Config(tau=0.0)), r"learner.td3.tau \(0.0\) must be in \(0, 1\]"),
+    (LearnerConfig(execution=LearnerExecution(device="tpu")),
+     r"learner.execution.device \('tpu'\)"),
+    (LearnerConfig(execution=LearnerExecution(device="cpu", precision="fp8")),
+     r"learner.execution.precision \('fp8'\) must be one of \['auto', 'fp32', 'bf16'\]"),
+    (LearnerConfig(execution=LearnerExecution(device="cpu", cuda_graphs=True)),
+     r"learner.execution.cuda_graphs \(True\) needs a CUDA device"),
+    (LearnerConfig(td3=TD3Config(preactivation_l2=-1.0)),
+     r"learner.td3.preactivation_l2 \(-1.0\) must be >= 0"),
 ])
 def test_bad_configs_name_the_value(cfg, message):
     with pytest.raises(ConfigError, match=message):
@@ -110,7 +114,7 @@ def test_bad_configs_name_the_value(cfg, message):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without CUDA")
 def test_cuda_without_cuda_is_a_config_error():
     with pytest.raises(ConfigError, match="no CUDA device"):
-        TD3Learner(SMALL_SPEC, dataclasses.replace(small_config(), device="cuda"), seed=0)
+        TD3Learner(SMALL_SPEC, run_on(small_config(), device="cuda"), seed=0)
 
 
 @pytest.mark.parametrize("topology", list(EncoderTopology))
@@ -160,7 +164,7 @@ def test_auto_precision_on_cpu_follows_the_probe(monkeypatch, bf16_s, expected):
     monkeypatch.setattr(learner_precision, "_PROBES", {})
     monkeypatch.setattr(learner_precision, "probe_cpu",
                         lambda spec, features, batch, with_bf16, with_conv: CpuProbe(1.0, bf16_s))
-    learner = TD3Learner(SMALL_SPEC, dataclasses.replace(small_config(), precision="auto"), seed=0)
+    learner = TD3Learner(SMALL_SPEC, run_on(small_config(), precision="auto"), seed=0)
     assert learner.precision == ("bf16" if expected == torch.bfloat16 else "fp32")
     b = learner.to_device(random_batch(SMALL_SPEC, 4, seed=0))
     with learner.state.autocast():
@@ -191,7 +195,7 @@ def test_a_learner_with_its_dense_layers_as_convolutions_learns_the_same(monkeyp
 
 @pytest.mark.parametrize("image_shift", [0, 3])
 def test_a_learner_whose_first_convolution_reads_blocks_learns_the_same(image_shift):
-    learners = {first_conv: TD3Learner(SMALL_SPEC, dataclasses.replace(
+    learners = {first_conv: TD3Learner(SMALL_SPEC, run_on(
         small_config(image_shift=image_shift), precision="fp32", first_conv=first_conv), seed=5)
         for first_conv in ("strided", "blocks")}
     assert learners["blocks"].kernels.first_conv_blocks

@@ -51,30 +51,6 @@ def test_efficiency_falls_to_zero_at_the_overspeed_ratio(name, ratio, expected):
     assert R.efficiency(m, STEEP) == pytest.approx(expected, abs=1e-9), name
 
 
-CURVES = dataclasses.replace(CFG, curve_lateral_accel_mps2=2.0)
-
-
-@pytest.mark.parametrize("name,cfg,curvature,expected", [
-    ("straight", CURVES, 0.0, CFG.target_speed_mps),
-    ("gentle_bend_keeps_the_target", CURVES, 0.02, CFG.target_speed_mps),  # sqrt(100) > 8
-    ("radius_8m", CURVES, 0.125, 4.0),  # sqrt(2 / 0.125)
-    ("radius_2m", CURVES, 0.5, 2.0),
-    ("off_by_default", CFG, 0.5, CFG.target_speed_mps),
-])
-def test_target_speed_falls_in_bends(name, cfg, curvature, expected):
-    m = step(route_curvature_1pm=curvature)
-    assert R.target_speed(m, cfg) == pytest.approx(expected), name
-
-
-def test_efficiency_pays_the_bend_speed_in_full_and_less_for_the_straight_speed():
-    bend = dict(route_curvature_1pm=0.125)  # a 4 m/s bend
-    assert R.efficiency(step(speed_mps=4.0, **bend), CURVES) == pytest.approx(1.0)
-    assert R.efficiency(step(speed_mps=2.0, **bend), CURVES) == pytest.approx(0.5)
-    # 8 m/s is twice the bend's target: the term has fallen to 0 (overspeed_zero_ratio 2)
-    assert R.efficiency(step(speed_mps=8.0, **bend), CURVES) == pytest.approx(0.0)
-    assert R.efficiency(step(speed_mps=8.0, **bend), CFG) == pytest.approx(1.0)
-
-
 def test_heading_scale_is_configurable():
     tight = dataclasses.replace(CFG, heading_error_scale_rad=0.2)
     assert R.lane_keeping(step(heading_error_rad=0.1), tight) == pytest.approx(0.5)
@@ -96,27 +72,6 @@ def test_heading_scale_is_configurable():
 ])
 def test_lane_keeping(name, m, expected):
     assert R.lane_keeping(m, CFG) == pytest.approx(expected, abs=1e-9), name
-
-
-CORNERS = dataclasses.replace(CFG, lane_keeping_corners=True)
-
-
-@pytest.mark.parametrize("name,m,expected", [
-    # straight along a straight lane the worst corner is half the width out past the centre's
-    # offset, and both measures agree
-    ("straight_centred", step(vehicle_half_width_m=1.0, corner_lateral_m=1.0), 1.0),
-    ("straight_half_the_room", step(lateral_m=0.375, vehicle_half_width_m=1.0,
-                                    corner_lateral_m=1.375), 0.5),
-    # centred, but a corner is half the room out (a heading error, or a bend)
-    ("corner_out_centre_in", step(vehicle_half_width_m=1.0, corner_lateral_m=1.375), 0.5),
-    ("corner_on_the_marking", step(vehicle_half_width_m=1.0, corner_lateral_m=1.75), 0.0),
-    ("corner_past_the_marking_is_capped", step(vehicle_half_width_m=1.0,
-                                               corner_lateral_m=2.5), 0.0),
-])
-def test_lane_keeping_by_the_worst_corner(name, m, expected):
-    assert R.lane_keeping(m, CORNERS) == pytest.approx(expected, abs=1e-9), name
-    if abs(m.lateral_m) + m.vehicle_half_width_m == m.corner_lateral_m:
-        assert R.lane_keeping(m, CFG) == pytest.approx(expected, abs=1e-9), name
 
 
 @pytest.mark.parametrize("name,jerk,expected", [
@@ -216,19 +171,11 @@ def test_termination_reason(name, m, reason):
     assert reason in R.TERMINATION_REASONS
 
 
-ENDS = dataclasses.replace(CFG, lane_invasion_ends_episode=True)
-
-
-@pytest.mark.parametrize("name,m,cfg,reason", [
-    ("invasion_goes_on_by_default", step(lane_invasion=True), CFG, ""),
-    ("invasion_ends", step(lane_invasion=True), ENDS, R.LANE_INVASION),
-    ("off_the_lanes_ends", step(on_driving_lane=False), ENDS, R.LANE_INVASION),
-    ("clean_step_goes_on", step(), ENDS, ""),
-    ("collision_before_invasion", step(collided=True, lane_invasion=True), ENDS, R.COLLISION),
-    ("off_road_before_invasion", step(lateral_m=3.0, on_driving_lane=False), ENDS, R.OFF_ROAD),
-    ("invasion_on_the_last_step_is_no_success", step(lane_invasion=True, route_completed=True),
-     ENDS, R.LANE_INVASION),
+@pytest.mark.parametrize("name,m", [
+    ("invasion", step(lane_invasion=True)),
+    ("off_the_lanes", step(on_driving_lane=False)),
+    ("invasion_on_the_last_step", step(lane_invasion=True, route_completed=True)),
 ])
-def test_lane_invasion_can_end_the_episode(name, m, cfg, reason):
-    assert R.termination_reason(m, cfg) == reason, name
-    assert reason in R.TERMINATION_REASONS
+def test_a_lane_invasion_is_penalised_but_does_not_end_the_episode(name, m):
+    assert R.safety(m, CFG) == -CFG.lane_invasion_penalty, name
+    assert R.termination_reason(m, CFG) == (R.ROUTE_COMPLETED if m.route_completed else ""), name

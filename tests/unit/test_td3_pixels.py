@@ -7,7 +7,7 @@ noise. Trained from a replay of uniformly random actions, the policy must read t
 import numpy as np
 import torch
 
-from common.config import LearnerConfig, NetworkConfig, TD3Config
+from common.config import LearnerConfig, LearnerExecution, NetworkConfig, Precision, TD3Config
 from common.specs import EnvSpec
 from common.types import SampleBatch
 from learner.td3 import TD3Learner
@@ -42,7 +42,7 @@ def _take(replay: SampleBatch, index: np.ndarray) -> SampleBatch:
 def test_policy_reads_the_best_steer_from_the_image():
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    cfg = LearnerConfig(device="cpu", precision="fp32",
+    cfg = LearnerConfig(execution=LearnerExecution(device="cpu", precision=Precision.FP32),
                         td3=TD3Config(batch_size=64, encoder_lr=1e-3, head_lr=1e-3),
                         network=NetworkConfig(encoder_features=64, hidden_sizes=(64, 64)))
     learner = TD3Learner(SPEC, cfg, seed=0)
