@@ -5,7 +5,7 @@
 Reads what the benchmarks wrote (``bench.e2e_scaling --json``, ``bench.learner_throughput
 --json``) and draws:
 
-- ``e2e_scaling.png``: env steps/s against rollout actors with the linear ideal, and the
+- ``e2e_scaling.png``: env steps/s against rollout workers with the linear ideal, and the
   weight broadcast's p50 and p99 against the 100 ms goal;
 - ``learner_throughput.png``: updates/s of every learner variant and feed against SB3's, one
   panel per results file (device named in the title), with the goal: 1.8x SB3 on a CPU,
@@ -86,12 +86,12 @@ def plot_e2e(result: dict[str, Any], out: Path, source: Path) -> Path:
         if mid:
             right.plot([t[0] for t in mid], [t[4] for t in mid], "^:",
                        label=f"p99 mid-episode{label}")
-    left.set(xscale="log", yscale="log", xlabel="rollout actors", ylabel="env steps / s",
+    left.set(xscale="log", yscale="log", xlabel="rollout workers", ylabel="env steps / s",
              title=f"Scaling, {result.get('tick_latency_s', 0.05) * 1e3:.0f} ms per tick")
     left.set_xticks(actors, [str(n) for n in actors])
     left.legend()
     right.axhline(BROADCAST_GOAL_MS, color="grey", linestyle="--", label="p99 goal")
-    right.set(xscale="log", xlabel="rollout actors", ylabel="ms",
+    right.set(xscale="log", xlabel="rollout workers", ylabel="ms",
               title="Weight broadcast: publish to every actor running it")
     right.set_xticks(actors, [str(n) for n in actors])
     right.legend()

@@ -1,13 +1,13 @@
-"""End-to-end env steps/s against the number of rollout actors, and weight-broadcast latency.
+"""End-to-end env steps/s against the number of rollout workers, and weight-broadcast latency.
 
 Each point builds the real fleet (deploy.driver.build_fleet: replay shards, weight board,
-learner, rollout actors on local Ray) with the fake CARLA charging a realistic server cost per
+learner, rollout workers on local Ray) with the fake CARLA charging a realistic server cost per
 tick (default 50 ms, a CARLA server at 20 FPS), lets every actor reset and load the policy,
 then times all actors running ``--steps`` env steps each while the learner keeps updating and
 publishing (publish_every=1) in the background. Scaling efficiency at N is
 steps/s(N) / (N x steps/s(1)).
 
-Broadcast latency: for each published version, the time from publish until EVERY rollout actor
+Broadcast latency: for each published version, the time from publish until EVERY rollout worker
 runs it (the max over actors of publish -> its first inference on it), p50 and p99; and the
 same over the actors that were in the middle of an episode (no episode reset between the
 publish and that inference: a reset ticks the simulator and spawns actors, and runs no policy).
@@ -59,7 +59,7 @@ def bench_config(actors: int, tick_latency_s: float, updates_per_env_step: float
                                           cpu_threads=1, publish_shm=transport == "shm")),
         replay=replace(base.replay, num_shards=min(2, actors), capacity=20_000,
                        min_size_to_sample=256),
-        rollout=replace(base.rollout, num_actors=actors, learning_starts=0, weight_poll_every=1),
+        rollout=replace(base.rollout, num_workers=actors, learning_starts=0, weight_poll_every=1),
         train=replace(base.train, env_steps=10**9, updates_per_env_step=updates_per_env_step))
 
 

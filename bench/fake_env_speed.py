@@ -18,10 +18,10 @@ import time
 
 import numpy as np
 
-from actors.carla_env import CarlaEnv, make_env
-from actors.fakecarla.remote_client import make_remote_module
-from actors.fakecarla.remote_process import FakeServerProcess
-from actors.scripted import PurePursuitDriver
+from rollout.carla_env import CarlaEnv, make_env
+from rollout.fakecarla.remote_client import make_remote_module
+from rollout.fakecarla.remote_process import FakeServerProcess
+from rollout.scripted import PurePursuitDriver
 from common.config import EnvConfig, FakeCarlaConfig
 from common.specs import EnvSpec
 

@@ -5,7 +5,7 @@ km, route completion, and how NPC traffic behaved (NPC-NPC contacts). One JSON o
         [--town Town01] [--split eval] [--seed 0] [--set env.KEY=VALUE ...]
 
 ``privileged`` reads every vehicle's position and velocity from the world
-(actors/scripted_privileged.py): the upper bound of the traffic benchmark; ``scripted`` is the
+(rollout/scripted_privileged.py): the upper bound of the traffic benchmark; ``scripted`` is the
 pure-pursuit driver that sees only the observation vector and ignores traffic.
 """
 from __future__ import annotations
@@ -14,9 +14,9 @@ import argparse
 import json
 import time
 
-from actors.carla_env import make_env
-from actors.scripted import PurePursuitDriver
-from actors.scripted_privileged import PrivilegedDriver
+from rollout.carla_env import make_env
+from rollout.scripted import PurePursuitDriver
+from rollout.scripted_privileged import PrivilegedDriver
 from common.config import EnvConfig, RouteSplit
 from common.specs import EnvSpec
 

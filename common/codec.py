@@ -1,4 +1,4 @@
-"""The msgpack wire codec: StepChunks from rollout actors, SampleBatches to the learner.
+"""The msgpack wire codec: StepChunks from rollout workers, SampleBatches to the learner.
 
 A message is one msgpack map with an exact key set: ``"v"`` (format version), ``"kind"``
 (``"chunk"`` or ``"batch"``), scalar fields, and one entry per array, each

@@ -57,7 +57,7 @@ class ReplayConfig:
         samples_per_insert: target samples per inserted transition (0 disables the limit).
         error_buffer: allowed deviation from the target ratio, in samples.
         min_size_to_sample: transitions a shard needs before it serves samples.
-        chunk_length: observation records per insert message from a rollout actor.
+        chunk_length: observation records per insert message from a rollout worker.
     """
 
     num_shards: int = 2
@@ -89,10 +89,10 @@ class ReplayConfig:
 
 @dataclass(frozen=True)
 class RolloutConfig:
-    """Rollout actors.
+    """Rollout workers.
 
     Attributes:
-        num_actors: rollout actors, one env (one CARLA server) each.
+        num_workers: rollout workers, one env (one CARLA server) each.
         learning_starts: env steps (all actors together) of uniform random actions first.
         exploration_noise: std of the Gaussian noise added to the policy's action.
         noise_spread: Ape-X style per-actor noise: actor i of N uses
@@ -105,23 +105,24 @@ class RolloutConfig:
             each actor.
     """
 
-    num_actors: int = 2
+    num_workers: int = 2
     learning_starts: int = 2000
     exploration_noise: float = 0.1
     noise_spread: float = 0.0
     weight_poll_every: int = 1
     cpu_threads: int = 1
 
+    MOVED: ClassVar[dict[str, str]] = {"num_actors": "num_workers"}
     RULES: ClassVar[dict[str, Rule]] = {
-        "num_actors": at_least(1), "learning_starts": at_least(0),
+        "num_workers": at_least(1), "learning_starts": at_least(0),
         "exploration_noise": at_least(0), "noise_spread": at_least(0),
         "weight_poll_every": at_least(1), "cpu_threads": at_least(1),
     }
     CHECKS: ClassVar[tuple[Check, ...]] = (
-        # actors/exploration.py: the noise falls with the actor index only from a base below 1.
+        # rollout/exploration.py: the noise falls with the actor index only from a base below 1.
         lambda c, p: (f"{p}exploration_noise ({c.exploration_noise}) must be < 1 when noise_spread "
                       f"> 0 ({c.noise_spread}) and there are several actors"
-                      if c.noise_spread > 0 and c.num_actors > 1 and c.exploration_noise >= 1
+                      if c.noise_spread > 0 and c.num_workers > 1 and c.exploration_noise >= 1
                       else None),
     )
 
@@ -134,23 +135,24 @@ class TrainConfig:
         env_steps: total env steps (all actors together) before the run ends.
         updates_per_env_step: learner updates per env step, held by the replay's rate limiter
             (samples_per_insert = this x batch_size); 0 lets both sides run free.
-        actor_steps_per_call: env steps a rollout actor runs per remote call.
+        worker_steps_per_call: env steps a rollout worker runs per remote call.
         learner_updates_per_call: updates the learner runs per remote call.
         progress_every_s: seconds between two progress lines (and metrics.csv rows).
-        endpoints: CARLA servers as "host:port" (one rollout actor each); empty: rollout
+        endpoints: CARLA servers as "host:port" (one rollout worker each); empty: rollout
             actors use env.host and ports env.port + 3 * i.
     """
 
     env_steps: int = 20_000
     updates_per_env_step: float = 0.0
-    actor_steps_per_call: int = 50
+    worker_steps_per_call: int = 50
     learner_updates_per_call: int = 10
     progress_every_s: float = 5.0
     endpoints: tuple[str, ...] = ()
 
+    MOVED: ClassVar[dict[str, str]] = {"actor_steps_per_call": "worker_steps_per_call"}
     RULES: ClassVar[dict[str, Rule]] = {
         "env_steps": at_least(1), "updates_per_env_step": at_least(0),
-        "actor_steps_per_call": at_least(1), "learner_updates_per_call": at_least(1),
+        "worker_steps_per_call": at_least(1), "learner_updates_per_call": at_least(1),
         "progress_every_s": above(0), "endpoints": each(endpoint),
     }
 
@@ -205,10 +207,10 @@ class RunConfig:
     Attributes:
         seed: master seed.
         spec: observation and action spec.
-        env: env settings shared by all rollout actors (ports are assigned per actor).
+        env: env settings shared by all rollout workers (ports are assigned per actor).
         learner: the learner.
         replay: the replay service.
-        rollout: the rollout actors.
+        rollout: the rollout workers.
         train: the driver's budget and pacing.
         metrics: metrics export.
     """
@@ -225,8 +227,8 @@ class RunConfig:
     RULES: ClassVar[dict[str, Rule]] = {"seed": in_range(0, 2**32 - 1)}
     CHECKS: ClassVar[tuple[Check, ...]] = (
         lambda c, _: (f"{len(c.train.endpoints)} CARLA endpoint(s) {list(c.train.endpoints)} "
-                      f"but rollout.num_actors is {c.rollout.num_actors}: one actor per server"
-                      if c.train.endpoints and len(c.train.endpoints) != c.rollout.num_actors
+                      f"but rollout.num_workers is {c.rollout.num_workers}: one actor per server"
+                      if c.train.endpoints and len(c.train.endpoints) != c.rollout.num_workers
                       else None),
         lambda c, _: (f"replay.min_size_to_sample ({c.replay.min_size_to_sample}) must be >= "
                       f"learner.td3.batch_size ({c.learner.td3.batch_size})"

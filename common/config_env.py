@@ -15,14 +15,14 @@ from common.config_rules import (Check, Rule, above, at_least, host_or_ip, in_ra
 
 
 class SimulatorBackend(str, enum.Enum):
-    """FAKE: the in-process stand-in (actors/fakecarla); CARLA: a real server at host:port."""
+    """FAKE: the in-process stand-in (rollout/fakecarla); CARLA: a real server at host:port."""
 
     FAKE = "fake"
     CARLA = "carla"
 
 
 class PedalAction(str, enum.Enum):
-    """What the second action component commands (actors/carla_env.py ``pedal_from_action``).
+    """What the second action component commands (rollout/carla_env.py ``pedal_from_action``).
 
     THROTTLE_BRAKE: the pedal itself: throttle above 0, brake below (the original design, and
         the setting docs/learning.md's main results were measured with). Learned policies
@@ -39,7 +39,7 @@ class PedalAction(str, enum.Enum):
 
 
 class RouteSplit(str, enum.Enum):
-    """Which spawn points an env draws routes from (actors/route.py): disjoint sets, so that
+    """Which spawn points an env draws routes from (rollout/route.py): disjoint sets, so that
     evaluation runs on held-out routes."""
 
     TRAIN = "train"
@@ -48,7 +48,7 @@ class RouteSplit(str, enum.Enum):
 
 @dataclass(frozen=True)
 class RewardConfig:
-    """Weights of the reward components (see actors/rewards.py for each component).
+    """Weights of the reward components (see rollout/rewards.py for each component).
 
     The default weights keep an ordinary step's reward within about [-1, 1]; only terminal
     events (collision, off road, goal) and a lane invasion go beyond. The runs behind the
@@ -148,8 +148,8 @@ class FakeCarlaConfig:
     Attributes:
         xodr_path: OpenDRIVE file the fake serves as its one map, named after the file's
             stem ("/maps/ring.xodr" is map "ring"); "" serves the small towns the project
-            ships: actors/fakecarla/town.xodr (not CARLA's Town01) under the default
-            ``env.town``, "Town01", and actors/fakecarla/Town02.xodr as "Town02". Set, it wins over ``env.town``, which must then be left at
+            ships: rollout/fakecarla/town.xodr (not CARLA's Town01) under the default
+            ``env.town``, "Town01", and rollout/fakecarla/Town02.xodr as "Town02". Set, it wins over ``env.town``, which must then be left at
             its default or name the stem (see EnvConfig.town).
         tick_latency_s: wall-clock cost added to every tick, standing in for a real server.
         fail_tick_at: tick number at which a tick times out (-1: never). Fault injection.
@@ -162,7 +162,7 @@ class FakeCarlaConfig:
             start and when a client first connects after a death, before it serves its world;
             until then it refuses connections, as a booting CARLA server does.
         npc_stops_per_min: how often an NPC stops in its lane at random: stops begun per
-            minute of driving away from junctions (actors/fakecarla/traffic.py); 0: never.
+            minute of driving away from junctions (rollout/fakecarla/traffic.py); 0: never.
         npc_stop_s: how long a random stop stands still, seconds.
         npc_park_fraction: the fraction of random stops that are parks instead.
         npc_park_s: how long a park stands still in the lane, seconds.
@@ -214,7 +214,7 @@ class EnvConfig:
         max_steps: step limit (truncation).
         max_lateral_m: |lateral deviation| from the route that terminates an episode, in a
             3.5 m lane; in a lane of width w, at the same margin beyond its half width
-            (w / 2 + max_lateral_m - 1.75; actors/rewards.py off_road).
+            (w / 2 + max_lateral_m - 1.75; rollout/rewards.py off_road).
         num_npcs: NPC vehicles driven by the traffic manager.
         reward: reward weights.
         pedal: what the action's second component commands (see PedalAction).

@@ -177,7 +177,7 @@ class LearnerExecution:
         cpu_scheduling: the scheduling class of a learner on the CPU (``CpuScheduling``);
             a CUDA learner keeps the default class.
         publish_shm: also write each published snapshot into a shared-memory file that
-            rollout actors on the learner's machine read directly (deploy/weights_shm.py);
+            rollout workers on the learner's machine read directly (deploy/weights_shm.py);
             actors elsewhere fetch it from the object store either way.
     """
 

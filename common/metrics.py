@@ -31,7 +31,7 @@ from common.errors import MetricsError
 PREFIX = "carla_td3_"
 
 LABELS: Mapping[str, str] = {
-    "actor": "rollout actor index, 0..num_actors-1",
+    "actor": "rollout worker index, 0..num_workers-1",
     "shard": "replay shard index, 0..num_shards-1",
     "ending": "how an episode ended: terminated or truncated",
     "encoder": "which CNN encoder: policy or critic",
@@ -60,7 +60,7 @@ class MetricKind(str, enum.Enum):
 class Owner(str, enum.Enum):
     """The process that records a metric (one writer per series)."""
 
-    ROLLOUT = "rollout actor"
+    ROLLOUT = "rollout worker"
     REPLAY = "replay shard"
     LEARNER = "learner"
 
@@ -115,7 +115,7 @@ class MetricDef:
 _C, _G, _H = MetricKind.COUNTER, MetricKind.GAUGE, MetricKind.HISTOGRAM
 _R, _P, _L = Owner.ROLLOUT, Owner.REPLAY, Owner.LEARNER
 
-# Rollout actors: the env loop and the CARLA connection.
+# Rollout workers: the env loop and the CARLA connection.
 ENV_STEPS = MetricDef("carla_td3_env_steps_total", _C, "Env steps taken.", _R, ("actor",))
 EPISODES = MetricDef("carla_td3_episodes_total", _C, "Episodes finished.", _R, ("actor", "ending"))
 EPISODE_SUCCESSES = MetricDef(

@@ -55,7 +55,7 @@ class FlattenHWC(nn.Module):
         return x.permute(0, 2, 3, 1).flatten(1)
 
 
-# Below this batch the product stays a matrix product: a rollout actor's batch-1 product is a
+# Below this batch the product stays a matrix product: a rollout worker's batch-1 product is a
 # matrix-vector product, which beats the convolution there (docs/benchmarks.md, "Code choices").
 DENSE_CONV_MIN_BATCH = 32
 
@@ -102,7 +102,7 @@ class ImageEncoder(nn.Module):
     feeds the same images to several encoders, converts them once with ``prepare`` and calls
     ``encode``. The [0, 255] -> [-1, 1] pixel scaling is folded into the first convolution's
     weight and bias (one pass less over the largest tensor); the parameters, and so the
-    weights that travel to rollout actors, are those of the plain NatureCNN on scaled pixels.
+    weights that travel to rollout workers, are those of the plain NatureCNN on scaled pixels.
 
     Deviation from the
     NatureCNN: the final linear layer is followed by LayerNorm and tanh (as in DrQ and SAC-AE)
@@ -186,7 +186,7 @@ class PolicyNet(nn.Module):
 
     @classmethod
     def from_config(cls, spec: EnvSpec, cfg: NetworkConfig) -> "PolicyNet":
-        """The policy a rollout actor builds to load ``policy_state`` snapshots into."""
+        """The policy a rollout worker builds to load ``policy_state`` snapshots into."""
         return cls(spec, cfg.encoder_features, cfg.hidden_sizes)
 
     def act(self, features: torch.Tensor) -> torch.Tensor:
@@ -292,7 +292,7 @@ def load_policy_state(net: nn.Module, state: Mapping[str, np.ndarray]) -> None:
     """Loads a ``policy_state()`` snapshot (CPU numpy arrays) into ``net`` (on the CPU) in place.
 
     The values are not checked for NaNs here: the learner refuses to publish them
-    (``common.weights.require_finite``), once, instead of every rollout actor scanning every
+    (``common.weights.require_finite``), once, instead of every rollout worker scanning every
     version again. The arrays may be read-only views (the shared-memory weight file's).
 
     Args:

@@ -14,7 +14,7 @@ import torch
 from common.errors import SpecError
 
 _CV_MAX_CHANNELS = 512  # OpenCV's CV_CN_MAX
-# A rollout actor's batch of 1 is faster through torch: the numpy and OpenCV round trip costs
+# A rollout worker's batch of 1 is faster through torch: the numpy and OpenCV round trip costs
 # more than it saves there (docs/benchmarks.md, "Code choices").
 _INTERLEAVE_MIN_BATCH = 32
 

@@ -11,7 +11,7 @@ Reward: float32, one per transition, in [-reward_limit, reward_limit].
 Bounds. Every float the wire carries has a finite range, so that a value no driving episode
 produces (1e30, 3e38, an infinity, a NaN) is refused where it enters (common/codec.py) instead
 of reaching the critic. Each range is generous, several times what the env produces, and the
-env clips its vector to it (actors/observation.py), so real data is never refused:
+env clips its vector to it (rollout/observation.py), so real data is never refused:
   speed      [0, SPEED_LIMIT_MPS / SPEED_SCALE_MPS] (5): 150 m/s, 540 km/h, far beyond any
              road vehicle (the env's target speeds are 8 to 12 m/s); a norm, never negative.
   lateral    +-LATERAL_LIMIT_M / lateral_scale_m (28.6): 100 m; an episode ends off the road
@@ -24,7 +24,7 @@ env clips its vector to it (actors/observation.py), so real data is never refuse
   action     [-1, 1], the action box itself.
   reward     +-reward_limit (100): the default reward weights (common.config.RewardConfig)
              give a step at most about 40 in magnitude, a collision at twice the target speed
-             with a lane invasion and leaving the road (actors.rewards.step_reward_bound).
+             with a lane invasion and leaving the road (rollout.rewards.step_reward_bound).
 """
 from __future__ import annotations
 

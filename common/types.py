@@ -1,4 +1,4 @@
-"""Data that crosses process boundaries: what rollout actors send and what the learner samples.
+"""Data that crosses process boundaries: what rollout workers send and what the learner samples.
 
 The wire unit is a ``StepChunk``: consecutive observations emitted by ONE actor's env, one
 record per observation (Acme/Reverb adder style). Record ``i`` carries the newest camera frame

@@ -1,4 +1,4 @@
-"""Versioned policy snapshots: what the learner publishes and rollout actors load."""
+"""Versioned policy snapshots: what the learner publishes and rollout workers load."""
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -16,7 +16,7 @@ class PolicySnapshot(NamedTuple):
             yet" (transitions from the uniform random warm-up carry it).
         state: parameter name -> CPU numpy array. Every published snapshot holds only finite
             values: the learner checks once, before publishing (``require_finite``), so the
-            rollout actors that load it do not each check again.
+            rollout workers that load it do not each check again.
     """
 
     version: int

@@ -1,19 +1,14 @@
-"""Building components from a RunConfig: per-actor env settings, the replay settings the rate
-limiter needs, envs and rollout workers. Shared by the local and the Ray run modes."""
+"""From a RunConfig to each component's settings, and the checks that run before Ray starts:
+each rollout worker's env settings (its server, its traffic-manager port), the replay settings
+the rate limiter needs, and ``validate``. deploy/components.py builds the components from
+these settings; deploy/driver.py places them on Ray."""
 from __future__ import annotations
 
-import random
 import socket
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
-from actors.carla_env import CarlaEnv
-from actors.carla_session import owner_tag, target_town
-from actors.exploration import GaussianExploration, actor_noise_scale
-from actors.policy import CpuPolicy
-from actors.rollout import LazyEnv, RolloutWorker, WeightSource
-from actors.writer import ChunkSink, ChunkWriter
+from rollout.carla_session import target_town
 from common import config as C
 from common.codec import WireLimits
 from common.errors import ConfigError
@@ -29,7 +24,7 @@ def parse_endpoint(text: str) -> tuple[str, int]:
 
 
 def actor_env_config(cfg: C.RunConfig, index: int) -> C.EnvConfig:
-    """The env settings of rollout actor ``index``: its own server and traffic-manager port."""
+    """The env settings of rollout worker ``index``: its own server and traffic-manager port."""
     env = cfg.env
     if cfg.train.endpoints:
         host, port = parse_endpoint(cfg.train.endpoints[index])
@@ -66,7 +61,7 @@ def validate(cfg: C.RunConfig) -> None:
 
     First every value of the tree: its type, enum, range and cross-field rules
     (``C.validate``: each class's RULES and CHECKS). Then only what needs the other packages
-    or the machine: each rollout actor's server and its ports (actor i's port derived from
+    or the machine: each rollout worker's server and its ports (actor i's port derived from
     ``env.port``; on one host, names resolved, servers must not share or overlap ports), the
     replay's effective rate limiter (derived from ``train.updates_per_env_step``), the wire
     codec's records-per-message limit, the metrics backends a Ray run can use, and on the fake
@@ -115,12 +110,12 @@ def host_address(host: str) -> str:
 
 
 def _check_ports(cfg: C.RunConfig) -> None:
-    servers = [actor_env_config(cfg, i) for i in range(cfg.rollout.num_actors)]
+    servers = [actor_env_config(cfg, i) for i in range(cfg.rollout.num_workers)]
     for i, env in enumerate(servers):
         try:
             C.validate(env, "env.")
         except ConfigError as exc:
-            raise ConfigError(f"rollout actor {i}'s server: {exc}") from None
+            raise ConfigError(f"rollout worker {i}'s server: {exc}") from None
     # A fake server uses its one port; a CARLA server N, N+1 and N+2.
     spacing = SERVER_PORT_SPACING if cfg.env.backend is C.SimulatorBackend.CARLA else 1
     by_host: dict[str, list[tuple[int, str]]] = {}
@@ -130,7 +125,7 @@ def _check_ports(cfg: C.RunConfig) -> None:
         ports = sorted(ports)
         for (a, host_a), (b, host_b) in zip(ports, ports[1:]):
             if b - a < spacing:
-                what = ("are one server: give each rollout actor its own" if a == b else
+                what = ("are one server: give each rollout worker its own" if a == b else
                         f"overlap: a CARLA server uses N, N+1 and N+2, so space them >= "
                         f"{SERVER_PORT_SPACING} apart")
                 raise ConfigError(f"servers {host_a}:{a} and {host_b}:{b} on one host "
@@ -139,38 +134,3 @@ def _check_ports(cfg: C.RunConfig) -> None:
     rpc = {p + k for env in servers for p in (env.port,) for k in range(SERVER_PORT_SPACING)}
     if cfg.env.backend is C.SimulatorBackend.CARLA and tm_ports & rpc:
         raise ConfigError(f"traffic-manager ports {sorted(tm_ports & rpc)} clash with CARLA server ports")
-
-
-def rollout_env(env_cfg: C.EnvConfig, spec: Any, seed: int, index: int) -> CarlaEnv:
-    """Rollout actor ``index``'s env on its server: CARLA, or a fake-server process."""
-    module = None
-    if env_cfg.backend is C.SimulatorBackend.FAKE:
-        from actors.fakecarla.remote_client import make_remote_module
-        module = make_remote_module()
-    return CarlaEnv(env_cfg, spec, module, seed, owner_tag(index))
-
-
-def make_worker(cfg: C.RunConfig, index: int, sink: ChunkSink, weights: WeightSource,
-                seed: int, env: Any = None) -> RolloutWorker:
-    """A rollout worker for actor ``index``: env, CPU policy, exploration, chunk writer.
-
-    Without ``env``, the env connects on the worker's first reset (``LazyEnv``) to the actor's
-    server: a CARLA server, or on the fake backend a fake-server process
-    (``carla-td3 fake-server``, reached through the remote fake client).
-    """
-    import numpy as np
-
-    actor_seed = seed * 1_000 + index
-    if env is None:
-        env_cfg = actor_env_config(cfg, index)
-        env = LazyEnv(lambda: rollout_env(env_cfg, cfg.spec, actor_seed, index))
-    rng = np.random.default_rng(actor_seed)
-    scale = actor_noise_scale(cfg.rollout.exploration_noise, cfg.rollout.noise_spread, index,
-                              cfg.rollout.num_actors)
-    writer = ChunkWriter(cfg.spec, cfg.replay.chunk_length, sink,
-                         stream_id=random.SystemRandom().getrandbits(63))
-    return RolloutWorker(
-        env, CpuPolicy(cfg.spec, cfg.learner.network, cfg.rollout.cpu_threads), writer, weights,
-        GaussianExploration(scale, rng), actor_index=index,
-        learning_starts=cfg.rollout.learning_starts,
-        weight_poll_every=cfg.rollout.weight_poll_every, seed=actor_seed)

@@ -33,10 +33,11 @@ def _parser() -> argparse.ArgumentParser:
     _add_config_flags(t, "replay.num_shards=4")
     t.add_argument("--steps", type=int, help="total env steps (train.env_steps)")
     t.add_argument("--seed", type=int, help="master seed")
-    t.add_argument("--actors", type=int, help="rollout actors (rollout.num_actors)")
+    t.add_argument("--workers", "--actors", dest="workers", type=int,
+                   help="rollout workers, one simulator each (rollout.num_workers)")
     t.add_argument("--shards", type=int, help="replay shards (replay.num_shards)")
     t.add_argument("--carla", metavar="HOST:PORT[,HOST:PORT...]",
-                   help="real CARLA servers, one rollout actor each")
+                   help="real CARLA servers, one rollout worker each")
     t.add_argument("--ray-address", help="join an existing Ray cluster (e.g. auto or HOST:6379)")
     t.add_argument("--runs", type=Path, default=Path("runs"), help="where run directories go")
     t.add_argument("--name", help="run directory name (default: a timestamp)")
@@ -44,9 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
     e = sub.add_parser("evaluate", help="the deterministic policy of a checkpoint on held-out routes",
                        description="Runs a checkpoint's deterministic policy on the run's own env "
-                                   "(its saved config, rollout actor 0's server). " + RUN_OVERRIDES
+                                   "(its saved config, rollout worker 0's server). " + RUN_OVERRIDES
                                    + MAPS)
-    e.add_argument("checkpoint", type=Path, help="a run directory (its latest checkpoint) or a checkpoint directory")
+    e.add_argument("checkpoint", type=Path, help="a run directory (its latest checkpoint), a checkpoint "
+                                                 "directory, or a policy directory (carla-td3 export)")
     e.add_argument("--episodes", type=int, default=10)
     e.add_argument("--seed", type=int, default=10_000)
     e.add_argument("--video", type=Path, help="write the first episode as an MP4 (camera + top-down)")
@@ -75,6 +77,13 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--port", type=int, required=True, help="TCP port (0: any free one, logged)")
     f.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all)")
     _add_config_flags(f, "env.fake.boot_s=5")
+    x = sub.add_parser("export", help="write a trained policy on its own (weights and config)",
+                       description="Writes a policy directory from a run's latest checkpoint (or one "
+                                   "checkpoint): the policy network's arrays, the run's config and a "
+                                   "sealed manifest. evaluate and drive --checkpoint take it as they "
+                                   "take a run.")
+    x.add_argument("source", type=Path, help="a run directory or a checkpoint directory")
+    x.add_argument("out", type=Path, help="the policy directory to create (new or empty)")
     return p
 
 
@@ -138,7 +147,7 @@ def config_from_args(args: argparse.Namespace) -> C.RunConfig:
     """The effective RunConfig: preset, then --config file, then flags, then --set."""
     cfg = presets.preset(args.preset)
     overrides = file_overrides(args.config)
-    flag_keys = {"steps": "train.env_steps", "seed": "seed", "actors": "rollout.num_actors",
+    flag_keys = {"steps": "train.env_steps", "seed": "seed", "workers": "rollout.num_workers",
                  "shards": "replay.num_shards"}
     overrides.update({key: getattr(args, flag) for flag, key in flag_keys.items()
                       if getattr(args, flag) is not None})
@@ -152,7 +161,7 @@ def config_from_args(args: argparse.Namespace) -> C.RunConfig:
         backend = cfg.env.backend if "env.backend" in overrides else C.SimulatorBackend.CARLA
         cfg = replace(cfg, env=replace(cfg.env, backend=backend),
                       train=replace(cfg.train, endpoints=endpoints),
-                      rollout=replace(cfg.rollout, num_actors=len(endpoints)))
+                      rollout=replace(cfg.rollout, num_workers=len(endpoints)))
     return cfg
 
 
@@ -161,7 +170,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from deploy.console import next_steps
 
     if args.resume:
-        fixed = [f"--{k}" for k in ("config", "seed", "actors", "shards", "carla")
+        fixed = [f"--{k}" for k in ("config", "seed", "workers", "shards", "carla")
                  if getattr(args, k) is not None] + (["--set"] if args.overrides else [])
         if fixed:
             raise ConfigError(f"--resume continues a run with its saved config; {fixed} cannot "
@@ -223,14 +232,14 @@ def _driver(cfg: C.RunConfig, checkpoint: Path | None) -> Callable[[dict], Any]:
         from deploy import evaluate
 
         return evaluate.load_policy(cfg, checkpoint).act
-    from actors.scripted import PurePursuitDriver
+    from rollout.scripted import PurePursuitDriver
 
     return PurePursuitDriver.for_env(cfg.spec, cfg.env)
 
 
 def cmd_drive(args: argparse.Namespace) -> int:
-    from actors.carla_env import make_env
-    from actors.video import record_episode
+    from rollout.carla_env import make_env
+    from rollout.video import record_episode
 
     cfg, checkpoint = _drive_config(args)
     env = make_env(cfg.env, cfg.spec, seed=args.seed)  # first: a town the server lacks fails at once
@@ -245,7 +254,7 @@ def cmd_drive(args: argparse.Namespace) -> int:
 def cmd_fake_server(args: argparse.Namespace) -> int:
     import signal
 
-    from actors.fakecarla.remote_server import FakeServer
+    from rollout.fakecarla.remote_server import FakeServer
 
     overrides = overrides_from_args(args)
     bad = sorted(k for k in overrides if not k.startswith("env.fake."))
@@ -266,12 +275,20 @@ def cmd_fake_server(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from deploy import policy_dir
+
+    meta = policy_dir.export_policy(args.source, args.out)
+    print(json.dumps({"out": str(args.out), **meta}, indent=2, sort_keys=True))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("CARLA_TD3_LOG", "INFO"), format="%(message)s")
     args = _parser().parse_args(argv)
     try:
         commands = {"train": cmd_train, "evaluate": cmd_evaluate, "drive": cmd_drive,
-                    "fake-server": cmd_fake_server}
+                    "fake-server": cmd_fake_server, "export": cmd_export}
         return commands[args.command](args)
     except CarlaTD3Error as exc:
         print(f"carla-td3: error: {exc}", file=sys.stderr)

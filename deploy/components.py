@@ -1,6 +1,8 @@
-"""The plain components a run is built from, each usable in-process (tests, benchmarks) or
-inside a Ray actor (deploy/ray_actors.py wraps them and adds only what needs Ray).
+"""The plain components a run is built from (the composition root's builders), each usable
+in-process (tests, benchmarks) or inside a Ray actor (deploy/ray_actors.py wraps them and adds
+only what needs Ray). Settings come from deploy/build.py; deploy/driver.py places them.
 
+- ``make_worker``: a rollout worker (env on its server, CPU policy, exploration, chunk writer).
 - ``RestoringShard``: a replay shard that restores the run's last checkpoint when (re)started.
 - ``LearnerService``: the learner with everything around it in a run: the precision a run keeps,
   its CPU scheduling, restoring its checkpoint, the frame cache, the replay client and the loop.
@@ -10,12 +12,20 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 
 from common import config as C
+from deploy.build import actor_env_config
+from rollout.carla_env import CarlaEnv
+from rollout.carla_session import owner_tag
+from rollout.exploration import GaussianExploration, actor_noise_scale
+from rollout.policy import CpuPolicy
+from rollout.worker import LazyEnv, RolloutWorker, WeightSource
+from rollout.writer import ChunkSink, ChunkWriter
 from common.metrics import MetricsSink, NullSink
 from common.types import CachedBatch
 from common.weights import PolicySnapshot
@@ -172,3 +182,38 @@ class LearnerService:
         """Writes the learner's checkpoint file; returns its update count."""
         self.learner.save(path)
         return int(self.learner.updates)
+
+
+def rollout_env(env_cfg: C.EnvConfig, spec: Any, seed: int, index: int) -> CarlaEnv:
+    """Rollout worker ``index``'s env on its server: CARLA, or a fake-server process."""
+    module = None
+    if env_cfg.backend is C.SimulatorBackend.FAKE:
+        from rollout.fakecarla.remote_client import make_remote_module
+        module = make_remote_module()
+    return CarlaEnv(env_cfg, spec, module, seed, owner_tag(index))
+
+
+def make_worker(cfg: C.RunConfig, index: int, sink: ChunkSink, weights: WeightSource,
+                seed: int, env: Any = None) -> RolloutWorker:
+    """A rollout worker for actor ``index``: env, CPU policy, exploration, chunk writer.
+
+    Without ``env``, the env connects on the worker's first reset (``LazyEnv``) to the actor's
+    server: a CARLA server, or on the fake backend a fake-server process
+    (``carla-td3 fake-server``, reached through the remote fake client).
+    """
+    import numpy as np
+
+    actor_seed = seed * 1_000 + index
+    if env is None:
+        env_cfg = actor_env_config(cfg, index)
+        env = LazyEnv(lambda: rollout_env(env_cfg, cfg.spec, actor_seed, index))
+    rng = np.random.default_rng(actor_seed)
+    scale = actor_noise_scale(cfg.rollout.exploration_noise, cfg.rollout.noise_spread, index,
+                              cfg.rollout.num_workers)
+    writer = ChunkWriter(cfg.spec, cfg.replay.chunk_length, sink,
+                         stream_id=random.SystemRandom().getrandbits(63))
+    return RolloutWorker(
+        env, CpuPolicy(cfg.spec, cfg.learner.network, cfg.rollout.cpu_threads), writer, weights,
+        GaussianExploration(scale, rng), actor_index=index,
+        learning_starts=cfg.rollout.learning_starts,
+        weight_poll_every=cfg.rollout.weight_poll_every, seed=actor_seed)

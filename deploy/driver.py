@@ -1,4 +1,4 @@
-"""The Ray run mode: builds shards, the weight board, the learner and the rollout actors from
+"""The Ray run mode: builds shards, the weight board, the learner and the rollout workers from
 one RunConfig, then drives them until the env-step budget is spent.
 
 The driver keeps exactly one call in flight per actor and one for the learner, so it never
@@ -68,9 +68,45 @@ def _cluster_gpus() -> float:
     return float(ray.cluster_resources().get("GPU", 0.0))
 
 
+# Custom node resources of the compose topology (docker-compose.yml): ray-learner advertises
+# {"learner": 1}, ray-rollout {"rollout": N}, N being the number of rollout workers it hosts.
+LEARNER_RESOURCE = "learner"
+ROLLOUT_RESOURCE = "rollout"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """The custom resources each kind of actor asks for; empty on a cluster without them."""
+
+    learner: dict[str, float]
+    rollout: dict[str, float]
+
+
+def placement(num_workers: int, cluster: dict[str, float]) -> Placement:
+    """Pins the learner to the node advertising ``learner`` and each rollout worker to one unit
+    of ``rollout`` (a node's ``rollout`` count is its number of worker slots), where the cluster
+    advertises them. Replay shards and the weight board ask for nothing (see ``_build_fleet``).
+
+    Args:
+        num_workers: rollout workers to place.
+        cluster: ``ray.cluster_resources()``.
+
+    Raises:
+        ConfigError: more rollout workers than the cluster's ``rollout`` slots (they would
+            wait for a node forever).
+    """
+    learner = {LEARNER_RESOURCE: 1.0} if cluster.get(LEARNER_RESOURCE, 0.0) >= 1 else {}
+    slots = cluster.get(ROLLOUT_RESOURCE, 0.0)
+    if slots > 0 and num_workers > slots:
+        raise ConfigError(f"rollout.num_workers={num_workers} exceeds the cluster's "
+                          f"{ROLLOUT_RESOURCE!r} resource ({slots:g} worker slots): add a "
+                          f"rollout node or raise its --resources")
+    return Placement(learner, {ROLLOUT_RESOURCE: 1.0} if slots > 0 else {})
+
+
 def build_fleet(cfg: C.RunConfig, run_dir: RunDir) -> Fleet:
-    """Shards, weight board, learner and rollout actors; on the fake backend without
-    endpoints, first one fake-server process per rollout actor (stopped by ``destroy``)."""
+    """Shards, weight board, learner and rollout workers; on the fake backend without
+    endpoints, first one fake-server process per rollout worker (stopped by ``destroy``)."""
     cfg, servers = fake_servers.start_for(cfg)
     try:
         return _build_fleet(cfg, run_dir, servers)
@@ -83,8 +119,14 @@ def build_fleet(cfg: C.RunConfig, run_dir: RunDir) -> Fleet:
 def _build_fleet(cfg: C.RunConfig, run_dir: RunDir,
                  servers: fake_servers.FakeServers | None) -> Fleet:
     replay_cfg = build.replay_config(cfg)
+    where = placement(cfg.rollout.num_workers, ray.cluster_resources())
+    log.info("event=placement learner_resources=%s rollout_resources=%s",
+             where.learner or "none", where.rollout or "none")
     run_path = str(run_dir.path.resolve())  # the same directory whatever a worker's cwd
     metrics = component_sink(cfg.metrics)  # pickled: each actor records in its own process
+    # Shards and the board ask for no resources, so Ray's default policy may put them on any
+    # node with CPUs: on the compose topology, the learner or the rollout node (the head and
+    # the trainer node advertise none). Any node serves them: every container mounts /runs.
     shards = [ray.remote(RestoringShard).options(
                   num_cpus=0, max_restarts=ACTOR_MAX_RESTARTS, name=None)
               .remote(cfg.spec, replay_cfg, i, cfg.seed + i, run_path, metrics)
@@ -92,11 +134,12 @@ def _build_fleet(cfg: C.RunConfig, run_dir: RunDir,
     board = ray.remote(WeightBoard).options(num_cpus=0, max_concurrency=1000).remote()
     gpus = 1.0 if _cluster_gpus() >= 1 and cfg.learner.execution.device != "cpu" else 0.0
     learner = ray.remote(LearnerActor).options(
-        num_cpus=0, num_gpus=gpus, max_restarts=ACTOR_MAX_RESTARTS,
+        num_cpus=0, num_gpus=gpus, resources=where.learner, max_restarts=ACTOR_MAX_RESTARTS,
     ).remote(cfg, shards, board, cfg.seed, run_path, metrics)
-    actors = [ray.remote(RolloutActor).options(num_cpus=0, max_restarts=ACTOR_MAX_RESTARTS)
+    actors = [ray.remote(RolloutActor).options(num_cpus=0, resources=where.rollout,
+                                               max_restarts=ACTOR_MAX_RESTARTS)
               .remote(cfg, i, cfg.seed, shards[shard_for(i, len(shards))], board, metrics)
-              for i in range(cfg.rollout.num_actors)]
+              for i in range(cfg.rollout.num_workers)]
     return Fleet(shards, board, learner, actors, learner_on_gpu=gpus > 0,
                  weights_dir=channel_dir(run_path), servers=servers)
 
@@ -159,7 +202,7 @@ class Driver:
         cfg, counters = self.cfg, self.counters
         pending: dict[Any, tuple[str, int]] = {}
         for i, actor in enumerate(fleet.actors):
-            pending[actor.run_steps.remote(cfg.train.actor_steps_per_call, counters.env_steps)] = ("actor", i)
+            pending[actor.run_steps.remote(cfg.train.worker_steps_per_call, counters.env_steps)] = ("actor", i)
         pending[self._learner_call(fleet)] = ("learner", 0)
         next_report = time.monotonic() + cfg.train.progress_every_s
         while counters.env_steps < cfg.train.env_steps and self._stopping() is None:
@@ -169,7 +212,7 @@ class Driver:
                 if kind == "actor":
                     self._on_actor(ref, i)
                     if counters.env_steps < cfg.train.env_steps and i not in self._dead_actors:
-                        call = fleet.actors[i].run_steps.remote(cfg.train.actor_steps_per_call, counters.env_steps)
+                        call = fleet.actors[i].run_steps.remote(cfg.train.worker_steps_per_call, counters.env_steps)
                         pending[call] = ("actor", i)
                 else:
                     self._on_learner(ref)
@@ -235,7 +278,7 @@ class Driver:
             if isinstance(cause, (SimulatorError, ConfigError)):
                 # Not a server failure (those the worker waits out): another client on its
                 # server, no route or spawn point, a missing map. Calling again repeats it.
-                self._fail(ComponentDead(f"rollout actor {index} cannot drive: {cause}"))
+                self._fail(ComponentDead(f"rollout worker {index} cannot drive: {cause}"))
                 return
             # Ray restarts the actor (a new env, a new connection); its partial episode is
             # dropped: the replay discards the unfinished stream tail of the dead incarnation.

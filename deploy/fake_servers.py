@@ -1,10 +1,10 @@
-"""The fake backend's own servers: one ``carla-td3 fake-server`` process per rollout actor,
+"""The fake backend's own servers: one ``carla-td3 fake-server`` process per rollout worker,
 started before the fleet when a run on ``env.backend=fake`` names no ``--carla`` endpoints,
 stopped when the run ends (also on an error or Ctrl+C).
 
 Each server listens on a free loopback port with the run's ``env.fake`` settings; the run's
-config then names those endpoints, so every rollout actor reaches its server over TCP the way
-it reaches a CARLA server and no fake world lives in a rollout actor's process.
+config then names those endpoints, so every rollout worker reaches its server over TCP the way
+it reaches a CARLA server and no fake world lives in a rollout worker's process.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import dataclasses
 import logging
 from dataclasses import replace
 
-from actors.fakecarla.remote_process import FakeServerProcess
+from rollout.fakecarla.remote_process import FakeServerProcess
 from common import config as C
 
 log = logging.getLogger(__name__)
@@ -63,5 +63,5 @@ def start_for(cfg: C.RunConfig) -> tuple[C.RunConfig, FakeServers | None]:
     the run drives servers it was given)."""
     if cfg.env.backend is not C.SimulatorBackend.FAKE or cfg.train.endpoints:
         return cfg, None
-    servers = FakeServers(cfg.rollout.num_actors, cfg.env.fake)
+    servers = FakeServers(cfg.rollout.num_workers, cfg.env.fake)
     return replace(cfg, train=replace(cfg.train, endpoints=servers.endpoints)), servers

@@ -252,7 +252,7 @@ def train(cfg: C.RunConfig, runs_root: Path, name: str | None = None, ray_addres
     run_dir = RunDir.create(runs_root, name)
     run_dir.write_config(cfg, {**(options or {}), "ray_address": ray_address})
     log.info("event=run_start run_dir=%s actors=%d shards=%d env_steps=%d", run_dir.path,
-             cfg.rollout.num_actors, cfg.replay.num_shards, cfg.train.env_steps)
+             cfg.rollout.num_workers, cfg.replay.num_shards, cfg.train.env_steps)
     out = _run(cfg, run_dir, None, ray_address, dashboard)
     out["run_dir"] = str(run_dir.path)
     return out

@@ -1,6 +1,6 @@
 """RaySink: metrics through ``ray.util.metrics``, and ``make_sink``, the one sink factory.
 
-Each Ray process that records (rollout actor, replay shard, learner) holds its own RaySink; the
+Each Ray process that records (rollout worker, replay shard, learner) holds its own RaySink; the
 node's Ray metrics agent exports the series on the node's metrics port
 (``ray start --metrics-export-port``), the Ray dashboard shows them, and Prometheus discovers the
 ports from ``/tmp/ray/prom_metrics_service_discovery.json`` on the head node.

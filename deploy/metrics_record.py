@@ -12,7 +12,7 @@ import math
 import time
 from typing import Callable, Mapping
 
-from actors.rollout import RolloutReport
+from rollout.worker import RolloutReport
 from common import metrics as M
 from common.metrics import MetricsSink
 from learner.loop import LearnerReport
@@ -41,7 +41,7 @@ _SHARD_COUNTERS: tuple[tuple[str, M.MetricDef, dict[str, str]], ...] = (
 
 
 def record_rollout(sink: MetricsSink, report: RolloutReport) -> None:
-    """Records one ``run_steps`` call of a rollout actor (its broadcast latencies included)."""
+    """Records one ``run_steps`` call of a rollout worker (its broadcast latencies included)."""
     actor = report.actor_index
     sink.counter(M.ENV_STEPS).inc(report.env_steps, actor=actor)
     for ep in report.episodes:

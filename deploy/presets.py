@@ -32,8 +32,8 @@ def smoke() -> C.RunConfig:
                                         hidden_sizes=(64, 64))),
         replay=replace(base.replay, num_shards=2, capacity=5_000, min_size_to_sample=100,
                        chunk_length=16),
-        rollout=replace(base.rollout, num_actors=2, learning_starts=200),
-        train=replace(base.train, env_steps=800, actor_steps_per_call=25,
+        rollout=replace(base.rollout, num_workers=2, learning_starts=200),
+        train=replace(base.train, env_steps=800, worker_steps_per_call=25,
                       learner_updates_per_call=5, progress_every_s=2.0))
 
 
@@ -70,7 +70,7 @@ def local_cpu() -> C.RunConfig:
 
 def local_gpu() -> C.RunConfig:
     """A learner on a GPU: the seed's network (NatureCNN over 4x84x84, 512 features, batch
-    256) with DrQ's image shift, an update per two env steps, and a rollout actor per spare
+    256) with DrQ's image shift, an update per two env steps, and a rollout worker per spare
     core (2 to 8)."""
     import os
 
@@ -80,7 +80,7 @@ def local_gpu() -> C.RunConfig:
         base,
         learner=replace(base.learner, td3=replace(base.learner.td3, image_shift=4)),
         replay=replace(base.replay, num_shards=2, capacity=200_000, min_size_to_sample=2_000),
-        rollout=replace(base.rollout, num_actors=actors, learning_starts=5_000,
+        rollout=replace(base.rollout, num_workers=actors, learning_starts=5_000,
                         exploration_noise=0.2, noise_spread=1.0),
         train=replace(base.train, env_steps=200_000, updates_per_env_step=0.5))
 
@@ -93,10 +93,10 @@ def cluster() -> C.RunConfig:
         learner=replace(base.learner, publish_every=100, checkpoint_every=10_000),
         replay=replace(base.replay, num_shards=4, capacity=250_000, min_size_to_sample=10_000,
                        chunk_length=32),
-        rollout=replace(base.rollout, num_actors=8, learning_starts=20_000,
+        rollout=replace(base.rollout, num_workers=8, learning_starts=20_000,
                         exploration_noise=0.3, noise_spread=1.0),
         train=replace(base.train, env_steps=2_000_000, updates_per_env_step=0.25,
-                      actor_steps_per_call=100, learner_updates_per_call=50,
+                      worker_steps_per_call=100, learner_updates_per_call=50,
                       progress_every_s=10.0))
 
 
@@ -123,10 +123,10 @@ def learn() -> C.RunConfig:
                                         hidden_sizes=(128, 128))),
         replay=replace(base.replay, num_shards=1, capacity=100_000, min_size_to_sample=1_000,
                        chunk_length=16),
-        rollout=replace(base.rollout, num_actors=2, learning_starts=3_000,
+        rollout=replace(base.rollout, num_workers=2, learning_starts=3_000,
                         exploration_noise=0.2),
         train=replace(base.train, env_steps=60_000, updates_per_env_step=0.5,
-                      actor_steps_per_call=25, learner_updates_per_call=10,
+                      worker_steps_per_call=25, learner_updates_per_call=10,
                       progress_every_s=10.0))
 
 
@@ -136,7 +136,7 @@ def traffic() -> C.RunConfig:
     The seed's network: NatureCNN over 4x84x84 frames, 512 features, 256-256 heads, separate
     policy and critic encoders. Ten NPCs spawn within reach of the ego's route (lead cars that
     slow and stop, crossing traffic at its junctions, cars in the other lanes;
-    actors/npc_spawns.py), and nothing about them enters the vector: the camera alone sees
+    rollout/npc_spawns.py), and nothing about them enters the vector: the camera alone sees
     them. Batch 128 and half an update per env step keep a CPU learner on two shared cores
     learning (runs stop and continue with ``--resume``); DrQ's image shift as in ``learn``.
     """
@@ -149,10 +149,10 @@ def traffic() -> C.RunConfig:
                         td3=replace(base.learner.td3, batch_size=128, image_shift=4)),
         replay=replace(base.replay, num_shards=1, capacity=150_000, min_size_to_sample=2_000,
                        chunk_length=16),
-        rollout=replace(base.rollout, num_actors=2, learning_starts=5_000,
+        rollout=replace(base.rollout, num_workers=2, learning_starts=5_000,
                         exploration_noise=0.2, noise_spread=1.0),
         train=replace(base.train, env_steps=300_000, updates_per_env_step=0.5,
-                      actor_steps_per_call=25, learner_updates_per_call=10,
+                      worker_steps_per_call=25, learner_updates_per_call=10,
                       progress_every_s=10.0))
 
 

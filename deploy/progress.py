@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from actors.rollout import RolloutReport
+from rollout.worker import RolloutReport
 from learner.loop import LearnerReport
 
 RECENT_EPISODES = 50
@@ -23,7 +23,7 @@ class RunCounters:
     policy_version: int = -1
     wall_seconds: float = 0.0
     actor_restarts: int = 0
-    simulator_reconnects: int = 0  # connections a rollout actor rebuilt after a server failure
+    simulator_reconnects: int = 0  # connections a rollout worker rebuilt after a server failure
     recent_returns: collections.deque = field(default_factory=lambda: collections.deque(maxlen=RECENT_EPISODES))
     recent_success: collections.deque = field(default_factory=lambda: collections.deque(maxlen=RECENT_EPISODES))
     recent_completion: collections.deque = field(default_factory=lambda: collections.deque(maxlen=RECENT_EPISODES))

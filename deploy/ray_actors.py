@@ -1,4 +1,4 @@
-"""Ray wrappers around the plain components (deploy/components.py, actors/, replay/): the
+"""Ray wrappers around the plain components (deploy/components.py, rollout/, replay/): the
 only place they meet Ray.
 
 Each class here is turned into an actor by ``ray.remote(Cls).options(...)`` in deploy/driver.py;
@@ -17,14 +17,13 @@ import cv2
 import ray
 import torch
 
-from actors.rollout import RolloutReport
+from rollout.worker import RolloutReport
 from common import config as C
 from common import metrics as M
 from common.errors import CheckpointError
 from common.metrics import MetricsSink, NullSink
 from common.weights import PolicySnapshot
-from deploy import build
-from deploy.components import (LearnerService, RestoringShard, learner_checkpoint,
+from deploy.components import (LearnerService, RestoringShard, learner_checkpoint, make_worker,
                                schedule_as_batch, shard_checkpoint)
 from deploy.metrics_record import record_rollout
 from deploy.replay_ray import RAY
@@ -49,7 +48,7 @@ def _restarted() -> bool:
 
 
 class RolloutActor:
-    """One rollout actor: one env (one CARLA server), CPU policy, inserts into one shard."""
+    """One rollout worker: one env (one CARLA server), CPU policy, inserts into one shard."""
 
     def __init__(self, cfg: C.RunConfig, index: int, seed: int, shard: Any, board: Any,
                  metrics: MetricsSink | None = None) -> None:
@@ -65,7 +64,7 @@ class RolloutActor:
         self.shard_writer = ShardWriter(shard, cfg.spec, INSERT_WINDOW, transport=RAY,
                                         shard_index=shard_for(index, cfg.replay.num_shards))
         self.weights = FilesFirstSource(board, ray.get_runtime_context().get_node_id())
-        self.worker = build.make_worker(cfg, index, self.shard_writer.send_chunk, self.weights, seed)
+        self.worker = make_worker(cfg, index, self.shard_writer.send_chunk, self.weights, seed)
         if _restarted():  # Ray restarted this actor: its env connects anew on its first reset
             self.metrics.counter(M.CARLA_RECONNECTS).inc(1, actor=index)
 

@@ -1,5 +1,5 @@
 """Weight broadcast over Ray: the learner puts a snapshot into the object store ONCE and posts
-its reference on a board; each rollout actor's ``ObjectStoreSource`` long-polls the board from
+its reference on a board; each rollout worker's ``ObjectStoreSource`` long-polls the board from
 a background thread, so its env loop only reads a field (no Ray call, no wait, per step).
 
 The board also posts the shared-memory channel (deploy/weights_shm.py) that holds each version,
@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import ray
 
-from actors.weights import WeightOffer
+from rollout.weights import WeightOffer
 from common.weights import PolicySnapshot
 from deploy.weights_shm import ShmChannel
 
@@ -26,7 +26,7 @@ class WeightBoard:
     shared-memory channel that also holds it (None when there is none).
 
     The reference travels inside a list so Ray hands it over without resolving it: every
-    rollout actor fetches the same object from the object store.
+    rollout worker fetches the same object from the object store.
     """
 
     def __init__(self) -> None:

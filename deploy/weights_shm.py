@@ -1,10 +1,10 @@
-"""Node-local weight broadcast through shared-memory files that rollout actors run on in place
+"""Node-local weight broadcast through shared-memory files that rollout workers run on in place
 (Sample Factory shares its policy weights between processes in shared memory the same way):
 the slot format and the learner's writer here, the rollout side in deploy/weights_shm_reader.py
 (the reader) and deploy/weights_shm_source.py (the WeightSource over it).
 
 The learner writes each published snapshot into one of a few slot files under /dev/shm. A
-rollout actor on the same machine maps them read-only, reads their version numbers at each
+rollout worker on the same machine maps them read-only, reads their version numbers at each
 step (memory reads) and, when one is newer than what it runs, points its policy's parameters at
 that slot's arrays: no copy, no Ray call, no object-store fetch between publish and use, so the
 broadcast latency is the time until each actor's next env step, and all actors share one copy
@@ -88,7 +88,7 @@ SLOTS = 3  # slot files per learner (see the module docstring)
 
 
 class ShmChannel(NamedTuple):
-    """Where a rollout actor finds the learner's weight files (travels through the board).
+    """Where a rollout worker finds the learner's weight files (travels through the board).
 
     Attributes:
         path: the slot files' common prefix; slot k is ``slot_path(k)``.

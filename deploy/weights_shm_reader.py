@@ -97,7 +97,7 @@ class Held(NamedTuple):
 
 
 class ShmWeightReader:
-    """A rollout actor's side: maps the learner's slot files read-only; its policy runs on the
+    """A rollout worker's side: maps the learner's slot files read-only; its policy runs on the
     newest slot, locked (``lock_newest``/``unlock``) for one inference at a time.
 
     Raises (constructor):

@@ -1,4 +1,4 @@
-"""ShmWeightSource: the WeightSource (actors/weights.py) over one channel's shared-memory weight
+"""ShmWeightSource: the WeightSource (rollout/weights.py) over one channel's shared-memory weight
 files (deploy/weights_shm.py): the policy runs on the newest slot's arrays in place.
 
 Before each inference it locks the newest slot (a few memory reads and two ``flock`` calls, at
@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
-from actors.weights import WeightOffer
+from rollout.weights import WeightOffer
 from common.errors import CheckpointError
 from deploy.weights_shm import MAX_VERSION, ShmChannel
 from deploy.weights_shm_reader import ShmWeightReader

@@ -1,4 +1,4 @@
-"""FilesFirstSource: a rollout actor's WeightSource (actors/weights.py) over the Ray weight
+"""FilesFirstSource: a rollout worker's WeightSource (rollout/weights.py) over the Ray weight
 board: the shared-memory weight files on this node first (deploy/weights_shm_source.py), the
 object store (deploy/weights_ray.py) where the board posts no files on this node or the files
 cannot be opened or trusted.
@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from actors.weights import BroadcastLog, OfferKind, WeightOffer
+from rollout.weights import BroadcastLog, OfferKind, WeightOffer
 from common.errors import CheckpointError
 from deploy.weights_ray import ObjectStoreSource
 from deploy.weights_shm import ShmChannel

@@ -1,7 +1,7 @@
 """Learning benchmark (issue 8): does TD3 with separate encoders learn to drive, and where does
 the shared-encoder ablation end up? Arms: separate, shared, random, scripted.
 
-Trained arms go through the real system (deploy.launch: Ray, rollout actors, replay, learner on
+Trained arms go through the real system (deploy.launch: Ray, rollout workers, replay, learner on
 the fake town) and are evaluated at env-step milestones on held-out routes with fixed episode
 seeds (experiments/learning_arms.py). Results accumulate in one JSON file, so arms and seeds can run
 in separate invocations (or on separate machines) and a rerun continues unfinished runs; each
@@ -11,7 +11,7 @@ far. Prints one JSON object (this invocation's points), then the table.
     .venv/bin/python -m experiments.learning --arms random,scripted --seeds 0,1,2
     nice -n 10 .venv/bin/python -m experiments.learning --arms separate,shared --seeds 0 \\
         --milestones 5000,10000,20000,30000
-    # a GPU box: the learner takes the GPU by itself; give it more rollout actors
+    # a GPU box: the learner takes the GPU by itself; give it more rollout workers
     python -m experiments.learning --arms separate,shared --seeds 0,1,2 --actors 8 \\
         --milestones 20000,50000,100000,200000
     .venv/bin/python -m experiments.learning --report-only   # redraw plots and docs from the JSON
@@ -66,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="learn")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override applied to every arm (repeatable)")
-    p.add_argument("--actors", type=int, help="rollout actors (rollout.num_actors)")
+    p.add_argument("--actors", type=int, help="rollout workers (rollout.num_workers)")
     p.add_argument("--runs", type=Path, default=Path("/tmp/learning-runs"),
                    help="where the training run directories go (continued if present)")
     p.add_argument("--results", type=Path, default=Path("docs/learning/results.json"))
@@ -114,7 +114,7 @@ def overrides_of(args: argparse.Namespace) -> dict[str, str]:
             raise ConfigError(f"--set {text!r} must look like KEY=VALUE")
         out[key.strip()] = value.strip()
     if args.actors is not None:
-        out["rollout.num_actors"] = str(args.actors)
+        out["rollout.num_workers"] = str(args.actors)
     return out
 
 
@@ -186,7 +186,7 @@ def shrink_video(path: Path, max_bytes: int = VIDEO_MAX_BYTES) -> float:
 
 def record_video(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     """The separate arm's latest checkpoint driving the first evaluation episode, as an MP4."""
-    from actors.video import record_episode
+    from rollout.video import record_episode
     from deploy import evaluate
 
     run_dir, checkpoint = evaluate.resolve_checkpoint(args.runs / f"separate-seed{seed}")

@@ -17,8 +17,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from actors.carla_env import make_env
-from actors.scripted import PurePursuitDriver
+from rollout.carla_env import make_env
+from rollout.scripted import PurePursuitDriver
 from experiments.learning_report import BASELINE_ARMS, TRAINED_ARMS, LearningPoint, point_from_eval
 from common import config as C
 from common.errors import ConfigError
@@ -48,7 +48,7 @@ def arm_config(preset_name: str, overrides: dict[str, Any], arm: str, seed: int)
 
 
 def eval_env(cfg: C.RunConfig, seed: int, split: C.RouteSplit = C.RouteSplit.EVAL) -> Any:
-    """The env ``deploy.evaluate.evaluate_checkpoint`` evaluates on: rollout actor 0's
+    """The env ``deploy.evaluate.evaluate_checkpoint`` evaluates on: rollout worker 0's
     settings with the held-out route split (or ``split``)."""
     env_cfg = replace(build.actor_env_config(cfg, 0), route_split=split)
     return make_env(env_cfg, cfg.spec, seed=seed)

@@ -5,7 +5,7 @@ Kostrikov et al. 2020 (DrQ) and Yarats et al. 2021 (DrQ-v2) pad each image of a 
 offset per sample; the critic and the policy both train on the shifted images, and the
 observation and the next observation are shifted independently. It regularises the image
 encoders of a model-free agent trained from pixels, which otherwise fit what they saw rather
-than what it means (``td3.image_shift``; rollout actors and evaluation see unshifted frames).
+than what it means (``td3.image_shift``; rollout workers and evaluation see unshifted frames).
 
 The offsets are drawn outside the update step (``draw_shifts``) and passed in as a tensor, so
 that a captured CUDA graph replays with fresh ones (``learner.graphs``).

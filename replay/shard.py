@@ -1,6 +1,6 @@
 """ReplayShard: one shard of the replay service (a plain class; deploy/ wraps it in Ray).
 
-Inserts are msgpack StepChunks (common/codec.py) from rollout actors. A message is decoded and
+Inserts are msgpack StepChunks (common/codec.py) from rollout workers. A message is decoded and
 fully validated, and its place in its stream checked, before anything is written: an invalid
 message raises WireError/SpecError and leaves the shard exactly as it was. Every such refusal
 is counted in ``rejected`` and, by reason, in ``rejected_<reason>`` (REJECT_REASONS): "wire"

@@ -11,10 +11,10 @@ import cv2
 import numpy as np
 import pytest
 
-from actors import rewards as R
-from actors.carla_env import make_env
-from actors.scripted import PurePursuitDriver
-from actors.video import count_frames, record_episode
+from rollout import rewards as R
+from rollout.carla_env import make_env
+from rollout.scripted import PurePursuitDriver
+from rollout.video import count_frames, record_episode
 from common.config import EnvConfig, PedalAction
 from common.specs import EnvSpec
 
@@ -81,7 +81,7 @@ def test_record_episode_writes_a_readable_mp4(tmp_path):
 
 def test_video_command_line(tmp_path):
     out = tmp_path / "cli.mp4"
-    done = subprocess.run([sys.executable, "-m", "actors.video", "--out", str(out), "--seed", "1",
+    done = subprocess.run([sys.executable, "-m", "rollout.video", "--out", str(out), "--seed", "1",
                            "--route-length", "40", "--max-steps", "30"],
                           capture_output=True, text=True, timeout=120, check=True)
     summary = json.loads(done.stdout.strip().splitlines()[-1])

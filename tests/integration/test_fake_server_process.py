@@ -10,9 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from actors.carla_env import CarlaEnv
-from actors.fakecarla.remote_client import make_remote_module
-from actors.fakecarla.remote_process import FakeServerProcess
+from rollout.carla_env import CarlaEnv
+from rollout.fakecarla.remote_client import make_remote_module
+from rollout.fakecarla.remote_process import FakeServerProcess
 from common.config import EnvConfig
 from common.specs import EnvSpec
 
@@ -104,7 +104,7 @@ def test_a_stopped_server_times_out_calls_and_answers_again_when_continued(serve
 def test_a_client_process_exits_and_its_actors_stay(servers):
     server = servers()
     script = textwrap.dedent(f"""
-        from actors.fakecarla.remote_client import make_remote_module
+        from rollout.fakecarla.remote_client import make_remote_module
         from tests.integration.test_fake_server_process import _spawn_hero
         carla = make_remote_module()
         client = carla.Client("{server.host}", {server.port})

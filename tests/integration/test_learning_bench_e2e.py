@@ -24,7 +24,7 @@ def test_run_trained_one_milestone_then_skip(tmp_path: Path, monkeypatch: pytest
     real_make_env = evaluate.make_env
     monkeypatch.setattr(evaluate, "make_env", make_env)
     cfg = arms.arm_config("smoke", {"train.updates_per_env_step": "0.5", "env.max_steps": "60",
-                                    "metrics.backend": "none", "rollout.num_actors": "1",
+                                    "metrics.backend": "none", "rollout.num_workers": "1",
                                     "replay.num_shards": "1"}, "separate", 0)
     points = arms.run_trained("separate", 0, cfg, [300], tmp_path, episodes=1, eval_seed=10_000,
                               validation_episodes=2, validation_seed=20_000)

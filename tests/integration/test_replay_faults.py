@@ -1,5 +1,5 @@
 """A replay shard killed mid-run on real local Ray comes back from its last checkpoint while the
-learner keeps sampling the live shard and the rollout actors keep running."""
+learner keeps sampling the live shard and the rollout workers keep running."""
 from __future__ import annotations
 
 import threading
@@ -51,7 +51,7 @@ def test_killed_shard_restores_its_checkpoint_while_the_learner_keeps_updating(l
     # the restart, while the driver's calls still waited on the old process's death notice.
     # The learner samples through its frame cache: the restarted shard must send it every
     # frame again (its copy's record died with the old process).
-    cfg = tiny_config(env_steps=2400, actor_steps_per_call=10, frame_cache="device")
+    cfg = tiny_config(env_steps=2400, worker_steps_per_call=10, frame_cache="device")
     run_dir = RunDir.create(tmp_path, "shard-kill")
     run_dir.write_config(cfg, {})
     driver = Driver(cfg, run_dir)
@@ -71,5 +71,5 @@ def test_killed_shard_restores_its_checkpoint_while_the_learner_keeps_updating(l
     assert size_after > 0, "the restarted shard did not restore its checkpoint"
     assert result["env_steps"] >= cfg.train.env_steps
     assert result["updates"] > updates_at_kill, "the learner stopped updating"
-    assert result["actor_restarts"] == 0, "a rollout actor crashed on the dead shard"
+    assert result["actor_restarts"] == 0, "a rollout worker crashed on the dead shard"
     assert result["learner_frame_cache"] == "device"

@@ -130,7 +130,7 @@ def test_resume_falls_back_past_a_damaged_checkpoint(first_run, tmp_path, caplog
 
 
 def test_killed_rollout_actor_is_restarted_and_the_run_finishes(local_ray, tmp_path):
-    cfg = tiny_config(env_steps=900, actor_steps_per_call=10)
+    cfg = tiny_config(env_steps=900, worker_steps_per_call=10)
     run_dir = RunDir.create(tmp_path, "kill")
     run_dir.write_config(cfg, {})
     driver = Driver(cfg, run_dir)

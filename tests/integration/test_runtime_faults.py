@@ -1,5 +1,5 @@
 """The training runtime against fake-server processes failing as CARLA servers do: killed
-(kill -9) and restarted, down when the rollout actor starts, hung (SIGSTOP) then resumed, and
+(kill -9) and restarted, down when the rollout worker starts, hung (SIGSTOP) then resumed, and
 shared by two actors. Each run is the smoke preset trimmed to one actor (runtime_support)."""
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from dataclasses import replace
 import pytest
 import ray
 
-from actors.carla_env import CarlaEnv
-from actors.carla_session import owner_tag
-from actors.fakecarla.remote_client import make_remote_module
-from actors.fakecarla.remote_process import FakeServerProcess
+from rollout.carla_env import CarlaEnv
+from rollout.carla_session import owner_tag
+from rollout.fakecarla.remote_client import make_remote_module
+from rollout.fakecarla.remote_process import FakeServerProcess
 from common import config as C
 from common.errors import ComponentDead, ConfigError
 from deploy import build
@@ -42,9 +42,9 @@ def server():
 
 
 def _config(endpoints: tuple[str, ...], env_steps: int = 400) -> C.RunConfig:
-    cfg = tiny_config(env_steps=env_steps, actor_steps_per_call=10, endpoints=endpoints)
+    cfg = tiny_config(env_steps=env_steps, worker_steps_per_call=10, endpoints=endpoints)
     return replace(cfg, env=replace(cfg.env, timeout_s=TIMEOUT_S, sensor_timeout_s=TIMEOUT_S),
-                   rollout=replace(cfg.rollout, num_actors=len(endpoints)))
+                   rollout=replace(cfg.rollout, num_workers=len(endpoints)))
 
 
 class Run:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import ray
 
-from actors.weights import OfferKind, WeightOffer
+from rollout.weights import OfferKind, WeightOffer
 from common.weights import PolicySnapshot
 from deploy.weights_ray import WeightBoard
 from deploy.weights_source import FilesFirstSource
@@ -36,7 +36,7 @@ def _publish(board, writer: ShmWeightWriter, version: int) -> None:
 
 
 class RecordingPolicy:
-    """Stands in for the rollout actor's CpuPolicy: applies offers as it does, keeping a copy
+    """Stands in for the rollout worker's CpuPolicy: applies offers as it does, keeping a copy
     of each snapshot it copies or runs on in place (``bound``: on shared arrays)."""
 
     def __init__(self) -> None:

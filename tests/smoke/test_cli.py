@@ -43,7 +43,7 @@ def test_smoke_preset_trains_and_writes_summary(tmp_path):
     (["train", "--preset", "smoke", "--set", "learner.td3.gamma=nan"],
      "learner.td3.gamma (nan) must be in (0, 1]"),
     (["train", "--resume", "/nonexistent/run"], "is not a run directory"),
-    (["evaluate", "/nonexistent/run"], "neither a run directory nor a checkpoint"),
+    (["evaluate", "/nonexistent/run"], "is neither a run directory, a checkpoint directory in one, nor a policy directory"),
     (["evaluate", "/nonexistent/run", "--split", "test"], "invalid choice: 'test'"),
 ])
 def test_bad_input_fails_at_once_with_a_clear_message(args, message):

@@ -6,9 +6,9 @@ import carla
 import numpy as np
 import pytest
 
-from actors import rewards as R
-from actors.carla_env import CarlaEnv, make_env
-from actors.fakecarla import make_module
+from rollout import rewards as R
+from rollout.carla_env import CarlaEnv, make_env
+from rollout.fakecarla import make_module
 from common.config import EnvConfig, FakeCarlaConfig, RouteSplit
 from common.errors import SimulatorError, SimulatorUnreachable, SpecError
 from common.specs import EnvSpec

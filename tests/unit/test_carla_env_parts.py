@@ -9,10 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
-from actors.carla_env import pedal_from_action
-from actors.observation import ObservationBuilder, bgra_to_array, build_vector, preprocess_frame
-from actors.scripted import PurePursuitDriver, _point_at_radius, path_curvature
-from actors.sensors import EventBuffer, FrameQueue
+from rollout.carla_env import pedal_from_action
+from rollout.observation import ObservationBuilder, bgra_to_array, build_vector, preprocess_frame
+from rollout.scripted import PurePursuitDriver, _point_at_radius, path_curvature
+from rollout.sensors import EventBuffer, FrameQueue
 from common.config import EnvConfig, PedalAction, RunConfig, with_overrides
 from common.errors import ConfigError, SimulatorTimeout, SpecError
 from common.specs import EnvSpec

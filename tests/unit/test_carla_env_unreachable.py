@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from actors.carla_env import make_env
+from rollout.carla_env import make_env
 from common.config import EnvConfig, SimulatorBackend
 from common.errors import SimulatorUnreachable
 from common.specs import EnvSpec

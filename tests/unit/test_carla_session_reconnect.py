@@ -1,13 +1,13 @@
-"""Reconnect hygiene of actors/carla_session.py on the in-process fake: owned actors tagged and
+"""Reconnect hygiene of rollout/carla_session.py on the in-process fake: owned actors tagged and
 removed on (re)connect, a second client detected, a blocked ego spawn point left, the old
 traffic manager shut down, clean-up on a dead server stopped after the first time-out."""
 import numpy as np
 import pytest
 
-from actors.carla_env import CarlaEnv
-from actors.carla_session import Session, owner_tag
-from actors.fakecarla import make_module
-from actors.route import spawn_points
+from rollout.carla_env import CarlaEnv
+from rollout.carla_session import Session, owner_tag
+from rollout.fakecarla import make_module
+from rollout.route import spawn_points
 from common.config import EnvConfig
 from common.errors import SimulatorError
 from common.specs import EnvSpec
@@ -65,7 +65,7 @@ def test_a_server_driven_by_another_actor_is_an_error_naming_it():
     try:
         first.reset(seed=1)
         with pytest.raises(SimulatorError, match=r"127.0.0.1:2100 is in synchronous mode.*"
-                                                 r"'hero/carla-td3/0'.*two rollout actors"):
+                                                 r"'hero/carla-td3/0'.*two rollout workers"):
             CarlaEnv(cfg, SPEC, module, seed=0, tag=owner_tag(1))
     finally:
         first.close()

@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from actors.carla_env import make_env
-from actors.carla_session import DEFAULT_TOWN, _load_town, target_town
+from rollout.carla_env import make_env
+from rollout.carla_session import DEFAULT_TOWN, _load_town, target_town
 from common.config import EnvConfig, FakeCarlaConfig, SimulatorBackend
 from common.errors import ConfigError
 from common.specs import EnvSpec

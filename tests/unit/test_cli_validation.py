@@ -56,7 +56,7 @@ def _refused(runs: Path, args: list[str], capsys) -> str:
     ("env.reward.target_speed_mps", "nan"),
     ("env.fake.tick_latency_s", "-1"),
     ("train.updates_per_env_step", "-0.5"),
-    ("train.actor_steps_per_call", "0"),
+    ("train.worker_steps_per_call", "0"),
     ("metrics.port", "70000"),
     ("metrics.port", "-1"),
     ("metrics.ray_export_port", "70000"),
@@ -96,11 +96,11 @@ def test_a_moved_key_in_a_config_file_exits_2_naming_its_new_place(runs, capsys,
 
 @pytest.mark.parametrize("args,message", [
     (["--steps", "0"], "train.env_steps (0) must be >= 1"),
-    (["--actors", "0"], "rollout.num_actors (0) must be >= 1"),
+    (["--actors", "0"], "rollout.num_workers (0) must be >= 1"),
     (["--set", "metrics.backend=prometheus"], "metrics.backend ('prometheus') serves one process"),
     (["--set", "env.fake.xodr_path=/nonexistent/map.xodr", "--set", "env.town=map"],
      "env.fake.xodr_path ('/nonexistent/map.xodr') is not a file"),
-    (["--set", "env.port=65531", "--actors", "2"], "rollout actor 1's server: env.port (65534)"),
+    (["--set", "env.port=65531", "--actors", "2"], "rollout worker 1's server: env.port (65534)"),
 ])
 def test_checks_that_need_the_whole_run_exit_2(runs, capsys, args, message):
     assert message in _refused(runs, args, capsys)

@@ -121,7 +121,7 @@ def test_every_float_field_refuses_non_finite_values(path, value):
     ("replay.priority_eps", 0, r"replay.priority_eps \(0.0\) must be > 0"),
     ("replay.min_size_to_sample", 0, r"replay.min_size_to_sample \(0\) must be >= 1"),
     ("replay.samples_per_insert", -1, r"replay.samples_per_insert \(-1.0\) must be >= 0"),
-    ("rollout.num_actors", 0, r"rollout.num_actors \(0\) must be >= 1"),
+    ("rollout.num_workers", 0, r"rollout.num_workers \(0\) must be >= 1"),
     ("rollout.exploration_noise", -0.1, r"rollout.exploration_noise \(-0.1\) must be >= 0"),
     ("rollout.weight_poll_every", 0, r"rollout.weight_poll_every \(0\) must be >= 1"),
     ("train.env_steps", 0, r"train.env_steps \(0\) must be >= 1"),

@@ -7,7 +7,7 @@ import re
 from common import config as C
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-SOURCES = [p for pkg in ("common", "actors", "replay", "learner", "deploy")
+SOURCES = [p for pkg in ("common", "rollout", "replay", "learner", "deploy")
            for p in (ROOT / pkg).rglob("*.py")
            if not (p.parent.name == "common" and p.name.startswith("config"))]
 

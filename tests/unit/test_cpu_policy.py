@@ -1,11 +1,11 @@
-"""The rollout actor's CPU policy acts as the network it loaded, after every load."""
+"""The rollout worker's CPU policy acts as the network it loaded, after every load."""
 import warnings
 
 import numpy as np
 import torch
 
-from actors.policy import CpuPolicy
-from actors.weights import WeightOffer
+from rollout.policy import CpuPolicy
+from rollout.weights import WeightOffer
 from common.networks import PolicyNet
 from common.weights import PolicySnapshot
 from tests.unit.learner_fixtures import SMALL_SPEC, random_batch, small_config
@@ -52,7 +52,7 @@ def _act_all(policy: CpuPolicy, batch) -> np.ndarray:
 
 
 def test_runs_in_place_on_a_weight_files_arrays_as_it_would_on_a_copy(tmp_path):
-    # The rollout actor's path on the learner's node: the policy's parameters are the
+    # The rollout worker's path on the learner's node: the policy's parameters are the
     # read-only, channels-last mapped arrays of the file's slot, not copies of them.
     from deploy.weights_shm import ShmWeightWriter
     from deploy.weights_shm_reader import ShmWeightReader

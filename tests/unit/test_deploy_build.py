@@ -12,11 +12,11 @@ from deploy.rundir import RunDir
 def _carla(cfg: C.RunConfig, endpoints: tuple[str, ...]) -> C.RunConfig:
     return replace(cfg, env=replace(cfg.env, backend=C.SimulatorBackend.CARLA),
                    train=replace(cfg.train, endpoints=endpoints),
-                   rollout=replace(cfg.rollout, num_actors=len(endpoints)))
+                   rollout=replace(cfg.rollout, num_workers=len(endpoints)))
 
 
 def test_each_actor_gets_its_own_server_and_traffic_manager_port():
-    cfg = replace(presets.local(), rollout=replace(presets.local().rollout, num_actors=3))
+    cfg = replace(presets.local(), rollout=replace(presets.local().rollout, num_workers=3))
     envs = [build.actor_env_config(cfg, i) for i in range(3)]
     assert [e.port for e in envs] == [2000, 2003, 2006]
     assert len({e.tm_port for e in envs}) == 3
@@ -37,8 +37,8 @@ def test_bad_endpoint_sets_are_rejected(endpoints, message):
 
 def test_endpoint_count_must_match_actor_count():
     cfg = _carla(presets.local(), ("h:2000", "h:2003"))
-    cfg = replace(cfg, rollout=replace(cfg.rollout, num_actors=3))
-    with pytest.raises(ConfigError, match=r"2 CARLA endpoint\(s\).*num_actors is 3"):
+    cfg = replace(cfg, rollout=replace(cfg.rollout, num_workers=3))
+    with pytest.raises(ConfigError, match=r"2 CARLA endpoint\(s\).*num_workers is 3"):
         build.validate(cfg)
 
 
@@ -46,7 +46,7 @@ def test_endpoint_count_must_match_actor_count():
     ({"replay.min_size_to_sample": 10},
      r"replay.min_size_to_sample \(10\) must be >= learner.td3.batch_size \(64\)"),
     ({"rollout.learning_starts": 10**9}, "the policy never acts"),
-    ({"rollout.num_actors": 0}, r"num_actors \(0\) must be >= 1"),
+    ({"rollout.num_workers": 0}, r"num_workers \(0\) must be >= 1"),
     ({"rollout.noise_spread": 1.0, "rollout.exploration_noise": 1.5}, "must be < 1 when noise_spread"),
     ({"train.updates_per_env_step": 0.5, "replay.samples_per_insert": 3.0}, "contradicts"),
     ({"learner.execution.precision": "fp16"},

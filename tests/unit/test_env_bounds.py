@@ -5,9 +5,9 @@ decodes."""
 import numpy as np
 import pytest
 
-from actors.carla_env import make_env
-from actors.scripted import PurePursuitDriver
-from actors.writer import ChunkWriter
+from rollout.carla_env import make_env
+from rollout.scripted import PurePursuitDriver
+from rollout.writer import ChunkWriter
 from common.codec import decode_chunk, encode_chunk
 from common.specs import VECTOR_KEY
 from deploy.presets import smoke

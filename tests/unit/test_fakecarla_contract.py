@@ -10,12 +10,12 @@ import re
 import carla
 import pytest
 
-from actors.fakecarla import FAKE_CLASSES, REAL_NAMES, make_module
-from actors.fakecarla.remote_client import REMOTE_CLASSES, make_remote_module
+from rollout.fakecarla import FAKE_CLASSES, REAL_NAMES, make_module
+from rollout.fakecarla.remote_client import REMOTE_CLASSES, make_remote_module
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-ENV_FILES = ("actors/carla_env.py", "actors/carla_session.py", "actors/route.py", "actors/video.py",
-             "actors/sensors.py", "actors/scripted.py")
+ENV_FILES = ("rollout/carla_env.py", "rollout/carla_session.py", "rollout/route.py", "rollout/video.py",
+             "rollout/sensors.py", "rollout/scripted.py")
 MODULE_ALIASES = r"(?:carla|carla_module|self\._carla|c)"
 _PARAM = re.compile(r"\((\w+)\)(\w+)(=[^,\]\)]*)?")
 MODULES = {"inprocess": make_module, "remote": make_remote_module}
@@ -121,8 +121,8 @@ def _fake_members(fake) -> set[str]:
 
 
 def test_env_uses_nothing_the_fake_lacks(fake):
-    if not (ROOT / "actors/carla_env.py").exists():
-        pytest.fail("actors/carla_env.py does not exist yet")
+    if not (ROOT / "rollout/carla_env.py").exists():
+        pytest.fail("rollout/carla_env.py does not exist yet")
     module_names, members = _used_in_env()
     assert module_names, "found no carla.X in the env files: the scan is broken"
     missing = sorted(n for n in module_names if not hasattr(fake, n))

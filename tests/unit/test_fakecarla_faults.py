@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from actors.fakecarla import make_module
+from rollout.fakecarla import make_module
 from common.config import FakeCarlaConfig
 from common.errors import ConfigError
 

@@ -9,10 +9,10 @@ import time
 import numpy as np
 import pytest
 
-from actors.carla_env import CarlaEnv, make_env
-from actors.fakecarla.remote_client import make_remote_module
-from actors.fakecarla.remote_server import FakeServer
-from actors.scripted import PurePursuitDriver
+from rollout.carla_env import CarlaEnv, make_env
+from rollout.fakecarla.remote_client import make_remote_module
+from rollout.fakecarla.remote_server import FakeServer
+from rollout.scripted import PurePursuitDriver
 from common.config import EnvConfig, FakeCarlaConfig
 from common.errors import ConfigError
 from common.specs import EnvSpec

@@ -3,9 +3,9 @@ top-down view works, and images are deterministic."""
 import numpy as np
 import pytest
 
-from actors.fakecarla import make_module
-from actors.fakecarla.mapdata import ASPHALT, YELLOW
-from actors.fakecarla.renderer import PALETTE
+from rollout.fakecarla import make_module
+from rollout.fakecarla.mapdata import ASPHALT, YELLOW
+from rollout.fakecarla.renderer import PALETTE
 from common.config import FakeCarlaConfig
 
 WIDTH, HEIGHT = 160, 120
@@ -109,8 +109,8 @@ def test_same_pose_same_image(rig):
 
 
 def test_sphere_culling_never_drops_a_box_the_corner_test_keeps():
-    from actors.fakecarla import renderer as R
-    from actors.fakecarla.mapdata import Raster
+    from rollout.fakecarla import renderer as R
+    from rollout.fakecarla.mapdata import Raster
     rng = np.random.default_rng(0)
     cam = R.CameraRenderer(Raster.__new__(Raster), WIDTH, HEIGHT, 90.0)
     n = 4000
@@ -134,8 +134,8 @@ def test_sphere_culling_never_drops_a_box_the_corner_test_keeps():
 
 def test_static_boxes_render_as_if_passed_with_every_frame():
     # The server hands the map's poles to the renderer once; the images must not change.
-    from actors.fakecarla import renderer as R
-    from actors.fakecarla.mapdata import load_assets
+    from rollout.fakecarla import renderer as R
+    from rollout.fakecarla.mapdata import load_assets
     raster = load_assets(FakeCarlaConfig().xodr_path).raster
     rng = np.random.default_rng(1)
     n = 60

@@ -6,9 +6,9 @@ import random
 import carla
 import pytest
 
-from actors.fakecarla import make_module
-from actors.fakecarla.mapdata import DEFAULT_XODR, TOWN_NAME
-from actors.fakecarla.town import generate_town_xodr
+from rollout.fakecarla import make_module
+from rollout.fakecarla.mapdata import DEFAULT_XODR, TOWN_NAME
+from rollout.fakecarla.town import generate_town_xodr
 from common.config import EnvConfig, FakeCarlaConfig
 
 STRAIGHT_XODR = """<?xml version="1.0" standalone="yes"?>

@@ -5,9 +5,9 @@ import carla as real_carla
 import numpy as np
 import pytest
 
-from actors.fakecarla import make_module
-from actors.fakecarla.mapdata import DEFAULT_XODR
-from actors.fakecarla.traffic_junctions import JunctionBook
+from rollout.fakecarla import make_module
+from rollout.fakecarla.mapdata import DEFAULT_XODR
+from rollout.fakecarla.traffic_junctions import JunctionBook
 from common.config import FakeCarlaConfig
 
 QUIET = FakeCarlaConfig(camera_delay_s=0.0, npc_stops_per_min=0.0)

@@ -7,8 +7,8 @@ sensor, as a real client would attach one.
 """
 import numpy as np
 
-from actors.fakecarla import make_module
-from actors.route import spawn_points
+from rollout.fakecarla import make_module
+from rollout.route import spawn_points
 from common.config import FakeCarlaConfig
 
 EPISODES = 1000

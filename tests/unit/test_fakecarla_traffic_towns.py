@@ -4,10 +4,10 @@ privileged scripted driver completes held-out routes among them without a collis
 import numpy as np
 import pytest
 
-from actors.carla_env import make_env
-from actors.npc_spawns import route_spawn_points
-from actors.scripted import PurePursuitDriver
-from actors.scripted_privileged import PrivilegedDriver
+from rollout.carla_env import make_env
+from rollout.npc_spawns import route_spawn_points
+from rollout.scripted import PurePursuitDriver
+from rollout.scripted_privileged import PrivilegedDriver
 from common.config import EnvConfig, RouteSplit
 from common.specs import EnvSpec
 

@@ -7,9 +7,9 @@ import time
 import numpy as np
 import pytest
 
-from actors.fakecarla import make_module
-from actors.fakecarla.mapdata import load_assets
-from actors.fakecarla.sensors import corner_places, crossed_markings
+from rollout.fakecarla import make_module
+from rollout.fakecarla.mapdata import load_assets
+from rollout.fakecarla.sensors import corner_places, crossed_markings
 from common.config import FakeCarlaConfig
 
 LANE_M1 = (60.0, -1.75)  # road 1, lane -1, heading west (yaw 180)

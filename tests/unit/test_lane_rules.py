@@ -8,8 +8,8 @@ import carla
 import numpy as np
 import pytest
 
-from actors import rewards
-from actors.carla_env import make_env
+from rollout import rewards
+from rollout.carla_env import make_env
 from common.config import EnvConfig
 from common.specs import EnvSpec
 

@@ -1,4 +1,4 @@
-"""The import rule: common imports nothing of the project; actors, replay and learner import
+"""The import rule: common imports nothing of the project; rollout, replay and learner import
 only common; nothing imports deploy (the composition root)."""
 import ast
 import pathlib
@@ -6,10 +6,10 @@ import pathlib
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-PACKAGES = ("common", "actors", "replay", "learner", "deploy")
+PACKAGES = ("common", "rollout", "replay", "learner", "deploy")
 ALLOWED = {
     "common": {"common"},
-    "actors": {"common", "actors"},
+    "rollout": {"common", "rollout"},
     "replay": {"common", "replay"},
     "learner": {"common", "learner"},
     "deploy": set(PACKAGES),
@@ -40,13 +40,13 @@ def test_package_imports_only_what_it_may(package):
 def test_no_component_imports_deploy():
     # bench/ and experiments/ scripts, like tests/, are entry points: they may build the fleet
     # through deploy/.
-    for package in ("common", "actors", "replay", "learner"):
+    for package in ("common", "rollout", "replay", "learner"):
         for path in (ROOT / package).rglob("*.py"):
             assert "deploy" not in _project_imports(path), path
 
 
 def test_no_ray_remote_decorator_on_component_classes():
-    for package in ("common", "actors", "replay", "learner"):
+    for package in ("common", "rollout", "replay", "learner"):
         for path in (ROOT / package).rglob("*.py"):
             assert "@ray.remote" not in path.read_text(), f"{path}: wrap with ray.remote in deploy/"
 
@@ -61,9 +61,9 @@ def _imports_ray(path: pathlib.Path) -> bool:
     return False
 
 
-@pytest.mark.parametrize("package", ("common", "actors", "replay", "learner"))
+@pytest.mark.parametrize("package", ("common", "rollout", "replay", "learner"))
 def test_ray_is_imported_only_by_deploy(package):
-    # Components meet their transports through seams (replay/transport.py, actors/ weights):
+    # Components meet their transports through seams (replay/transport.py, rollout/ weights):
     # Ray is one implementation, and it lives in deploy/ (bench/ and tests/ use it too).
     for path in (ROOT / package).rglob("*.py"):
         assert not _imports_ray(path), f"{path.relative_to(ROOT)} imports ray"

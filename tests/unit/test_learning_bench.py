@@ -200,9 +200,9 @@ def test_check_milestones_sorts_and_rejects() -> None:
 @pytest.mark.parametrize("arm, topology", [("separate", C.EncoderTopology.SEPARATE),
                                            ("shared", C.EncoderTopology.SHARED)])
 def test_arm_config_sets_topology_seed_and_overrides(arm: str, topology: C.EncoderTopology) -> None:
-    cfg = arms.arm_config("learn", {"rollout.num_actors": "3"}, arm, 7)
+    cfg = arms.arm_config("learn", {"rollout.num_workers": "3"}, arm, 7)
     assert cfg.learner.network.topology is topology
-    assert cfg.seed == 7 and cfg.rollout.num_actors == 3
+    assert cfg.seed == 7 and cfg.rollout.num_workers == 3
     with pytest.raises(ConfigError, match="'a2c'"):
         arms.arm_config("learn", {}, "a2c", 0)
 

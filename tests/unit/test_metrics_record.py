@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from actors.exploration import GaussianExploration
-from actors.rollout import EpisodeResult, RolloutReport, RolloutWorker
-from actors.writer import ChunkWriter
+from rollout.exploration import GaussianExploration
+from rollout.worker import EpisodeResult, RolloutReport, RolloutWorker
+from rollout.writer import ChunkWriter
 from common import metrics as M
 from common.errors import MetricsError
 from common.config import MetricsBackend, MetricsConfig

@@ -1,4 +1,4 @@
-"""Network shapes, layouts and the policy-snapshot loader rollout actors use."""
+"""Network shapes, layouts and the policy-snapshot loader rollout workers use."""
 import numpy as np
 import pytest
 import torch

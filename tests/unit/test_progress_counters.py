@@ -1,6 +1,6 @@
 """Run counters (deploy/progress.py): simulator reconnects add up from rollout reports, survive
 a checkpoint's counters.json, and reach summary.json."""
-from actors.rollout import RolloutReport
+from rollout.worker import RolloutReport
 from deploy.progress import RunCounters, summary
 
 

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from actors import rewards as R
+from rollout import rewards as R
 from common.config import RewardConfig
 
 CFG = RewardConfig()

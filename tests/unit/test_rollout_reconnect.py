@@ -1,14 +1,14 @@
 """The rollout worker outlives its server: a connection that fails at construction or at a
-reset is retried with a growing wait, counted, and the worker goes on (actors/rollout.py)."""
+reset is retried with a growing wait, counted, and the worker goes on (rollout/worker.py)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from actors import rollout
-from actors.exploration import GaussianExploration
-from actors.rollout import LazyEnv, RolloutWorker
-from actors.writer import ChunkWriter
+from rollout import worker
+from rollout.exploration import GaussianExploration
+from rollout.worker import LazyEnv, RolloutWorker
+from rollout.writer import ChunkWriter
 from common.errors import ConfigError, SimulatorUnreachable, SpecError
 from tests.unit.test_metrics_record import SPEC, NoWeights, RandomPolicy, ScriptedEnv
 
@@ -35,8 +35,8 @@ def _worker(env) -> RolloutWorker:
 
 @pytest.fixture(autouse=True)
 def short_waits(monkeypatch):
-    monkeypatch.setattr(rollout, "RECONNECT_WAITS_S", (0.0, 0.01))
-    monkeypatch.setattr(rollout.time, "sleep", lambda s: waits.append(s))
+    monkeypatch.setattr(worker, "RECONNECT_WAITS_S", (0.0, 0.01))
+    monkeypatch.setattr(worker.time, "sleep", lambda s: waits.append(s))
     waits.clear()
 
 

@@ -7,11 +7,11 @@ import carla
 import numpy as np
 import pytest
 
-from actors import route as R
+from rollout import route as R
 from common.config import RouteSplit
 from common.errors import SimulatorError
 
-TOWN = pathlib.Path(__file__).resolve().parents[2] / "actors" / "fakecarla" / "town.xodr"
+TOWN = pathlib.Path(__file__).resolve().parents[2] / "rollout" / "fakecarla" / "town.xodr"
 STRAIGHT_M = 120.0
 
 

@@ -1,15 +1,15 @@
-"""The WeightSource protocol (actors/weights.py) through the in-process LatestSnapshot: the
+"""The WeightSource protocol (rollout/weights.py) through the in-process LatestSnapshot: the
 rollout worker applies copied and shared offers to its real CpuPolicy, and a withdrawn shared
 offer sends the policy back to the copy it loaded before."""
 import numpy as np
 import pytest
 import torch
 
-from actors.exploration import GaussianExploration
-from actors.policy import CpuPolicy
-from actors.rollout import RolloutWorker
-from actors.weights import LatestSnapshot, OfferKind, WeightOffer
-from actors.writer import ChunkWriter
+from rollout.exploration import GaussianExploration
+from rollout.policy import CpuPolicy
+from rollout.worker import RolloutWorker
+from rollout.weights import LatestSnapshot, OfferKind, WeightOffer
+from rollout.writer import ChunkWriter
 from common.networks import PolicyNet
 from common.specs import IMAGE_KEY, VECTOR_KEY
 from common.weights import PolicySnapshot

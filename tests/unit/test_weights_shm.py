@@ -21,7 +21,7 @@ def _state(value: float = 0.0) -> dict[str, np.ndarray]:
 
 def _read(reader: ShmWeightReader, newer_than: int) -> tuple[PolicySnapshot, float] | None:
     """A copy of the newest slot's snapshot if newer than ``newer_than``, taken while
-    ``newest`` holds it, as a rollout actor's inference runs on it."""
+    ``newest`` holds it, as a rollout worker's inference runs on it."""
     with reader.newest() as held:
         if held is None or held.snapshot.version <= newer_than:
             return None

@@ -344,8 +344,8 @@ def test_the_checksum_is_checked_once_per_version(tmp_path, monkeypatch):
 
 def test_a_policy_gives_up_a_slot_for_its_own_weights_without_reading_the_slot(tmp_path):
     # What the rollout side does when the file it is bound to proves truncated or damaged.
-    from actors.policy import CpuPolicy
-    from actors.weights import WeightOffer
+    from rollout.policy import CpuPolicy
+    from rollout.weights import WeightOffer
     from tests.unit.learner_fixtures import SMALL_SPEC, random_batch, small_config
 
     def own_state(seed: int) -> dict[str, np.ndarray]:

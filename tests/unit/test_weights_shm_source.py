@@ -5,8 +5,8 @@ import os
 import numpy as np
 import torch
 
-from actors.policy import CpuPolicy
-from actors.weights import OfferKind, WeightOffer
+from rollout.policy import CpuPolicy
+from rollout.weights import OfferKind, WeightOffer
 from common.networks import PolicyNet
 from common.weights import PolicySnapshot
 from deploy.weights_shm import ShmWeightWriter

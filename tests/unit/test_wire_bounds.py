@@ -8,9 +8,9 @@ import msgpack
 import numpy as np
 import pytest
 
-from actors import rewards as R
-from actors.carla_env import check_reward_limit
-from actors.observation import build_vector
+from rollout import rewards as R
+from rollout.carla_env import check_reward_limit
+from rollout.observation import build_vector
 from common.codec import decode_chunk, encode_chunk
 from common.config import EnvConfig, RewardConfig
 from common.errors import ConfigError, SpecError

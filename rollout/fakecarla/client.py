@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import carla
 
-from actors.fakecarla.actors import Actor, ActorList
-from actors.fakecarla.blueprints import ActorBlueprint, BlueprintLibrary
-from actors.fakecarla.mapdata import MAP_PATH_PREFIX
-from actors.fakecarla.server import SERVER_VERSION, Connection, Host
-from actors.fakecarla.traffic import TrafficManager
+from rollout.fakecarla.actors import Actor, ActorList
+from rollout.fakecarla.blueprints import ActorBlueprint, BlueprintLibrary
+from rollout.fakecarla.mapdata import MAP_PATH_PREFIX
+from rollout.fakecarla.server import SERVER_VERSION, Connection, Host
+from rollout.fakecarla.traffic import TrafficManager
 
 
 def _copy_settings(settings: carla.WorldSettings) -> carla.WorldSettings:

@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from actors.fakecarla import dynamics
+from rollout.fakecarla import dynamics
 
 IDM_ACCEL_MPS2 = 2.0  # a_max
 IDM_COMFORT_BRAKE_MPS2 = 2.5  # b
@@ -116,7 +116,7 @@ def idm_accel(speed: np.ndarray, desired: np.ndarray, gap: np.ndarray, closing: 
 
 
 def pedals(accel: np.ndarray, speed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Throttle and brake [N] that give ``accel`` at ``speed`` under actors.fakecarla.dynamics;
+    """Throttle and brake [N] that give ``accel`` at ``speed`` under rollout.fakecarla.dynamics;
     a vehicle at a standstill that should not move holds the full brake."""
     v = np.maximum(speed, 0.0)
     resist = dynamics.ROLLING_MPS2 + dynamics.DRAG_PER_M * v * v

@@ -1,8 +1,8 @@
-"""The env loop of one rollout actor: env + policy + exploration + writer + weight pulls.
+"""The env loop of one rollout worker: env + policy + exploration + writer + weight pulls.
 
 A plain class: deploy/ wraps it in a Ray actor; tests build it directly. An env
 step never waits on the learner: before each inference a non-blocking ``WeightSource``
-(actors/weights.py) offers newer weights if it has any, and the worker applies them to its
+(rollout/weights.py) offers newer weights if it has any, and the worker applies them to its
 policy.
 
 A server that fails (a tick times out, a reset cannot reach it, the server is down when the
@@ -20,10 +20,10 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from actors.exploration import GaussianExploration
-from actors.policy import CpuPolicy
-from actors.weights import WeightSource
-from actors.writer import ChunkWriter
+from rollout.exploration import GaussianExploration
+from rollout.policy import CpuPolicy
+from rollout.weights import WeightSource
+from rollout.writer import ChunkWriter
 from common.errors import SimulatorTimeout, SimulatorUnreachable, SpecError
 from common.weights import RANDOM_POLICY_VERSION
 
@@ -134,7 +134,7 @@ class RolloutWorker:
                             self.actor_index, failures, wait, exc)
                 time.sleep(wait)
         report.connect_failures += failures
-        # After a simulator timeout the env reconnects in reset (actors/carla_env.py).
+        # After a simulator timeout the env reconnects in reset (rollout/carla_env.py).
         if failures or self._timed_out:
             report.reconnects += 1
             log.info("event=simulator_reconnected actor=%d failed_attempts=%d",

@@ -3,10 +3,10 @@ to whatever is ahead, and stopping or parking in the lane now and then.
 
 Every vehicle keeps a plan: waypoints PLAN_STEP_M apart ahead of it, extended with
 ``waypoint.next`` and a branch drawn from its own generator at forks. Each tick, for all the
-manager's vehicles at once (actors/fakecarla/traffic_following.py): the gap along the plan to the
+manager's vehicles at once (rollout/fakecarla/traffic_following.py): the gap along the plan to the
 nearest vehicle in the way (any vehicle, the ego included), the Intelligent Driver Model's
 acceleration for it, a corner speed, and pure-pursuit steering. Junctions are taken in turn
-(actors/fakecarla/traffic_junctions.py): a vehicle without the junction stops before its entry.
+(rollout/fakecarla/traffic_junctions.py): a vehicle without the junction stops before its entry.
 
 Random stops (FakeCarlaConfig.npc_stops_per_min, npc_stop_s, npc_park_fraction, npc_park_s):
 while a vehicle drives (above STOP_MIN_SPEED_MPS, at least STOP_CLEAR_M from the junctions
@@ -28,13 +28,13 @@ from typing import TYPE_CHECKING
 import carla
 import numpy as np
 
-from actors.fakecarla import traffic_following as follow
-from actors.fakecarla.traffic_junctions import JunctionBook, LaneKey
+from rollout.fakecarla import traffic_following as follow
+from rollout.fakecarla.traffic_junctions import JunctionBook, LaneKey
 from common.config import FakeCarlaConfig
 
 if TYPE_CHECKING:
-    from actors.fakecarla.actors import Vehicle
-    from actors.fakecarla.server import Connection
+    from rollout.fakecarla.actors import Vehicle
+    from rollout.fakecarla.server import Connection
 
 SPEED_LIMIT_MPS = 30.0 / 3.6
 DESIRED_SPEED_RANGE = (0.75, 1.0)  # each vehicle's free speed, as a fraction of the limit

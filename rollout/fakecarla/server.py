@@ -19,14 +19,14 @@ from typing import Any
 import carla
 import numpy as np
 
-from actors.fakecarla import dynamics
-from actors.fakecarla.actors import Actor, LaneInvasionSensor, Sensor, ServerSideSensor, Vehicle
-from actors.fakecarla.blueprints import VEHICLE_MODELS, ActorBlueprint
-from actors.fakecarla.mapdata import OBSTACLE_HALF_M, OBSTACLE_HEIGHT_M, MapAssets, MapCatalog
-from actors.fakecarla.renderer import BOX_COLUMNS, POLE_COLOUR, CameraRenderer
-from actors.fakecarla.sensors import (CollisionEvent, CornerPlace, Delivery, Image, LaneInvasionEvent, corner_places,
+from rollout.fakecarla import dynamics
+from rollout.fakecarla.actors import Actor, LaneInvasionSensor, Sensor, ServerSideSensor, Vehicle
+from rollout.fakecarla.blueprints import VEHICLE_MODELS, ActorBlueprint
+from rollout.fakecarla.mapdata import OBSTACLE_HALF_M, OBSTACLE_HEIGHT_M, MapAssets, MapCatalog
+from rollout.fakecarla.renderer import BOX_COLUMNS, POLE_COLOUR, CameraRenderer
+from rollout.fakecarla.sensors import (CollisionEvent, CornerPlace, Delivery, Image, LaneInvasionEvent, corner_places,
                                       crossed_markings)
-from actors.fakecarla.traffic import TrafficManager
+from rollout.fakecarla.traffic import TrafficManager
 from common.config import FakeCarlaConfig
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ class Connection:
         raise timeout_error(self.timeout_s, self.host, self.port)
 
     def world(self) -> Any:
-        from actors.fakecarla.client import World  # the world handle lives with the client API
+        from rollout.fakecarla.client import World  # the world handle lives with the client API
         return World(self)
 
 

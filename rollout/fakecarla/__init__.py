@@ -8,7 +8,7 @@ OpenDRIVE; the camera is rendered with OpenCV; vehicles follow a kinematic bicyc
 The server holds the shipped towns, ``Town01`` (the default ``env.town``, from town.xodr) and
 ``Town02`` (Town02.xodr), or only ``cfg.xodr_path``, named after the file's stem;
 ``load_world`` of any other name fails as the real server's does ("map not found").
-See ``actors/fakecarla/server.py`` for fault injection and restarts.
+See ``rollout/fakecarla/server.py`` for fault injection and restarts.
 """
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import types
 
 import carla
 
-from actors.fakecarla import actors, blueprints, client, sensors, traffic
-from actors.fakecarla.mapdata import load_assets
-from actors.fakecarla.server import Host
+from rollout.fakecarla import actors, blueprints, client, sensors, traffic
+from rollout.fakecarla.mapdata import load_assets
+from rollout.fakecarla.server import Host
 from common.config import FakeCarlaConfig
 from common.errors import ConfigError
 

@@ -38,7 +38,7 @@ DEFAULT_TOWN: str = EnvConfig.town  # the dataclass field's default
 
 
 def owner_tag(actor_index: int) -> str:
-    """The role_name tag of the vehicles rollout actor ``actor_index`` spawns."""
+    """The role_name tag of the vehicles rollout worker ``actor_index`` spawns."""
     return f"carla-td3/{actor_index}"
 
 
@@ -167,7 +167,7 @@ class Session:
         if others and self._original_settings.synchronous_mode:
             raise SimulatorError(
                 f"the CARLA server at {where} is in synchronous mode and drives another "
-                f"client's hero vehicle ({others[0]!r}): two rollout actors on one server? "
+                f"client's hero vehicle ({others[0]!r}): two rollout workers on one server? "
                 "Give each actor its own server (--carla HOST:PORT,...)")
         leftovers = [a for a in actors if a.id in ours or
                      (a.parent is not None and a.parent.id in ours)]
@@ -217,7 +217,7 @@ class Session:
     def spawn_npcs(self, points: Sequence[Any], ego_transform: Any, seed: int) -> int:
         """Spawns up to ``cfg.num_npcs`` vehicles on the traffic manager's autopilot.
 
-        The points are tried in the order given (actors/npc_spawns.py orders them); those closer
+        The points are tried in the order given (rollout/npc_spawns.py orders them); those closer
         than NPC_MIN_DISTANCE_M to the ego are skipped. The traffic manager is seeded with
         ``seed`` and the blueprints drawn from a generator seeded with it, so the same seed
         gives the same traffic.

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
-from actors.observation import bgra_to_array
+from rollout.observation import bgra_to_array
 
 from common.errors import SimulatorTimeout
 

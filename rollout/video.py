@@ -2,7 +2,7 @@
 
 The top-down view is one more RGB camera attached to the ego through the same carla API
 (``TOPDOWN_HEIGHT_M`` above it, pitch -90), so the same code records on a real server.
-Run ``python -m actors.video --out drive.mp4 [--seed S]`` to record the scripted driver on the
+Run ``python -m rollout.video --out drive.mp4 [--seed S]`` to record the scripted driver on the
 fake town; ``record_episode`` takes any ``act_fn`` (e.g. a checkpoint's policy).
 """
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any, Callable, NamedTuple
 import cv2
 import numpy as np
 
-from actors.carla_env import MAIN_CAMERA, CarlaEnv, make_env
-from actors.scripted import PurePursuitDriver
-from actors.sensors import CameraMount
+from rollout.carla_env import MAIN_CAMERA, CarlaEnv, make_env
+from rollout.scripted import PurePursuitDriver
+from rollout.sensors import CameraMount
 from common.config import EnvConfig
 from common.errors import CarlaTD3Error
 from common.specs import EnvSpec
@@ -138,7 +138,7 @@ def record_episode(env: CarlaEnv, act_fn: Callable[[dict[str, np.ndarray]], np.n
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m actors.video --out FILE [--seed S]``: the scripted driver on the fake town."""
+    """``python -m rollout.video --out FILE [--seed S]``: the scripted driver on the fake town."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="MP4 file to write")
     parser.add_argument("--seed", type=int, default=0, help="episode seed (route)")

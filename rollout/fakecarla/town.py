@@ -4,7 +4,7 @@ The town: a loop of two roads joined by two T-junctions, with a straight cross r
 the junctions. The loop's corners are arcs of 20, 30, 40 and 25 m radius; every road has two
 driving lanes each way (3.5 m wide). Junction movements are connecting roads whose reference
 lines are cubic Hermite curves (``paramPoly3``). Regenerate the shipped file with
-``python -m actors.fakecarla.town > actors/fakecarla/town.xodr``.
+``python -m rollout.fakecarla.town > rollout/fakecarla/town.xodr``.
 """
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ DEFAULT_XODR = pathlib.Path(__file__).with_name("town.xodr")
 EXTRA_TOWNS = {"Town02": pathlib.Path(__file__).with_name("Town02.xodr")}
 # The shipped town's map name: the default ``env.town`` (common.config.EnvConfig), so a default
 # config, and every run trained on the fake, names the map the fake serves. It is the fake's own
-# town (actors/fakecarla/town.py), not CARLA's Town01.
+# town (rollout/fakecarla/town.py), not CARLA's Town01.
 TOWN_NAME = "Town01"
 MAP_PATH_PREFIX = "/Game/Carla/Maps/"  # how get_available_maps spells a map, as CARLA does
 

@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 import carla
 
-from actors.fakecarla import wire
-from actors.fakecarla.sensors import CollisionEvent, Image, LaneInvasionEvent
+from rollout.fakecarla import wire
+from rollout.fakecarla.sensors import CollisionEvent, Image, LaneInvasionEvent
 
 if TYPE_CHECKING:
-    from actors.fakecarla.remote_client import Link
+    from rollout.fakecarla.remote_client import Link
 
 
 class Actor:
@@ -37,7 +37,7 @@ class Actor:
             return False
 
     def get_world(self) -> Any:
-        from actors.fakecarla.remote_client import World  # the world handle lives with the client
+        from rollout.fakecarla.remote_client import World  # the world handle lives with the client
         self._link.call("get_world")
         return World(self._link)
 

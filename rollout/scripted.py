@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from actors.route import turn_per_metre
+from rollout.route import turn_per_metre
 from common.config import EnvConfig, PedalAction
 from common.specs import SPEED_SCALE_MPS, VECTOR_KINEMATIC_DIMS, EnvSpec
 

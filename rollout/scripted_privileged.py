@@ -1,4 +1,4 @@
-"""The privileged scripted driver: the pure-pursuit driver (actors/scripted.py) plus the true
+"""The privileged scripted driver: the pure-pursuit driver (rollout/scripted.py) plus the true
 positions and velocities of every other vehicle, read from the world. An upper bound for what a
 policy that sees traffic only through its camera can do.
 
@@ -22,12 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from actors.route import Route
-from actors.scripted import PurePursuitDriver, PurePursuitSettings
+from rollout.route import Route
+from rollout.scripted import PurePursuitDriver, PurePursuitSettings
 from common.config import EnvConfig, PedalAction
 from common.specs import SPEED_SCALE_MPS, EnvSpec
 
-HERO_ROLE = "hero"  # the ego's role_name starts with it (actors/carla_session.py)
+HERO_ROLE = "hero"  # the ego's role_name starts with it (rollout/carla_session.py)
 LOOK_AHEAD_M = 45.0
 ON_ROUTE_MARGIN_M = 0.6
 PLANNED_DECEL_MPS2 = 3.0

@@ -24,13 +24,13 @@ from typing import Any, Callable
 
 import carla
 
-from actors.fakecarla import FAKE_CLASSES, REAL_NAMES, wire
-from actors.fakecarla.actors import ActorList
-from actors.fakecarla.blueprints import ActorBlueprint, BlueprintLibrary
-from actors.fakecarla.client import WorldSnapshot
-from actors.fakecarla.remote_actors import (Actor, LaneInvasionSensor, Sensor, ServerSideSensor, TrafficManager,
+from rollout.fakecarla import FAKE_CLASSES, REAL_NAMES, wire
+from rollout.fakecarla.actors import ActorList
+from rollout.fakecarla.blueprints import ActorBlueprint, BlueprintLibrary
+from rollout.fakecarla.client import WorldSnapshot
+from rollout.fakecarla.remote_actors import (Actor, LaneInvasionSensor, Sensor, ServerSideSensor, TrafficManager,
                                             Vehicle, decode_sensor_data, make_actor)
-from actors.fakecarla.server import SERVER_VERSION, timeout_error
+from rollout.fakecarla.server import SERVER_VERSION, timeout_error
 
 log = logging.getLogger(__name__)
 

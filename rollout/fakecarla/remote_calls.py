@@ -12,11 +12,11 @@ import socket
 import threading
 from typing import Any, Callable
 
-from actors.fakecarla import wire
-from actors.fakecarla.actors import Actor, LaneInvasionSensor, Sensor, Vehicle
-from actors.fakecarla.blueprints import ActorBlueprint
-from actors.fakecarla.client import Client, World
-from actors.fakecarla.sensors import CollisionEvent, Image, LaneInvasionEvent
+from rollout.fakecarla import wire
+from rollout.fakecarla.actors import Actor, LaneInvasionSensor, Sensor, Vehicle
+from rollout.fakecarla.blueprints import ActorBlueprint
+from rollout.fakecarla.client import Client, World
+from rollout.fakecarla.sensors import CollisionEvent, Image, LaneInvasionEvent
 
 log = logging.getLogger(__name__)
 

@@ -3,9 +3,9 @@
 One env owns one connection to one server: synchronous mode with ``fixed_delta_seconds``, its
 own traffic-manager port (synchronous too), an ego vehicle with an RGB camera, collision and
 lane-invasion sensors, and optional NPC traffic. Each ``reset(seed)`` destroys the previous
-episode's actors, draws a spawn point and a route from ``seed`` (actors/route.py), spawns
+episode's actors, draws a spawn point and a route from ``seed`` (rollout/route.py), spawns
 everything anew and ticks once. Each ``step`` applies the action, ticks, waits for the camera
-image of exactly that tick's frame, and scores the step with actors/rewards.py.
+image of exactly that tick's frame, and scores the step with rollout/rewards.py.
 
 A tick that times out (``RuntimeError`` from ``world.tick`` or a camera frame that never comes)
 ends the episode with ``truncated=True`` and ``termination_reason="simulator_timeout"``, the
@@ -25,12 +25,12 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from actors import rewards
-from actors.npc_spawns import route_spawn_points
-from actors.observation import ObservationBuilder, build_vector
-from actors.route import Projection, Route, choose_route, spawn_points, to_vehicle_frame, wrap_angle
-from actors.sensors import CameraMount, SensorReading, SensorRig
-from actors.carla_session import Session, owner_tag
+from rollout import rewards
+from rollout.npc_spawns import route_spawn_points
+from rollout.observation import ObservationBuilder, build_vector
+from rollout.route import Projection, Route, choose_route, spawn_points, to_vehicle_frame, wrap_angle
+from rollout.sensors import CameraMount, SensorReading, SensorRig
+from rollout.carla_session import Session, owner_tag
 from common.config import EnvConfig, PedalAction, SimulatorBackend
 from common.errors import ConfigError, SimulatorError, SimulatorTimeout, SpecError
 from common.specs import IMAGE_KEY, SPEED_LIMIT_MPS, VECTOR_KEY, EnvSpec
@@ -39,6 +39,12 @@ log = logging.getLogger(__name__)
 
 MAIN_CAMERA = "camera"
 EGO_SPAWN_ATTEMPTS = 5  # routes of seed, seed+1, ... tried when the ego's spawn point is blocked
+
+
+def _hit_a_vehicle(event: Any) -> bool:
+    """Whether a collision event's other actor is a vehicle (``vehicle.*``), as CARLA reports it."""
+    other = getattr(event, "other_actor", None)
+    return str(getattr(other, "type_id", "")).startswith("vehicle.")
 
 
 class CarlaEnv:
@@ -143,7 +149,7 @@ class CarlaEnv:
             ("collision", "off_road", "route_completed", "step_limit",
             "simulator_timeout" or ""), ``route_completion`` (0..1; 1 once completed),
             ``distance_m`` (furthest point reached along the route), ``collisions`` (events
-            this episode),
+            this episode; ``vehicle_collisions`` those with another vehicle),
             ``lane_invasions`` (steps that crossed a marking or ended outside the route's lane),
             ``success`` (route completed with no collision and no lane invasion),
             ``reward_terms`` (weighted components) and the step's ``speed_mps``,
@@ -304,6 +310,7 @@ class _Episode:
         self.speed = 0.0
         self.acc: np.ndarray | None = None
         self.collisions = 0
+        self.vehicle_collisions = 0  # of which with another vehicle (the rest: the layout, props)
         self.lane_invasions = 0
         self.completed = False
         self.last: rewards.StepMeasurements | None = None
@@ -319,6 +326,7 @@ class _Episode:
         collided = bool(reading.collisions)
         invaded = bool(reading.lane_invasions)
         self.collisions += len(reading.collisions)
+        self.vehicle_collisions += sum(_hit_a_vehicle(e) for e in reading.collisions)
         self.completed = self.completed or self.route.is_completed(self.s_max)
         m = rewards.StepMeasurements(
             speed_mps=speed, heading_error_rad=wrap_angle(yaw - proj.yaw),
@@ -343,6 +351,7 @@ class _Episode:
             "route_completion": 1.0 if self.completed else self.route.completion(self.s_max),
             "distance_m": self.s_max,
             "collisions": self.collisions,
+            "vehicle_collisions": self.vehicle_collisions,
             "lane_invasions": self.lane_invasions,
             "success": success,
             "reward_terms": terms._asdict(),
@@ -362,6 +371,6 @@ def make_env(cfg: EnvConfig, spec: EnvSpec, seed: int = 0) -> CarlaEnv:
         SimulatorUnreachable: if a real server does not answer at cfg.host:cfg.port.
     """
     if cfg.backend is SimulatorBackend.FAKE:
-        from actors.fakecarla import make_module  # the fake is only imported when used
+        from rollout.fakecarla import make_module  # the fake is only imported when used
         return CarlaEnv(cfg, spec, make_module(cfg.fake), seed)
     return CarlaEnv(cfg, spec, None, seed)

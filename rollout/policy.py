@@ -1,4 +1,4 @@
-"""The current policy on CPU, inside a rollout actor."""
+"""The current policy on CPU, inside a rollout worker."""
 from __future__ import annotations
 
 from typing import Mapping
@@ -6,7 +6,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from actors.weights import OfferKind, WeightOffer
+from rollout.weights import OfferKind, WeightOffer
 from common.config import NetworkConfig
 from common.networks import (ImageEncoder, PolicyNet, load_policy_state, to_channels_last,
                              view_policy_state)
@@ -44,7 +44,7 @@ class CpuPolicy:
         return self.net is not self._own
 
     def apply(self, offer: WeightOffer) -> None:
-        """Runs on what a WeightSource offered (actors/weights.py) from now on.
+        """Runs on what a WeightSource offered (rollout/weights.py) from now on.
 
         SHARED: on the offer's arrays in place, through a network built on them the first
         time its slot brings these arrays (the source keeps them valid while the policy uses

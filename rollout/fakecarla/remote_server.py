@@ -24,10 +24,10 @@ import threading
 import time
 import uuid
 from typing import Any
-from actors.fakecarla import client as fake_client
-from actors.fakecarla import remote_calls, wire
-from actors.fakecarla.mapdata import load_assets
-from actors.fakecarla.server import Host
+from rollout.fakecarla import client as fake_client
+from rollout.fakecarla import remote_calls, wire
+from rollout.fakecarla.mapdata import load_assets
+from rollout.fakecarla.server import Host
 from common.config import FakeCarlaConfig
 from common.errors import ConfigError
 

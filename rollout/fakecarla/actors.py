@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import carla
 
-from actors.fakecarla.blueprints import VehicleModel
-from actors.fakecarla.dynamics import BodyState
+from rollout.fakecarla.blueprints import VehicleModel
+from rollout.fakecarla.dynamics import BodyState
 
 if TYPE_CHECKING:
-    from actors.fakecarla.server import Connection
+    from rollout.fakecarla.server import Connection
 
 
 class Actor:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from actors.route import Route
+from rollout.route import Route
 
 LEAD_AHEAD_M = (25.0, 45.0, 70.0, 100.0, 135.0, 170.0)
 CROSSING_PACE = 0.8

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from actors.fakecarla.mapdata import Raster
+from rollout.fakecarla.mapdata import Raster
 
 # BGRA, indexed by raster class: ground, asphalt, edge, white, yellow.
 # Grass and asphalt differ by ~50 grey levels, so the road stays visible in grayscale.

@@ -1,18 +1,18 @@
 """Generates the fake CARLA's second town (``Town02.xodr``), for transfer: a layout the first town
-(actors/fakecarla/town.py) does not have.
+(rollout/fakecarla/town.py) does not have.
 
 One driving lane each way, LANE_WIDTH_M wide (the first town: two each way, 3.5 m); a four-way
 junction X at (0, 0) and two T-junctions, T2 at (90, 0) and T3 at (0, 70) (OpenDRIVE
 coordinates; CARLA's y is the negative); five roads between them: two straight ones (60 and
 40 m), a loop with 25 m corners to the north-east, one with 20 m corners to the west, and a
 long one with 35 m corners to the south. Regenerate the shipped file with
-``python -m actors.fakecarla.town02 > actors/fakecarla/Town02.xodr``.
+``python -m rollout.fakecarla.town02 > rollout/fakecarla/Town02.xodr``.
 """
 from __future__ import annotations
 
 import math
 
-from actors.fakecarla.town import ARM_M, Arm, Segment, _hermite, _plan_view
+from rollout.fakecarla.town import ARM_M, Arm, Segment, _hermite, _plan_view
 
 LANE_WIDTH_M = 3.2
 NAME = "Town02"

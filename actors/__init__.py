@@ -1,1 +1,0 @@
-"""Rollout actors: the CARLA env, the fake CARLA, CPU policy inference, the env loop."""
