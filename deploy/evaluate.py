@@ -13,13 +13,13 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from actors.carla_env import make_env
-from actors.policy import CpuPolicy
-from actors.video import record_episode
+from rollout.carla_env import make_env
+from rollout.policy import CpuPolicy
+from rollout.video import record_episode
 from common import config as C
 from common.errors import CheckpointError, ConfigError
 from common.weights import PolicySnapshot
-from deploy import build
+from deploy import build, policy_dir
 from deploy.components import learner_checkpoint
 from deploy.rundir import RunDir
 from learner.td3 import TD3Learner
@@ -28,8 +28,11 @@ log = logging.getLogger(__name__)
 
 
 def resolve_checkpoint(path: Path) -> tuple[RunDir, Path]:
-    """A run directory (its latest checkpoint) or one checkpoint directory inside a run."""
+    """A run directory (its latest checkpoint), one checkpoint directory inside a run, or a
+    policy directory (deploy/policy_dir.py: the policy and the config, nothing else)."""
     path = Path(path)
+    if policy_dir.is_policy_dir(path):
+        return RunDir(path), path
     if (path / "config.json").exists():
         run_dir = RunDir(path)
         latest = run_dir.latest_checkpoint()
@@ -38,7 +41,8 @@ def resolve_checkpoint(path: Path) -> tuple[RunDir, Path]:
         return run_dir, latest
     if (path / "counters.json").exists() and (path.parent.parent / "config.json").exists():
         return RunDir(path.parent.parent), path
-    raise CheckpointError(f"{path} is neither a run directory nor a checkpoint directory in one")
+    raise CheckpointError(f"{path} is neither a run directory, a checkpoint directory in one, "
+                          "nor a policy directory (carla-td3 export)")
 
 
 def check_env_keys(overrides: Mapping[str, object]) -> None:
@@ -60,14 +64,46 @@ def with_env_overrides(cfg: C.RunConfig, overrides: Mapping[str, object]) -> C.R
     return C.with_overrides(cfg, overrides)
 
 
-def load_policy(cfg: C.RunConfig, checkpoint: Path) -> CpuPolicy:
-    """The checkpoint's policy on CPU (the learner state is loaded and validated in full)."""
+def load_learner_policy(cfg: C.RunConfig, checkpoint: Path) -> tuple[CpuPolicy, dict[str, np.ndarray]]:
+    """A learner checkpoint's policy on CPU (the learner state is loaded and validated in
+    full), and its arrays."""
     on_cpu = replace(cfg.learner.execution, device="cpu", cuda_graphs=False)
     learner = TD3Learner(cfg.spec, replace(cfg.learner, execution=on_cpu), cfg.seed)
     learner.load(learner_checkpoint(checkpoint))
+    state = learner.policy_state()
     policy = CpuPolicy(cfg.spec, cfg.learner.network)
-    policy.load(PolicySnapshot(int(learner.updates), learner.policy_state()))
-    return policy
+    policy.load(PolicySnapshot(int(learner.updates), state))
+    return policy, state
+
+
+def load_policy(cfg: C.RunConfig, checkpoint: Path) -> CpuPolicy:
+    """The policy of a learner checkpoint or of a policy directory, on CPU.
+
+    Raises:
+        CheckpointError: for a damaged checkpoint or policy directory.
+        SpecError: for arrays that do not fit ``cfg``'s spec and network.
+    """
+    if policy_dir.is_policy_dir(checkpoint):
+        policy = CpuPolicy(cfg.spec, cfg.learner.network)
+        policy.load(policy_dir.load_snapshot(checkpoint))
+        return policy
+    return load_learner_policy(cfg, checkpoint)[0]
+
+
+# The CARLA Leaderboard's infraction penalties for what the fake can produce: a collision with
+# another vehicle, and one with the layout or a static prop (leaderboard.carla.org, "Driving
+# score"). A route's driving score is its route completion times the product of
+# coefficient ** count over its infractions.
+LEADERBOARD_PENALTY = {"vehicle_collisions": 0.60, "static_collisions": 0.65}
+
+
+def driving_score(info: Mapping[str, Any]) -> float:
+    """One route's Leaderboard driving score from the env's last ``info``."""
+    vehicle = int(info.get("vehicle_collisions", 0))
+    static = int(info["collisions"]) - vehicle
+    penalty = (LEADERBOARD_PENALTY["vehicle_collisions"] ** vehicle
+               * LEADERBOARD_PENALTY["static_collisions"] ** static)
+    return float(info["route_completion"]) * penalty
 
 
 def run_episodes(env: Any, act: Callable[[dict], np.ndarray], episodes: int, seed: int) -> dict[str, Any]:
@@ -101,6 +137,7 @@ def run_episodes(env: Any, act: Callable[[dict], np.ndarray], episodes: int, see
                                               for (_, i), kept in zip(results, kept_lane)])),
         "mean_return": float(np.mean([r for r, _ in results])),
         "route_completion": float(np.mean([i["route_completion"] for _, i in results])),
+        "driving_score": float(np.mean([driving_score(i) for _, i in results])),
         "mean_episode_length": float(np.mean(lengths)),
         "collisions_per_km": collisions / distance_km if distance_km > 0 else float("nan"),
         "distance_km": distance_km,
@@ -144,5 +181,13 @@ def evaluate_checkpoint(path: Path, episodes: int, seed: int, video: Path | None
             out["video"] = {"path": str(video), "frames": summary.frames}
     finally:
         env.close()
-    out.update(checkpoint=str(checkpoint), policy_version=policy.version)
+    out.update(checkpoint=str(checkpoint), policy_version=policy.version, env=env_record(cfg.env))
     return out
+
+
+def env_record(env: C.EnvConfig) -> dict[str, Any]:
+    """The effective env settings an evaluation ran with, for its JSON."""
+    return {"town": env.town, "num_npcs": env.num_npcs, "route_split": env.route_split.value,
+            "backend": env.backend.value, "route_length_m": env.route_length_m,
+            "max_steps": env.max_steps, "xodr_path": env.fake.xodr_path,
+            "npc_stops_per_min": env.fake.npc_stops_per_min}
