@@ -15,7 +15,8 @@ import prometheus_client
 from prometheus_client import CollectorRegistry
 
 from common.errors import MetricsError
-from common.metrics import BaseSink, LabelKey, MetricDef, MetricKind
+from common.metrics import MetricDef, MetricKind
+from common.metrics_sink import BaseSink, LabelKey
 
 logger = logging.getLogger(__name__)
 

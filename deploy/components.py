@@ -26,7 +26,7 @@ from rollout.exploration import GaussianExploration, actor_noise_scale
 from rollout.policy import CpuPolicy
 from rollout.worker import LazyEnv, RolloutWorker, WeightSource
 from rollout.writer import ChunkSink, ChunkWriter
-from common.metrics import MetricsSink, NullSink
+from common.metrics_sink import MetricsSink, NullSink
 from common.types import CachedBatch
 from common.weights import PolicySnapshot
 from deploy import precision_record

@@ -23,8 +23,8 @@ from typing import Any
 
 from common.config import MetricsBackend, MetricsConfig
 from common.errors import MetricsError
-from common.metrics import (BaseSink, GaugeRefresher, LabelKey, MetricDef, MetricKind, MetricsSink,
-                            NullSink)
+from common.metrics import MetricDef, MetricKind
+from common.metrics_sink import BaseSink, GaugeRefresher, LabelKey, MetricsSink, NullSink
 from common.metrics_prometheus import PrometheusSink
 
 logger = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from typing import Callable, Mapping
 
 from rollout.worker import RolloutReport
 from common import metrics as M
-from common.metrics import MetricsSink
+from common.metrics_sink import MetricsSink
 from learner.loop import LearnerReport
 from replay.shard import REJECT_REASONS
 

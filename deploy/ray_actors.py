@@ -21,7 +21,7 @@ from rollout.worker import RolloutReport
 from common import config as C
 from common import metrics as M
 from common.errors import CheckpointError
-from common.metrics import MetricsSink, NullSink
+from common.metrics_sink import MetricsSink, NullSink
 from common.weights import PolicySnapshot
 from deploy.components import (LearnerService, RestoringShard, learner_checkpoint, make_worker,
                                schedule_as_batch, shard_checkpoint)

@@ -241,7 +241,7 @@ def test_client_reset_drops_replies_for_the_old_copy_and_starts_a_new_one():
 
 
 def test_a_learner_failing_mid_batch_restarts_its_cache_and_its_shards(monkeypatch):
-    from common.metrics import NullSink
+    from common.metrics_sink import NullSink
     from deploy.components import LearnerService
     from learner.loop import LearnerLoop
     from tests.unit.learner_fixtures import SMALL_SPEC as LEARNER_SPEC

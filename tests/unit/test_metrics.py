@@ -10,6 +10,7 @@ import threading
 import pytest
 
 from common import metrics as M
+from common import metrics_sink as S
 from common.config import MetricsBackend, MetricsConfig
 from common.errors import MetricsError
 from common.metrics_prometheus import PrometheusSink
@@ -97,14 +98,14 @@ def test_bad_definitions_are_rejected_naming_the_problem(kwargs, message):
     (lambda s: s.gauge(M.MetricDef("carla_td3_other", M.MetricKind.GAUGE, "X.", M.Owner.LEARNER)),
      "not defined in common/metrics.py"),
 ])
-@pytest.mark.parametrize("sink_type", [M.NullSink, M.MemorySink, PrometheusSink])
+@pytest.mark.parametrize("sink_type", [S.NullSink, S.MemorySink, PrometheusSink])
 def test_sinks_reject_misuse_naming_the_bad_value(sink_type, call, message):
     with pytest.raises(MetricsError, match=re.escape(message)):
         call(sink_type())
 
 
 def test_memory_sink_sums_counters_keeps_latest_gauge_and_every_observation():
-    sink = M.MemorySink()
+    sink = S.MemorySink()
     sink.counter(M.ENV_STEPS).inc(3, actor=1)
     sink.counter("carla_td3_env_steps_total").inc(4, actor=1)
     sink.counter(M.ENV_STEPS).inc(0, actor=1)
@@ -135,7 +136,7 @@ def test_gauge_refresher_reapplies_latest_values_until_stopped():
         applied.append((md.name, value, labels))
         tick.set()
 
-    refresher = M.GaugeRefresher(apply, interval_s=0.02)
+    refresher = S.GaugeRefresher(apply, interval_s=0.02)
     refresher.remember(M.REPLAY_SIZE, 5.0, (("shard", "0"),))
     refresher.remember(M.REPLAY_SIZE, 6.0, (("shard", "0"),))
     assert refresher.running
@@ -152,7 +153,7 @@ def test_gauge_refresher_reapplies_latest_values_until_stopped():
 
 def test_gauge_refresher_rejects_a_non_positive_interval():
     with pytest.raises(MetricsError, match=r"interval_s \(0\) must be > 0"):
-        M.GaugeRefresher(lambda *a: None, 0)
+        S.GaugeRefresher(lambda *a: None, 0)
 
 
 def test_ray_sink_pickles_to_a_fresh_process_state():
@@ -163,7 +164,7 @@ def test_ray_sink_pickles_to_a_fresh_process_state():
 
 
 def test_make_sink_picks_the_backend():
-    assert isinstance(make_sink(MetricsConfig(backend=MetricsBackend.NONE), ray_mode=True), M.NullSink)
+    assert isinstance(make_sink(MetricsConfig(backend=MetricsBackend.NONE), ray_mode=True), S.NullSink)
     assert isinstance(make_sink(MetricsConfig(), ray_mode=True), RaySink)
     sink = make_sink(MetricsConfig(port=0), ray_mode=False)
     try:

@@ -11,6 +11,7 @@ from rollout.exploration import GaussianExploration
 from rollout.worker import EpisodeResult, RolloutReport, RolloutWorker
 from rollout.writer import ChunkWriter
 from common import metrics as M
+from common import metrics_sink as S
 from common.errors import MetricsError
 from common.config import MetricsBackend, MetricsConfig
 from common.specs import IMAGE_KEY, VECTOR_KEY, EnvSpec
@@ -106,7 +107,7 @@ def test_an_inference_that_fails_still_ends_the_weight_sources_block():
 
 
 def test_record_rollout_counts_steps_episodes_by_ending_and_carla_health():
-    sink = M.MemorySink()
+    sink = S.MemorySink()
     ok = EpisodeResult(ret=4.5, length=120, success=True, route_completion=1.0, distance_m=80.0,
                        collisions=0, reason="route_completed")
     cut = EpisodeResult(ret=-2.0, length=7, success=False, route_completion=0.1, distance_m=3.0,
@@ -148,7 +149,7 @@ def test_learner_loop_reports_each_batch_wait_and_each_publish():
 
 def test_record_learner_reads_the_real_update_stats():
     report, version = _real_learner_report()
-    sink = M.MemorySink()
+    sink = S.MemorySink()
     record_learner(sink, report)
     assert sink.value(M.LEARNER_UPDATES) == 2 and sink.value(M.LEARNER_SAMPLES_CONSUMED) == 16
     assert sink.value(M.WEIGHT_VERSION) == version
@@ -165,7 +166,7 @@ def test_record_learner_reads_the_real_update_stats():
 
 
 def test_record_learner_without_updates_sets_no_loss_and_no_nan_lag():
-    sink = M.MemorySink()
+    sink = S.MemorySink()
     record_learner(sink, LearnerReport(policy_version=-1))
     assert sink.names() == set()
     record_publish(sink, 0, 0.01)
@@ -184,7 +185,7 @@ def test_shard_recorder_counts_growth_once_a_period_not_the_restored_totals():
     totals = {"inserts": 500, "samples": 64, "cache_frames_sent": 40,
               "insert_blocked_seconds": 1.5, "sample_blocked_seconds": 0.0, "size": 480,
               "bytes": 9000, "rejected_wire": 3, "rejected_spec": 0, "rejected_stream": 0}
-    sink, clock = M.MemorySink(), Clock()
+    sink, clock = S.MemorySink(), Clock()
     recorder = ShardRecorder(sink, 2, lambda: dict(totals), every_s=1.0, clock=clock)
     assert sink.value(M.REPLAY_INSERTS, shard=2) == 0  # restored from a checkpoint: not counted
     assert sink.value(M.REPLAY_SIZE, shard=2) == 480 and sink.value(M.REPLAY_BYTES, shard=2) == 9000
@@ -207,7 +208,7 @@ def test_shard_recorder_counts_growth_once_a_period_not_the_restored_totals():
 
 
 def test_every_defined_metric_is_recorded_by_the_runtime_recorders():
-    sink = M.MemorySink()
+    sink = S.MemorySink()
     episode = EpisodeResult(1.0, 10, True, 1.0, 5.0, 0, "route_completed")
     record_rollout(sink, RolloutReport(0, 10, [episode], 1, simulator_timeouts=1, reconnects=1,
                                        tick_seconds=[0.01], broadcast_latencies=[0.1]))
@@ -228,7 +229,7 @@ def test_every_defined_metric_is_recorded_by_the_runtime_recorders():
 
 @pytest.mark.parametrize("backend, expected", [(MetricsBackend.AUTO, RaySink),
                                                (MetricsBackend.RAY, RaySink),
-                                               (MetricsBackend.NONE, M.NullSink)])
+                                               (MetricsBackend.NONE, S.NullSink)])
 def test_component_sink_is_one_every_actor_process_can_use(backend, expected):
     sink = component_sink(MetricsConfig(backend=backend, gauge_refresh_s=2.0))
     assert type(sink) is expected
