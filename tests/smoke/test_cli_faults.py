@@ -35,10 +35,31 @@ def test_a_learner_that_cannot_start_fails_the_run_within_60_s_naming_the_cause(
     assert "asks for CUDA but torch sees no CUDA device" in proc.stderr
 
 
-def test_sigterm_checkpoints_and_resume_continues(tmp_path):
+@pytest.fixture
+def servers():
+    """Two fake servers the run is pointed at with --carla, as it would be at real ones."""
+    from rollout.fakecarla.remote_process import FakeServerProcess
+
+    started = [FakeServerProcess(), FakeServerProcess()]
+    yield started
+    for server in started:
+        server.stop()
+
+
+def _synchronous(port: int) -> bool:
+    from rollout.fakecarla.remote_client import make_remote_module
+
+    client = make_remote_module().Client("127.0.0.1", port)
+    client.set_timeout(10.0)
+    return bool(client.get_world().get_settings().synchronous_mode)
+
+
+def test_sigterm_checkpoints_leaves_the_servers_asynchronous_and_resume_continues(tmp_path, servers):
     run = tmp_path / "terminated"
+    endpoints = ",".join(f"127.0.0.1:{s.port}" for s in servers)
     proc = subprocess.Popen(
         CLI + ["train", "--preset", "smoke", "--steps", "100000", "--no-dashboard",
+               "--carla", endpoints, "--set", "env.backend=fake",
                "--set", "learner.checkpoint_every=5", "--runs", str(tmp_path), "--name", "terminated"],
         cwd=ROOT, env={**os.environ, "CARLA_TD3_LOG": "INFO"}, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True)
@@ -47,6 +68,7 @@ def test_sigterm_checkpoints_and_resume_continues(tmp_path):
         while time.monotonic() < deadline and not list((run / "checkpoints").glob("ckpt-*")):
             time.sleep(0.5)
         assert list((run / "checkpoints").glob("ckpt-*")), "no checkpoint before SIGTERM"
+        assert all(_synchronous(s.port) for s in servers)  # the run drives them in sync mode
         children = psutil.Process(proc.pid).children(recursive=True)
         proc.send_signal(signal.SIGTERM)
         try:
@@ -69,6 +91,7 @@ def test_sigterm_checkpoints_and_resume_continues(tmp_path):
     assert counters["env_steps"] == summary["env_steps"]  # the final checkpoint is the stop's
     _, alive = psutil.wait_procs(children, timeout=30)
     assert not alive, f"left behind: {[p.pid for p in alive]}"
+    assert not any(_synchronous(s.port) for s in servers)  # back as the run found them
     more = summary["env_steps"] + 200
     resumed = subprocess.run(CLI + ["train", "--resume", str(run), "--steps", str(more), "--no-dashboard"],
                              cwd=ROOT, env={**os.environ, "CARLA_TD3_LOG": "WARNING"},
