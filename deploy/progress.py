@@ -24,6 +24,7 @@ class RunCounters:
     wall_seconds: float = 0.0
     actor_restarts: int = 0
     simulator_reconnects: int = 0  # connections a rollout worker rebuilt after a server failure
+    endings: dict = field(default_factory=dict)  # episodes by termination reason ("" : none)
     recent_returns: collections.deque = field(default_factory=lambda: collections.deque(maxlen=RECENT_EPISODES))
     recent_success: collections.deque = field(default_factory=lambda: collections.deque(maxlen=RECENT_EPISODES))
     recent_completion: collections.deque = field(default_factory=lambda: collections.deque(maxlen=RECENT_EPISODES))
@@ -33,6 +34,7 @@ class RunCounters:
                 "policy_version": self.policy_version, "wall_seconds": self.wall_seconds,
                 "actor_restarts": self.actor_restarts,
                 "simulator_reconnects": self.simulator_reconnects,
+                "endings": dict(self.endings),
                 "recent_returns": list(self.recent_returns),
                 "recent_success": list(self.recent_success),
                 "recent_completion": list(self.recent_completion)}
@@ -43,7 +45,8 @@ class RunCounters:
                 updates=int(data["updates"]), policy_version=int(data["policy_version"]),
                 wall_seconds=float(data["wall_seconds"]),
                 actor_restarts=int(data.get("actor_restarts", 0)),
-                simulator_reconnects=int(data.get("simulator_reconnects", 0)))
+                simulator_reconnects=int(data.get("simulator_reconnects", 0)),
+                endings={str(k): int(v) for k, v in data.get("endings", {}).items()})
         c.recent_returns.extend(data.get("recent_returns", []))
         c.recent_success.extend(data.get("recent_success", []))
         c.recent_completion.extend(data.get("recent_completion", []))
@@ -54,6 +57,7 @@ class RunCounters:
         self.simulator_reconnects += report.reconnects
         for ep in report.episodes:
             self.episodes += 1
+            self.endings[ep.reason] = self.endings.get(ep.reason, 0) + 1
             self.recent_returns.append(ep.ret)
             self.recent_success.append(1.0 if ep.success else 0.0)
             self.recent_completion.append(ep.route_completion)
@@ -117,6 +121,7 @@ def summary(counters: RunCounters, extra: dict[str, Any]) -> dict[str, Any]:
            "success_rate": _mean(counters.recent_success) if counters.recent_success else None,
            "route_completion": _mean(counters.recent_completion) if counters.recent_completion else None,
            "actor_restarts": counters.actor_restarts,
-           "simulator_reconnects": counters.simulator_reconnects}
+           "simulator_reconnects": counters.simulator_reconnects,
+           "episode_endings": dict(sorted(counters.endings.items()))}
     out.update(extra)
     return out
