@@ -19,7 +19,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from common.config_env import (CameraConfig, EnvConfig, FakeCarlaConfig, PedalAction,
+from common.config_env import (CameraConfig, CameraInput, EnvConfig, FakeCarlaConfig, PedalAction,
                                RewardConfig, RouteSplit, SimulatorBackend)
 from common.config_io import check_overrides, dumps, from_dict, loads, to_dict, with_overrides
 from common.config_learner import (CpuScheduling, EncoderTopology, FirstConv, FrameCacheMode,
@@ -33,7 +33,7 @@ from common.specs import EnvSpec
 __all__ = ["check_overrides", "dumps", "from_dict", "loads", "to_dict", "validate",
            "with_overrides", "CpuScheduling", "EncoderTopology", "FirstConv", "FrameCacheMode",
            "LearnerConfig", "LearnerExecution", "NetworkConfig", "PolicyCritic", "Precision",
-           "TD3Config", "CameraConfig", "EnvConfig", "FakeCarlaConfig", "PedalAction",
+           "TD3Config", "CameraConfig", "CameraInput", "EnvConfig", "FakeCarlaConfig", "PedalAction",
            "RewardConfig", "RouteSplit", "SimulatorBackend"]
 
 

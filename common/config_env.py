@@ -38,6 +38,19 @@ class PedalAction(str, enum.Enum):
     TARGET_SPEED = "target_speed"
 
 
+class CameraInput(str, enum.Enum):
+    """What the policy's frames hold (rollout/observation.py ``ObservationBuilder``).
+
+    RGB: the camera's images, as the spec preprocesses them.
+    BLANK: one constant grey frame, whatever the camera sees: the camera removed, in training
+        and in evaluation (the traffic benchmark's vector arm, and a trained policy's
+        blanked-frames evaluation). The vector is unchanged.
+    """
+
+    RGB = "rgb"
+    BLANK = "blank"
+
+
 class RouteSplit(str, enum.Enum):
     """Which spawn points an env draws routes from (rollout/route.py): disjoint sets, so that
     evaluation runs on held-out routes."""
@@ -209,6 +222,8 @@ class EnvConfig:
         fixed_delta_seconds: synchronous-mode time step.
         vehicle: ego blueprint id.
         camera: the camera.
+        camera_input: what the policy's frames hold: the camera's images, or blank (see
+            CameraInput).
         route_length_m: length of a planned route.
         route_split: the spawn points routes start from (train, or held-out eval).
         max_steps: step limit (truncation).
@@ -233,6 +248,7 @@ class EnvConfig:
     fixed_delta_seconds: float = 0.05
     vehicle: str = "vehicle.tesla.model3"
     camera: CameraConfig = field(default_factory=CameraConfig)
+    camera_input: CameraInput = CameraInput.RGB
     route_length_m: float = 200.0
     route_split: RouteSplit = RouteSplit.TRAIN
     max_steps: int = 1000

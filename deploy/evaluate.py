@@ -190,4 +190,5 @@ def env_record(env: C.EnvConfig) -> dict[str, Any]:
     return {"town": env.town, "num_npcs": env.num_npcs, "route_split": env.route_split.value,
             "backend": env.backend.value, "route_length_m": env.route_length_m,
             "max_steps": env.max_steps, "xodr_path": env.fake.xodr_path,
-            "npc_stops_per_min": env.fake.npc_stops_per_min}
+            "npc_stops_per_min": env.fake.npc_stops_per_min,
+            "camera_input": env.camera_input.value}

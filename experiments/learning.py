@@ -15,6 +15,16 @@ far. Prints one JSON object (this invocation's points), then the table.
     python -m experiments.learning --arms separate,shared --seeds 0,1,2 --actors 8 \\
         --milestones 20000,50000,100000,200000
     .venv/bin/python -m experiments.learning --report-only   # redraw plots and docs from the JSON
+
+The traffic benchmark (issue 31) is the same harness with ``--preset traffic``: its own results
+file, plots and doc (docs/learning/traffic/results.json, docs/learning/traffic/*.png,
+docs/learning/traffic.md), and each arm evaluated under the conditions of
+learning_report.CONDITIONS: held-out routes with the preset's NPCs, the same on Town02, and
+(the camera arms) with frames blanked. Arms vector (frames blanked in training too) and
+privileged (the scripted driver that reads the NPCs) join the others.
+
+    nice -n 10 .venv/bin/python -m experiments.learning --preset traffic \\
+        --arms random,scripted,privileged --seeds 0,1,2 --episodes 20
 """
 from __future__ import annotations
 
@@ -31,9 +41,10 @@ from typing import Any
 
 from experiments.learning_arms import arm_config, eval_env, run_baseline, run_trained
 from experiments.learning_doc import render_markdown, write_plots
-from experiments.learning_report import (ARMS, BASELINE_ARMS, TRAINED_ARMS, LearningPoint, aggregate,
-                                   load_results, merge_points, save_results,
-                                   select_by_validation, text_table)
+from experiments.learning_report import (ARMS, BASELINE_ARMS, CONDITIONS, HELD_OUT, TRAINED_ARMS,
+                                         LearningPoint, aggregate, load_results, merge_points,
+                                         save_results, select_by_validation, text_table)
+from experiments.learning_traffic_doc import render_traffic_markdown, write_traffic_plots
 from common import config as C
 from common.errors import CarlaTD3Error, ConfigError
 from deploy.rundir import RunDir
@@ -43,6 +54,19 @@ log = logging.getLogger("experiments.learning")
 VIDEO_MAX_BYTES = 2_000_000
 FULL_COMMAND = ("python -m experiments.learning --arms separate,shared,random,scripted --seeds 0,1,2 "
                 "--milestones 5000,10000,20000,40000,60000")
+TRAFFIC_PRESET = "traffic"
+TRAFFIC_FULL_COMMAND = ("python -m experiments.learning --preset traffic --arms "
+                        "separate,shared,vector,random,scripted,privileged --seeds 0,1,2 "
+                        "--episodes 20 --milestones 50000,100000,200000,300000")
+# Where each benchmark's outputs go by default: the empty roads', and the traffic one's.
+OUTPUTS = {
+    "learn": {"results": "docs/learning/results.json", "plots": "docs/learning",
+              "doc": "docs/learning.md", "notes": "docs/learning/notes.md", "conditions": HELD_OUT},
+    TRAFFIC_PRESET: {"results": "docs/learning/traffic/results.json",
+                     "plots": "docs/learning/traffic", "doc": "docs/learning/traffic.md",
+                     "notes": "docs/learning/traffic/notes.md",
+                     "conditions": ",".join(CONDITIONS)},
+}
 
 
 def _csv(text: str) -> list[str]:
@@ -69,12 +93,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--actors", type=int, help="rollout workers (rollout.num_workers)")
     p.add_argument("--runs", type=Path, default=Path("/tmp/learning-runs"),
                    help="where the training run directories go (continued if present)")
-    p.add_argument("--results", type=Path, default=Path("docs/learning/results.json"))
-    p.add_argument("--plots", type=Path, default=Path("docs/learning"), help="PNG directory")
-    p.add_argument("--doc", type=Path, default=Path("docs/learning.md"),
-                   help="markdown written from the results")
-    p.add_argument("--notes", type=Path, default=Path("docs/learning/notes.md"),
-                   help="hand-written notes included in the doc if the file exists")
+    p.add_argument("--conditions", help=f"comma list of evaluation conditions {list(CONDITIONS)} "
+                   "(default: heldout; with --preset traffic all of them)")
+    p.add_argument("--results", type=Path,
+                   help="results JSON (default: docs/learning/results.json; with --preset "
+                        "traffic docs/learning/traffic/results.json)")
+    p.add_argument("--plots", type=Path, help="PNG directory (default: the results' directory)")
+    p.add_argument("--doc", type=Path, help="markdown written from the results (default: "
+                   "docs/learning.md; with --preset traffic docs/learning/traffic.md)")
+    p.add_argument("--notes", type=Path,
+                   help="hand-written notes included in the doc if the file exists (default: "
+                        "notes.md beside the results)")
     p.add_argument("--video", type=Path,
                    help="record the first evaluation episode of the separate arm's latest "
                         "checkpoint (first of --seeds) to this MP4")
@@ -83,6 +112,29 @@ def _parser() -> argparse.ArgumentParser:
                    help="run nothing; fold these results files (e.g. from seeds run in "
                         "parallel with their own --results) into --results, then redraw")
     return p
+
+
+def with_output_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with the outputs and conditions it left out set to its benchmark's defaults
+    (OUTPUTS: the traffic preset's, or the empty-roads benchmark's for every other preset)."""
+    defaults = OUTPUTS[TRAFFIC_PRESET if args.preset == TRAFFIC_PRESET else "learn"]
+    for name in ("results", "plots", "doc", "notes"):
+        if getattr(args, name) is None:
+            setattr(args, name, Path(defaults[name]))
+    if args.conditions is None:
+        args.conditions = defaults["conditions"]
+    return args
+
+
+def conditions_for(arm: str, conditions: list[str]) -> list[str]:
+    """The conditions an arm is evaluated under: "blank" only for arms that read frames
+    (the vector arm's are blank already; the baselines read none)."""
+    reads_frames = arm in TRAINED_ARMS and arm != "vector"
+    return [c for c in conditions if c != "blank" or reads_frames]
+
+
+def full_command(args: argparse.Namespace) -> str:
+    return TRAFFIC_FULL_COMMAND if args.preset == TRAFFIC_PRESET else FULL_COMMAND
 
 
 def merge_files(paths: list[Path], points: list[LearningPoint],
@@ -141,6 +193,10 @@ def run_arms(args: argparse.Namespace, overrides: dict[str, str],
     if unknown:
         raise ConfigError(f"--arms {unknown} unknown; choose from {list(ARMS)}")
     milestones = [int(m) for m in _csv(args.milestones)]
+    conditions = _csv(args.conditions)
+    bad = sorted(set(conditions) - set(CONDITIONS))
+    if bad or not conditions:
+        raise ConfigError(f"--conditions {bad or conditions} must name some of {list(CONDITIONS)}")
     new: list[LearningPoint] = []
 
     def keep(point: LearningPoint) -> None:
@@ -149,14 +205,16 @@ def run_arms(args: argparse.Namespace, overrides: dict[str, str],
 
     for arm in (a for a in BASELINE_ARMS if a in arms):
         for seed in seeds:
-            keep(run_baseline(arm, seed, arm_config(args.preset, overrides, arm, seed),
-                              args.episodes, args.eval_seed))
+            for condition in conditions_for(arm, conditions):
+                keep(run_baseline(arm, seed, arm_config(args.preset, overrides, arm, seed),
+                                  args.episodes, args.eval_seed, condition))
     for seed in seeds:
         for arm in (a for a in TRAINED_ARMS if a in arms):
             run_trained(arm, seed, arm_config(args.preset, overrides, arm, seed), milestones,
                         args.runs, args.episodes, args.eval_seed, on_point=keep,
                         validation_episodes=args.validation_episodes,
-                        validation_seed=args.validation_seed)
+                        validation_seed=args.validation_seed,
+                        conditions=conditions_for(arm, conditions))
     return new
 
 
@@ -227,28 +285,32 @@ def update_meta(meta: dict[str, Any], args: argparse.Namespace, overrides: dict[
             "eval_seed": meta.get("eval_seed", args.eval_seed) if args.report_only else args.eval_seed,
             **({} if args.report_only else {"validation_episodes": args.validation_episodes,
                                             "validation_seed": args.validation_seed}),
-            "results": str(args.results), "full_command": FULL_COMMAND}
+            "results": str(args.results), "full_command": full_command(args)}
 
 
 def write_outputs(args: argparse.Namespace, points: list[LearningPoint], meta: dict[str, Any]) -> None:
+    """The plots, the doc (the traffic benchmark's for --preset traffic) and the table."""
     aggregates = aggregate(points)
-    plots = write_plots(aggregates, args.plots)
+    traffic = args.preset == TRAFFIC_PRESET
+    plots = (write_traffic_plots if traffic else write_plots)(aggregates, args.plots)
     notes = args.notes.read_text() if args.notes.exists() else ""
     video = Path(meta["video"]) if meta.get("video") and Path(meta["video"]).exists() else None
     args.doc.parent.mkdir(parents=True, exist_ok=True)
     kept = {arm: select_by_validation(points, arm) for arm in TRAINED_ARMS}
-    args.doc.write_text(render_markdown(aggregates, meta, plots, args.doc, notes, video, kept))
-    print(text_table(aggregates))
+    render = render_traffic_markdown if traffic else render_markdown
+    args.doc.write_text(render(aggregates, meta, plots, args.doc, notes, video, kept))
+    print(text_table([a for a in aggregates if a.condition == HELD_OUT]))
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("CARLA_TD3_LOG", "INFO"), format="%(message)s")
-    args = _parser().parse_args(argv)
+    args = with_output_defaults(_parser().parse_args(argv))
     try:
         overrides = overrides_of(args)
         points, meta = load_results(args.results)
         if args.merge:
             points, meta = merge_files(args.merge, points, meta)
+            meta["full_command"] = full_command(args)
             meta["results"] = str(args.results)
             command = "python -m experiments.learning " + " ".join(shlex.quote(a) for a in sys.argv[1:])
             meta["commands"] = [*meta.get("commands", []), command]

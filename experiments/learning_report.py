@@ -2,8 +2,9 @@
 
 A point is one evaluation of one arm and seed: the deterministic policy (or the random or
 scripted controller) on the same held-out routes with the same episode seeds as every other
-arm. Trained arms have one point per env-step milestone; the random and scripted arms, which
-do not train, have one point each at milestone 0.
+arm, under one evaluation condition (CONDITIONS: the run's own env, the second town, frames
+blanked). Trained arms have one point per env-step milestone and condition; the baseline arms,
+which do not train, have one point per condition at milestone 0.
 """
 from __future__ import annotations
 
@@ -15,11 +16,15 @@ from typing import Any, Iterable, Sequence
 
 from common.errors import ConfigError
 
-TRAINED_ARMS = ("separate", "shared")
-BASELINE_ARMS = ("random", "scripted")
+TRAINED_ARMS = ("separate", "shared", "vector")
+BASELINE_ARMS = ("random", "scripted", "privileged")
 ARMS = TRAINED_ARMS + BASELINE_ARMS
 METRICS = ("success_rate", "strict_success_rate", "route_completion", "mean_return",
-           "mean_episode_length", "validation_success_rate")
+           "mean_episode_length", "validation_success_rate", "collisions_per_km", "driving_score")
+# Evaluation conditions: name -> env.* overrides over the arm's own held-out env.
+HELD_OUT = "heldout"
+CONDITIONS: dict[str, dict[str, str]] = {
+    HELD_OUT: {}, "town02": {"env.town": "Town02"}, "blank": {"env.camera_input": "blank"}}
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,11 @@ class LearningPoint:
             training-split routes with their own episode seeds, never the held-out ones. What
             ``select_by_validation`` chooses a checkpoint by; NaN where none were run.
         validation_route_completion: route completion on those episodes (the tie-break).
+        driving_score: mean CARLA Leaderboard driving score (deploy/evaluate.py); NaN in
+            results from before it was recorded.
+        condition: the evaluation condition (CONDITIONS): "heldout" (the arm's own env on
+            held-out routes), "town02" (the same on the second town), "blank" (the same with
+            the policy's frames blanked).
     """
 
     arm: str
@@ -67,19 +77,24 @@ class LearningPoint:
     device: str
     validation_success_rate: float = float("nan")
     validation_route_completion: float = float("nan")
+    driving_score: float = float("nan")
+    condition: str = HELD_OUT
 
     def __post_init__(self) -> None:
         if self.arm not in ARMS:
             raise ConfigError(f"arm ({self.arm!r}) must be one of {list(ARMS)}")
+        if self.condition not in CONDITIONS:
+            raise ConfigError(f"condition ({self.condition!r}) must be one of {list(CONDITIONS)}")
 
     @property
-    def key(self) -> tuple[str, int, int]:
-        return (self.arm, self.seed, self.milestone)
+    def key(self) -> tuple[str, int, int, str]:
+        return (self.arm, self.seed, self.milestone, self.condition)
 
 
 def point_from_eval(arm: str, seed: int, milestone: int, counters: dict[str, Any],
                     evaluation: dict[str, Any], device: str,
-                    validation: dict[str, Any] | None = None) -> LearningPoint:
+                    validation: dict[str, Any] | None = None,
+                    condition: str = HELD_OUT) -> LearningPoint:
     """A point from a run's counters (env_steps, updates, wall_seconds), an evaluation dict
     as ``deploy.evaluate.run_episodes`` returns it, and optionally one on validation episodes."""
     nan = float("nan")
@@ -96,7 +111,8 @@ def point_from_eval(arm: str, seed: int, milestone: int, counters: dict[str, Any
         collisions_per_km=float(evaluation["collisions_per_km"]),
         episodes=int(evaluation["episodes"]), device=device,
         validation_success_rate=float(validation["success_rate"]),
-        validation_route_completion=float(validation["route_completion"]))
+        validation_route_completion=float(validation["route_completion"]),
+        driving_score=float(evaluation.get("driving_score", nan)), condition=condition)
 
 
 # -- the results file ---------------------------------------------------------------------
@@ -109,7 +125,8 @@ def _finite_or_none(value: Any) -> Any:
 def save_results(path: Path, points: Sequence[LearningPoint], meta: dict[str, Any]) -> None:
     """Writes ``{"meta": ..., "points": [...]}`` sorted by arm, seed, milestone (NaN -> null)."""
     rows = [{k: _finite_or_none(v) for k, v in asdict(p).items()}
-            for p in sorted(points, key=lambda p: (ARMS.index(p.arm), p.seed, p.milestone))]
+            for p in sorted(points, key=lambda p: (ARMS.index(p.arm), p.seed, p.milestone,
+                                                 list(CONDITIONS).index(p.condition)))]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"meta": meta, "points": rows}, indent=1, sort_keys=True) + "\n")
 
@@ -137,7 +154,8 @@ def load_results(path: Path) -> tuple[list[LearningPoint], dict[str, Any]]:
 
 
 def merge_points(old: Iterable[LearningPoint], new: Iterable[LearningPoint]) -> list[LearningPoint]:
-    """``old`` with every (arm, seed, milestone) that ``new`` has replaced by the new point."""
+    """``old`` with every (arm, seed, milestone, condition) that ``new`` has replaced by the
+    new point."""
     merged = {p.key: p for p in old}
     merged.update({p.key: p for p in new})
     return list(merged.values())
@@ -160,6 +178,7 @@ class Aggregate:
         std: metric name -> std over seeds (0 for one seed).
         low: metric name -> minimum over seeds.
         high: metric name -> maximum over seeds.
+        condition: the evaluation condition (CONDITIONS).
     """
 
     arm: str
@@ -171,6 +190,7 @@ class Aggregate:
     std: dict[str, float]
     low: dict[str, float]
     high: dict[str, float]
+    condition: str = HELD_OUT
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -183,12 +203,14 @@ def _std(values: Sequence[float]) -> float:
 
 
 def aggregate(points: Iterable[LearningPoint]) -> list[Aggregate]:
-    """One Aggregate per (arm, milestone), ordered by arm then milestone."""
-    groups: dict[tuple[str, int], list[LearningPoint]] = {}
+    """One Aggregate per (arm, milestone, condition), ordered by arm, milestone, condition."""
+    groups: dict[tuple[str, int, str], list[LearningPoint]] = {}
     for p in points:
-        groups.setdefault((p.arm, p.milestone), []).append(p)
+        groups.setdefault((p.arm, p.milestone, p.condition), []).append(p)
     out = []
-    for (arm, milestone), group in sorted(groups.items(), key=lambda kv: (ARMS.index(kv[0][0]), kv[0][1])):
+    order = list(CONDITIONS)
+    for (arm, milestone, condition), group in sorted(
+            groups.items(), key=lambda kv: (ARMS.index(kv[0][0]), kv[0][1], order.index(kv[0][2]))):
         values = {m: [float(getattr(p, m)) for p in group] for m in METRICS}
         out.append(Aggregate(
             arm=arm, milestone=milestone, seeds=len(group),
@@ -197,7 +219,7 @@ def aggregate(points: Iterable[LearningPoint]) -> list[Aggregate]:
             mean={m: _mean(v) for m, v in values.items()},
             std={m: _std(v) for m, v in values.items()},
             low={m: min(v) for m, v in values.items()},
-            high={m: max(v) for m, v in values.items()}))
+            high={m: max(v) for m, v in values.items()}, condition=condition))
     return out
 
 
@@ -212,9 +234,10 @@ def first_reaching(aggregates: Iterable[Aggregate], arm: str, metric: str,
     return min(hits, key=lambda a: a.milestone) if hits else None
 
 
-def select_by_validation(points: Iterable[LearningPoint], arm: str) -> list[LearningPoint]:
-    """Per seed of ``arm``, the point whose checkpoint did best on the validation episodes,
-    ordered by seed; seeds without a validated point are left out.
+def select_by_validation(points: Iterable[LearningPoint], arm: str,
+                         condition: str = HELD_OUT) -> list[LearningPoint]:
+    """Per seed of ``arm``, the point (of ``condition``) whose checkpoint did best on the
+    validation episodes, ordered by seed; seeds without a validated point are left out.
 
     Best: the highest validation success, then the highest validation route completion, then
     the earliest milestone (as Stable-Baselines3's ``EvalCallback`` keeps a new best model only
@@ -222,7 +245,7 @@ def select_by_validation(points: Iterable[LearningPoint], arm: str) -> list[Lear
     the chosen points' held-out figures stay an unbiased estimate of the chosen policies."""
     best: dict[int, LearningPoint] = {}
     for p in sorted(points, key=lambda p: p.milestone):
-        if p.arm != arm or not math.isfinite(p.validation_success_rate):
+        if p.arm != arm or p.condition != condition or not math.isfinite(p.validation_success_rate):
             continue
         rank = (p.validation_success_rate, p.validation_route_completion)
         held = best.get(p.seed)

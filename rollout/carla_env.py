@@ -79,7 +79,7 @@ class CarlaEnv:
         })
         self.action_space = spaces.Box(-1.0, 1.0, spec.action.shape, np.float32)
         self._seeds = np.random.default_rng(seed)
-        self._builder = ObservationBuilder(spec)
+        self._builder = ObservationBuilder(spec, cfg.camera_input)
         cam = cfg.camera
         self._cameras = [CameraMount(MAIN_CAMERA, cam.width, cam.height, cam.fov, cam.x, cam.z,
                                      cam.pitch)]

@@ -5,15 +5,21 @@ The image pipeline follows the spec (common/specs.py): OpenCV ``COLOR_BGRA2GRAY`
 common.framestack.FrameStack (reset repeats the first frame). The vector is speed, lateral
 deviation and heading error, each over its scale from the spec, then the K route waypoints in
 the vehicle frame over the look-ahead distance, clipped to the spec's bounds.
+
+With ``CameraInput.BLANK`` every frame is one constant grey (BLANK_LEVEL) whatever the camera
+sees, and the vector is built as ever: the camera removed from what the policy reads.
 """
 from __future__ import annotations
 
 import cv2
 import numpy as np
 
+from common.config_env import CameraInput
 from common.errors import SpecError
 from common.framestack import FrameStack
 from common.specs import IMAGE_KEY, SPEED_SCALE_MPS, VECTOR_KEY, EnvSpec
+
+BLANK_LEVEL = 128  # the grey of a blanked frame
 
 
 def bgra_to_array(raw_data: bytes | memoryview, width: int, height: int) -> np.ndarray:
@@ -62,19 +68,25 @@ def build_vector(spec: EnvSpec, speed_mps: float, lateral_m: float, heading_erro
 class ObservationBuilder:
     """Turns camera images and vectors into spec observations, stacking frames per episode."""
 
-    def __init__(self, spec: EnvSpec) -> None:
+    def __init__(self, spec: EnvSpec, camera_input: CameraInput = CameraInput.RGB) -> None:
+        """Args:
+            spec: the observation spec.
+            camera_input: the camera's frames, or one constant frame in their place.
+        """
         self.spec = spec
+        self.camera_input = CameraInput(camera_input)
+        self._blank = np.full((spec.image_size, spec.image_size), BLANK_LEVEL, np.uint8)
         self._stack = FrameStack(spec.frames, spec.image_size, spec.image_size)
         self._last: dict[str, np.ndarray] | None = None
 
     def reset(self, bgra: np.ndarray, vector: np.ndarray) -> dict[str, np.ndarray]:
         """The first observation of an episode: the first frame repeated F times."""
-        image = self._stack.reset(preprocess_frame(bgra, self.spec.image_size))
+        image = self._stack.reset(self._frame(bgra))
         return self._emit(image, vector)
 
     def push(self, bgra: np.ndarray, vector: np.ndarray) -> dict[str, np.ndarray]:
         """The next observation: the newest frame appended to the stack."""
-        image = self._stack.push(preprocess_frame(bgra, self.spec.image_size))
+        image = self._stack.push(self._frame(bgra))
         return self._emit(image, vector)
 
     def repeat_last(self) -> dict[str, np.ndarray]:
@@ -86,6 +98,11 @@ class ObservationBuilder:
         if self._last is None:
             raise SpecError("no observation to repeat before the first reset")
         return {k: v.copy() for k, v in self._last.items()}
+
+    def _frame(self, bgra: np.ndarray) -> np.ndarray:
+        if self.camera_input is CameraInput.BLANK:
+            return self._blank
+        return preprocess_frame(bgra, self.spec.image_size)
 
     def _emit(self, image: np.ndarray, vector: np.ndarray) -> dict[str, np.ndarray]:
         obs = {IMAGE_KEY: image, VECTOR_KEY: vector}

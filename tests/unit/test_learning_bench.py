@@ -31,7 +31,8 @@ def point(arm: str = "separate", seed: int = 0, milestone: int = 5000, success: 
                              mean_episode_length=length, collisions_per_km=collisions, episodes=10,
                              device="cpu" if trained else "-",
                              validation_success_rate=validation,
-                             validation_route_completion=min(1.0, validation + 0.1))
+                             validation_route_completion=min(1.0, validation + 0.1),
+                             driving_score=completion * 0.8)
 
 
 def synthetic() -> list[rep.LearningPoint]:
