@@ -1,6 +1,8 @@
 """``Client``, ``World`` and ``WorldSnapshot``: the entry points of the fake carla API."""
 from __future__ import annotations
 
+from typing import Any
+
 import carla
 
 from rollout.fakecarla.actors import Actor, ActorList
@@ -35,7 +37,26 @@ class WorldSnapshot:
         return len(self._actor_ids)
 
 
-class World:
+class SpawnsActors:
+    """``spawn_actor`` over a world's ``try_spawn_actor``, failing as the real client does; the
+    in-process and the remote fake worlds share it."""
+
+    def spawn_actor(self, blueprint: ActorBlueprint, transform: carla.Transform, attach_to: Any = None,
+                    attachment_type: carla.AttachmentType = carla.AttachmentType.Rigid, bone: str = "") -> Any:
+        """Spawns an actor.
+
+        Raises:
+            RuntimeError: "Spawn failed because of collision at spawn position", as the real one.
+        """
+        actor = self.try_spawn_actor(blueprint, transform, attach_to, attachment_type, bone)
+        if actor is None:
+            loc = transform.location
+            raise RuntimeError(f"Spawn failed because of collision at spawn position "
+                               f"({loc.x:.2f}, {loc.y:.2f}, {loc.z:.2f}) for {blueprint.id}")
+        return actor
+
+
+class World(SpawnsActors):
     """A handle on the server's current world, reached through one client's connection."""
 
     def __init__(self, conn: Connection) -> None:
@@ -86,20 +107,6 @@ class World:
         """Spawns an actor; None if a vehicle's footprint overlaps a vehicle or an obstacle."""
         self._conn.check()
         return self._conn.server.spawn(self._conn, blueprint, transform, attach_to)
-
-    def spawn_actor(self, blueprint: ActorBlueprint, transform: carla.Transform, attach_to: Actor | None = None,
-                    attachment_type: carla.AttachmentType = carla.AttachmentType.Rigid, bone: str = "") -> Actor:
-        """Spawns an actor.
-
-        Raises:
-            RuntimeError: "Spawn failed because of collision at spawn position", as the real one.
-        """
-        actor = self.try_spawn_actor(blueprint, transform, attach_to, attachment_type, bone)
-        if actor is None:
-            loc = transform.location
-            raise RuntimeError(f"Spawn failed because of collision at spawn position "
-                               f"({loc.x:.2f}, {loc.y:.2f}, {loc.z:.2f}) for {blueprint.id}")
-        return actor
 
     def get_actors(self, actor_ids: list[int] | None = None) -> ActorList:
         self._conn.check()

@@ -27,7 +27,7 @@ import carla
 from rollout.fakecarla import FAKE_CLASSES, REAL_NAMES, wire
 from rollout.fakecarla.actors import ActorList
 from rollout.fakecarla.blueprints import ActorBlueprint, BlueprintLibrary
-from rollout.fakecarla.client import WorldSnapshot
+from rollout.fakecarla.client import SpawnsActors, WorldSnapshot
 from rollout.fakecarla.remote_actors import (Actor, LaneInvasionSensor, Sensor, ServerSideSensor, TrafficManager,
                                             Vehicle, decode_sensor_data, make_actor)
 from rollout.fakecarla.server import SERVER_VERSION, timeout_error
@@ -226,7 +226,7 @@ def _stream_loop(link_ref: weakref.ref, sock: socket.socket) -> None:
         del link
 
 
-class World:
+class World(SpawnsActors):
     """A handle on the server's current world, reached through one client's link."""
 
     def __init__(self, link: Link) -> None:
@@ -270,20 +270,6 @@ class World:
         description = self._link.call("spawn", blueprint.id, {a.id: str(a) for a in blueprint},
                                       wire.transform(transform), None if attach_to is None else attach_to.id)
         return None if description is None else make_actor(self._link, description)
-
-    def spawn_actor(self, blueprint: ActorBlueprint, transform: carla.Transform, attach_to: Actor | None = None,
-                    attachment_type: carla.AttachmentType = carla.AttachmentType.Rigid, bone: str = "") -> Actor:
-        """Spawns an actor.
-
-        Raises:
-            RuntimeError: "Spawn failed because of collision at spawn position", as the real one.
-        """
-        actor = self.try_spawn_actor(blueprint, transform, attach_to, attachment_type, bone)
-        if actor is None:
-            loc = transform.location
-            raise RuntimeError(f"Spawn failed because of collision at spawn position "
-                               f"({loc.x:.2f}, {loc.y:.2f}, {loc.z:.2f}) for {blueprint.id}")
-        return actor
 
     def get_actors(self, actor_ids: list[int] | None = None) -> ActorList:
         wanted = None if actor_ids is None else [int(i) for i in actor_ids]

@@ -161,10 +161,18 @@ def generate_town_xodr() -> str:
         next_road += 100
         roads.extend(connecting)
         junctions.append(junction)
-    header = ('<header revMajor="1" revMinor="4" name="FakeTown" version="1" north="130" south="-10" '
-              'east="210" west="-10"><geoReference><![CDATA[+proj=tmerc +lat_0=0 +lon_0=0 +k=1 +x_0=0 +y_0=0 '
-              '+datum=WGS84 +units=m +no_defs]]></geoReference></header>')
-    body = "\n".join([header, *roads, *junctions])
+    return opendrive_document("FakeTown", (130, -10, 210, -10), [*roads, *junctions])
+
+
+def opendrive_document(name: str, bounds: tuple[int, int, int, int], parts: list[str]) -> str:
+    """An OpenDRIVE 1.4 file: its header (``name``; ``bounds`` north, south, east, west in
+    metres; a local transverse Mercator projection), then ``parts`` (roads, junctions)."""
+    north, south, east, west = bounds
+    header = (f'<header revMajor="1" revMinor="4" name="{name}" version="1" north="{north}" '
+              f'south="{south}" east="{east}" west="{west}"><geoReference><![CDATA[+proj=tmerc '
+              '+lat_0=0 +lon_0=0 +k=1 +x_0=0 +y_0=0 +datum=WGS84 +units=m +no_defs]]></geoReference>'
+              '</header>')
+    body = "\n".join([header, *parts])
     return f'<?xml version="1.0" standalone="yes"?>\n<OpenDRIVE>\n{body}\n</OpenDRIVE>\n'
 
 

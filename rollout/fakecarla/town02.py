@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from rollout.fakecarla.town import ARM_M, Arm, Segment, _hermite, _plan_view
+from rollout.fakecarla.town import ARM_M, Arm, Segment, _hermite, _plan_view, opendrive_document
 
 LANE_WIDTH_M = 3.2
 NAME = "Town02"
@@ -107,11 +107,7 @@ def generate_town02_xodr() -> str:
         connecting, junction = _junction_xml(junction_id, arms, 100 * (k + 1))
         roads.extend(connecting)
         junctions.append(junction)
-    header = ('<header revMajor="1" revMinor="4" name="FakeTown02" version="1" north="90" south="-90" '
-              'east="140" west="-60"><geoReference><![CDATA[+proj=tmerc +lat_0=0 +lon_0=0 +k=1 +x_0=0 +y_0=0 '
-              '+datum=WGS84 +units=m +no_defs]]></geoReference></header>')
-    body = "\n".join([header, *roads, *junctions])
-    return f'<?xml version="1.0" standalone="yes"?>\n<OpenDRIVE>\n{body}\n</OpenDRIVE>\n'
+    return opendrive_document("FakeTown02", (90, -90, 140, -60), [*roads, *junctions])
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 import ray
 
 from common import config as C
@@ -25,3 +26,12 @@ def tiny_config(env_steps: int = 500, frame_cache: str = "auto", **train) -> C.R
 def start_ray(cfg: C.RunConfig) -> None:
     ray.init(num_cpus=4, include_dashboard=False, logging_level="WARNING",
              _system_config=ray_system_config(cfg.spec, cfg.replay.chunk_length))
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray session for one test module, sized for ``tiny_config``; yields that config."""
+    cfg = tiny_config()
+    start_ray(cfg)
+    yield cfg
+    ray.shutdown()

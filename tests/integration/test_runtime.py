@@ -21,17 +21,9 @@ from deploy.rundir import RunDir
 from deploy.weights_shm import channel_dir
 from learner.td3 import TD3Learner
 from replay.shard import RateLimited, ReplayShard
-from tests.integration.runtime_support import start_ray, tiny_config
+from tests.integration.runtime_support import local_ray, tiny_config  # noqa: F401 (local_ray: a fixture)
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    cfg = tiny_config()
-    start_ray(cfg)
-    yield cfg
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import time
 from dataclasses import replace
 
 import pytest
-import ray
 
 from rollout.carla_env import CarlaEnv
 from rollout.carla_session import owner_tag
@@ -20,18 +19,10 @@ from deploy import build
 from deploy.driver import Driver
 from deploy.liveness import actor_state
 from deploy.rundir import RunDir
-from tests.integration.runtime_support import start_ray, tiny_config
+from tests.integration.runtime_support import local_ray, tiny_config  # noqa: F401 (local_ray: a fixture)
 
 pytestmark = pytest.mark.integration
 TIMEOUT_S = 2.0  # the client's timeout: a hung server costs this much per call
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    cfg = tiny_config()
-    start_ray(cfg)
-    yield cfg
-    ray.shutdown()
 
 
 @pytest.fixture
